@@ -1,0 +1,40 @@
+# `make run`: set up and train on the embedded Digits-LD default. `make test`: set up and run the tests.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+OUTPUT_DIR ?= runs/digits-ld-mus
+STAMP := $(VENV)/.installed
+
+.PHONY: setup run test test-slow test-all lint format clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+run: $(STAMP)
+	$(VENV)/bin/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
+		recipes/train_mrl.py --output_dir $(OUTPUT_DIR)
+
+test: $(STAMP)
+	$(PY) -m pytest -m "not slow" -q
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -m slow -q
+
+test-all: $(STAMP)
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check hf_mrl recipes tests
+	$(VENV)/bin/ruff format --check hf_mrl recipes tests
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format hf_mrl recipes tests
+	$(VENV)/bin/ruff check --fix hf_mrl recipes tests
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

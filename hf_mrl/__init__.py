@@ -1,0 +1,19 @@
+"""hf_mrl: robust reuse of Hub models for targets made of several latent domains (MRL, IJCAI'21)."""
+
+from .config import MRLConfig
+from .embedding import Embedding
+from .pool import ModelPool, Teacher
+from .reuser import AttentionReuser
+from .trainer import MRLTrainer, TargetData, compute_reuse_inputs
+
+__version__ = "0.1.0"
+__all__ = [
+    "AttentionReuser",
+    "Embedding",
+    "MRLConfig",
+    "MRLTrainer",
+    "ModelPool",
+    "TargetData",
+    "Teacher",
+    "compute_reuse_inputs",
+]

@@ -1,0 +1,82 @@
+"""Training configuration: one validated dataclass."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+__all__ = ["MRLConfig", "METHODS"]
+
+METHODS = ("mrl", "supervised")
+
+
+@dataclass
+class MRLConfig:
+    """Hyperparameters of the bi-level trainer (and of the supervised-only baseline it is compared with).
+
+    Args:
+        method: `mrl` (attention reuse, bi-level) or `supervised` (labeled data only).
+        max_steps: student optimisation steps.
+        batch_size: labeled samples per step, over all processes.
+        unlabeled_batch_size: unlabeled samples per step, over all processes.
+        learning_rate: student (inner) AdamW learning rate.
+        weight_decay: student weight decay.
+        kd_lambda: lambda, the weight of the distillation term Omega on unlabeled data.
+        kd_temperature: T of the soft distillation loss.
+        outer_every: one hypergradient step on the prototypes after this many student steps.
+        outer_lr: Adam learning rate of the prototypes and bias (the outer variables phi).
+        inner_lr: alpha, the step size of the differentiable unrolled student step.
+        unroll_steps: s, the number of unrolled student steps in a hypergradient.
+        direct_weight: beta, the weight of the direct labeled term CE(R_phi(x), y) in the outer loss.
+        attention_temperature: tau; None means sqrt(p).
+        use_bias: a per-teacher attention bias (a global prior over teachers).
+        embedding: the psi spec: `teacher-outputs`, `pixels`, or `encoder:<model id>`.
+        augment: random translations of student inputs (teacher outputs stay those of the clean input).
+        seed: seeds initialisation, batch order and augmentation.
+        checkpoint_every: save an Accelerate state every this many steps (0: only at the end).
+    """
+
+    method: str = "mrl"
+    max_steps: int = 1000
+    batch_size: int = 64
+    unlabeled_batch_size: int = 128
+    learning_rate: float = 3e-3
+    weight_decay: float = 5e-4
+    kd_lambda: float = 1.0
+    kd_temperature: float = 2.0
+    outer_every: int = 5
+    outer_lr: float = 1e-2
+    inner_lr: float = 0.1
+    unroll_steps: int = 1
+    direct_weight: float = 1.0
+    attention_temperature: float | None = None
+    use_bias: bool = True
+    embedding: str = "teacher-outputs"
+    augment: bool = True
+    seed: int = 0
+    checkpoint_every: int = 0
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"method={self.method!r} is unknown; choose one of {METHODS}.")
+        for name in ("max_steps", "batch_size", "unlabeled_batch_size", "outer_every", "unroll_steps"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1; got {getattr(self, name)!r}.")
+        for name in ("learning_rate", "outer_lr", "inner_lr", "kd_temperature"):
+            if not float(getattr(self, name)) > 0:
+                raise ValueError(f"{name} must be > 0; got {getattr(self, name)!r}.")
+        for name in ("kd_lambda", "direct_weight", "weight_decay", "checkpoint_every"):
+            if float(getattr(self, name)) < 0:
+                raise ValueError(f"{name} must be >= 0; got {getattr(self, name)!r}.")
+        if self.attention_temperature is not None and not self.attention_temperature > 0:
+            raise ValueError(f"attention_temperature must be > 0 or None; got {self.attention_temperature!r}.")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> MRLConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"Unknown MRLConfig fields {sorted(unknown)}; known fields: {sorted(known)}.")
+        return cls(**data)

@@ -1,0 +1,111 @@
+"""The shared, fixed embedding psi(x) that the attention prototypes live in.
+
+Three kinds, chosen by a JSON-serialisable spec stored in the reuser's config:
+- `{"type": "teacher-outputs"}`: concatenated teacher log-probabilities (needs nothing beyond the pool);
+- `{"type": "encoder", "model_id": ...}`: pooled features of a frozen timm / transformers backbone;
+- `{"type": "pixels", "dim": 64, "seed": 0}`: a fixed random projection of the raw input.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.nn.functional as F
+
+from .cache import LogitCache, fingerprint
+
+__all__ = ["Embedding", "EMBEDDING_TYPES"]
+
+EMBEDDING_TYPES = ("teacher-outputs", "encoder", "pixels")
+_PIXEL_SIZE = 32
+
+
+class Embedding:
+    """Computes raw psi features; the reuser standardises them with statistics it stores.
+
+    Args:
+        spec: `{"type": ...}` plus the options of that type (see the module docstring). A bare string
+            is accepted for `teacher-outputs` and `pixels`, and `encoder:<model id>` for an encoder.
+    """
+
+    def __init__(self, spec: dict | str = "teacher-outputs", cache_dir: str | os.PathLike | None = None):
+        if isinstance(spec, str):
+            spec = {"type": "encoder", "model_id": spec.split(":", 1)[1]} if spec.startswith("encoder:") else {"type": spec}
+        if not isinstance(spec, dict) or spec.get("type") not in EMBEDDING_TYPES:
+            raise ValueError(f"Unknown embedding {spec!r}: use one of {EMBEDDING_TYPES} (e.g. 'encoder:org/name').")
+        if spec["type"] == "pixels":
+            spec = {"type": "pixels", "dim": int(spec.get("dim", 64)), "seed": int(spec.get("seed", 0))}
+            if spec["dim"] < 1:
+                raise ValueError(f"pixels embedding dim must be >= 1; got {spec['dim']}.")
+        if spec["type"] == "encoder" and not spec.get("model_id"):
+            raise ValueError("The encoder embedding needs a `model_id` (a timm or transformers backbone).")
+        self.spec = spec
+        self._encoder = None
+        self._cache = LogitCache(cache_dir)
+
+    def dim(self, num_teachers: int, num_labels: int) -> int | None:
+        """Feature dimension p, or None when only a forward pass can tell (encoders)."""
+        if self.spec["type"] == "teacher-outputs":
+            return num_teachers * num_labels
+        if self.spec["type"] == "pixels":
+            return self.spec["dim"]
+        return None
+
+    def __call__(self, images: torch.Tensor | None, probs: torch.Tensor) -> torch.Tensor:
+        """Raw features (N, p) from uint8 images (N, 3, H, W) and teacher probabilities (N, K, C)."""
+        kind = self.spec["type"]
+        if kind == "teacher-outputs":
+            return probs.clamp_min(1e-6).log().flatten(1)
+        if images is None:
+            raise ValueError(f"The {kind!r} embedding needs the input images.")
+        if kind == "pixels":
+            x = images.float() / 255.0
+            x = F.interpolate(x, size=(_PIXEL_SIZE, _PIXEL_SIZE), mode="bilinear", antialias=True, align_corners=False)
+            x = x.expand(-1, 3, -1, -1).flatten(1)
+            gen = torch.Generator().manual_seed(self.spec["seed"])
+            proj = torch.randn(x.shape[1], self.spec["dim"], generator=gen) / x.shape[1] ** 0.5
+            return x @ proj
+        return self._encode(images)
+
+    def _encode(self, images: torch.Tensor) -> torch.Tensor:
+        key = "encoder-" + self.spec["model_id"].replace("/", "--")
+        fp = fingerprint(images)
+        feats = self._cache.get(key, fp)
+        if feats is None:
+            if self._encoder is None:
+                self._encoder = _load_encoder(self.spec["model_id"])
+            model, preprocess = self._encoder
+            with torch.inference_mode():
+                feats = torch.cat([model(preprocess(images[i : i + 256])) for i in range(0, len(images), 256)])
+            self._cache.put(key, fp, feats)
+        return feats
+
+
+def _load_encoder(model_id: str):
+    """A frozen backbone returning pooled features, from a timm or transformers checkpoint."""
+    import json
+
+    from .pool import _resolve, _timm_preprocess, parse_teacher_id
+
+    name, revision = parse_teacher_id(model_id)
+    folder, _ = _resolve(name, revision, None)
+    config = json.loads((folder / "config.json").read_text())
+    if "architecture" in config and "pretrained_cfg" in config:
+        import timm
+
+        model = timm.create_model(f"local-dir:{folder}", pretrained=True, num_classes=0).eval()
+        return model, _timm_preprocess(model.pretrained_cfg)
+    from transformers import AutoImageProcessor, AutoModel
+
+    backbone = AutoModel.from_pretrained(folder, use_safetensors=True).eval()
+    processor = AutoImageProcessor.from_pretrained(folder)
+
+    def model(pixel_values: torch.Tensor) -> torch.Tensor:
+        out = backbone(pixel_values=pixel_values)
+        pooled = getattr(out, "pooler_output", None)
+        if pooled is None:
+            pooled = out.last_hidden_state.mean(dim=1)
+        return pooled.flatten(1)
+
+    return model, lambda images: processor(images=images, return_tensors="pt")["pixel_values"]

@@ -1,0 +1,195 @@
+"""Build the Digits-LD teacher pool: one teacher per domain, each a Hub-format model repository.
+
+The teachers deliberately span libraries (timm and transformers) and differ from the student's
+architecture, as a real Hub pool would.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["TEACHER_SPECS", "build_digits_pool", "default_pool_dir", "train_classifier"]
+
+logger = logging.getLogger(__name__)
+
+_VERSION = 1
+_LABELS = [str(i) for i in range(10)]
+_IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+# domain -> (library, architecture/config, epochs)
+TEACHER_SPECS = {
+    "M": {"library": "timm", "architecture": "test_resnet", "epochs": 8},
+    "U": {"library": "transformers", "model_type": "convnext", "epochs": 30},
+    "S": {"library": "transformers", "model_type": "resnet", "epochs": 12},
+}
+
+
+def default_pool_dir() -> Path:
+    root = os.environ.get("HF_MRL_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "hf_mrl"))
+    return Path(root) / f"digits_ld_pool_v{_VERSION}"
+
+
+def _make_timm(architecture: str):
+    import timm
+
+    model = timm.create_model(architecture, num_classes=len(_LABELS))
+    mean, std = _IMAGENET
+    model.pretrained_cfg = {
+        **model.pretrained_cfg,
+        "input_size": (3, 32, 32),
+        "test_input_size": (3, 32, 32),
+        "crop_pct": 1.0,
+        "test_crop_pct": 1.0,
+        "mean": mean,
+        "std": std,
+        "label_names": _LABELS,
+    }
+    from .pool import _timm_preprocess
+
+    return model, _timm_preprocess(model.pretrained_cfg)
+
+
+def _make_transformers(model_type: str):
+    from transformers import (
+        ConvNextConfig,
+        ConvNextForImageClassification,
+        ResNetConfig,
+        ResNetForImageClassification,
+        ViTImageProcessor,
+    )
+
+    labels = {"id2label": dict(enumerate(_LABELS)), "label2id": {n: i for i, n in enumerate(_LABELS)}}
+    if model_type == "resnet":
+        config = ResNetConfig(
+            num_channels=3, embedding_size=24, hidden_sizes=[24, 48, 96], depths=[1, 1, 1], layer_type="basic", **labels
+        )
+        model = ResNetForImageClassification(config)
+        mean, std = _IMAGENET
+    else:
+        config = ConvNextConfig(
+            num_channels=3, patch_size=2, num_stages=3, hidden_sizes=[24, 48, 96], depths=[1, 1, 1], **labels
+        )
+        model = ConvNextForImageClassification(config)
+        mean, std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+    processor = ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=list(mean), image_std=list(std))
+
+    def preprocess(images: torch.Tensor) -> torch.Tensor:
+        return processor(images=images, return_tensors="pt")["pixel_values"]
+
+    return model, processor, preprocess
+
+
+def train_classifier(
+    model: torch.nn.Module,
+    preprocess,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    epochs: int,
+    batch_size: int = 64,
+    lr: float = 3e-3,
+    seed: int = 0,
+) -> torch.nn.Module:
+    """Plain supervised training with random translations; enough for a domain-expert teacher."""
+    from .trainer import _translate
+
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=5e-4)
+    steps = epochs * ((len(images) + batch_size - 1) // batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
+    model.train()
+    for _ in range(epochs):
+        order = torch.randperm(len(images), generator=gen)
+        for i in range(0, len(images), batch_size):
+            idx = order[i : i + batch_size]
+            x = _translate(preprocess(images[idx]), gen)
+            out = model(x)
+            loss = F.cross_entropy(getattr(out, "logits", out), labels[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+    return model.eval()
+
+
+@torch.no_grad()
+def _accuracy(model, preprocess, images, labels) -> float:
+    out = torch.cat([getattr(o, "logits", o) for o in (model(preprocess(images[i : i + 512])) for i in range(0, len(images), 512))])
+    return (out.argmax(-1) == labels).float().mean().item()
+
+
+def _teacher_card(domain: str, spec: dict, val_acc: float) -> str:
+    return (
+        f"---\nlibrary_name: {spec['library']}\ntags:\n- image-classification\n- digits-ld\n- hf_mrl-teacher\n---\n\n"
+        f"# Digits-LD teacher for domain {domain}\n\n"
+        f"A small {spec['library']} digit classifier trained only on the source part of Digits-LD domain "
+        f"`{domain}` (built by `recipes/build_pool.py`). Validation accuracy on that domain: {val_acc:.4f}.\n"
+        "It is meant as one teacher of an hf_mrl pool; on other digit domains it is weak by design.\n"
+    )
+
+
+def _build_teacher(domain: str, out_dir: Path, seed: int) -> float:
+    from .data import dataset_to_tensors, load_source
+
+    spec = TEACHER_SPECS[domain]
+    source = load_source(domain)
+    x_tr, y_tr, _ = dataset_to_tensors(source["train"])
+    x_va, y_va, _ = dataset_to_tensors(source["validation"])
+    torch.manual_seed(seed)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
+    try:
+        if spec["library"] == "timm":
+            import timm
+
+            model, preprocess = _make_timm(spec["architecture"])
+            train_classifier(model, preprocess, x_tr, y_tr, spec["epochs"], seed=seed)
+            timm.models.save_for_hf(model, str(tmp), model_config={"label_names": _LABELS}, safe_serialization=True)
+        else:
+            model, processor, preprocess = _make_transformers(spec["model_type"])
+            train_classifier(model, preprocess, x_tr, y_tr, spec["epochs"], seed=seed)
+            model.save_pretrained(tmp)
+            processor.save_pretrained(tmp)
+        acc = _accuracy(model, preprocess, x_va, y_va)
+        (tmp / "README.md").write_text(_teacher_card(domain, spec, acc))
+        (tmp / "build_info.json").write_text(json.dumps({"version": _VERSION, "domain": domain, "val_accuracy": acc}))
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return acc
+
+
+def build_digits_pool(output_dir: str | os.PathLike | None = None, domains: str = "MUS", seed: int = 0) -> Path:
+    """Train (or reuse) one teacher per domain and write `hub-ids.txt` listing them; returns that file.
+
+    A teacher folder with a matching `build_info.json` is reused, so a second run trains nothing.
+    """
+    out = Path(output_dir) if output_dir is not None else default_pool_dir()
+    out.mkdir(parents=True, exist_ok=True)
+    names = []
+    for domain in domains:
+        if domain not in TEACHER_SPECS:
+            raise ValueError(f"Unknown Digits-LD domain {domain!r}; choose from {''.join(TEACHER_SPECS)}.")
+        folder = out / f"teacher-{domain}"
+        info = folder / "build_info.json"
+        if info.is_file() and json.loads(info.read_text()).get("version") == _VERSION:
+            logger.info("Reusing teacher %s from %s", domain, folder)
+        else:
+            logger.info("Training the %s teacher for domain %s", TEACHER_SPECS[domain]["library"], domain)
+            acc = _build_teacher(domain, folder, seed)
+            logger.info("Teacher %s: validation accuracy %.4f", domain, acc)
+        names.append(folder.name)
+    pool_file = out / "hub-ids.txt"
+    tmp = pool_file.with_suffix(".tmp")
+    tmp.write_text("# Digits-LD teacher pool: one teacher per latent domain (paths relative to this file)\n" + "\n".join(names) + "\n")
+    os.replace(tmp, pool_file)
+    return pool_file

@@ -1,0 +1,367 @@
+"""The bi-level MRL trainer (and the supervised-only baseline), driven by Accelerate.
+
+Inner problem: student steps on CE(labeled) + lambda * Omega_phi(unlabeled), Omega a soft distillation
+toward the attention reuser's prediction R_phi. Outer problem: every `outer_every` steps, one Adam
+step on the prototypes phi along the gradient of the labeled loss of an unrolled student step.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+
+from .config import MRLConfig
+from .embedding import Embedding
+from .hypergrad import functional_student, unrolled_hypergradient
+from .pool import ModelPool
+from .reuser import AttentionReuser
+from .student import create_student, student_preprocess
+
+__all__ = ["TargetData", "ReuseInputs", "MRLTrainer", "compute_reuse_inputs", "kd_loss", "make_accelerator"]
+
+logger = logging.getLogger(__name__)
+
+
+def make_accelerator(**kwargs) -> Accelerator:
+    """An Accelerator that also goes multi-process on a machine without GPU.
+
+    Accelerate only picks its multi-CPU (gloo) mode when asked for the CPU explicitly; without this,
+    `accelerate launch --num_processes 2` on a CPU machine would run two unrelated single processes.
+    """
+    kwargs.setdefault("cpu", not torch.cuda.is_available())
+    return Accelerator(**kwargs)
+
+
+@dataclass
+class TargetData:
+    """The target task as tensors: uint8 images (N, 3, H, W), int64 labels (N,), optional domains (N,)."""
+
+    label_names: list[str]
+    labeled_images: torch.Tensor
+    labeled_labels: torch.Tensor
+    unlabeled_images: torch.Tensor
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+    test_domains: torch.Tensor | None = None
+    domain_names: list[str] | None = None
+
+    def __post_init__(self):
+        c = len(self.label_names)
+        if len(self.labeled_labels) == 0:
+            raise ValueError("The labeled set is empty: MRL needs a few labeled samples per class.")
+        if len(self.unlabeled_images) == 0:
+            raise ValueError("The unlabeled set is empty: MRL distils on unlabeled samples.")
+        if len(self.labeled_images) != len(self.labeled_labels):
+            raise ValueError("labeled_images and labeled_labels differ in length.")
+        missing = sorted(set(range(c)) - set(self.labeled_labels.tolist()))
+        if missing:
+            names = [self.label_names[i] for i in missing]
+            raise ValueError(f"Classes {names} have no labeled sample; label at least one sample of each class.")
+        if self.labeled_labels.min() < 0 or self.labeled_labels.max() >= c:
+            raise ValueError(f"Labels must lie in [0, {c}); got {self.labeled_labels.min()}..{self.labeled_labels.max()}.")
+
+
+@dataclass
+class ReuseInputs:
+    """Teacher probabilities H (N, K, C) and raw psi features (N, p) for the labeled, unlabeled, test sets."""
+
+    probs_l: torch.Tensor
+    probs_u: torch.Tensor
+    probs_t: torch.Tensor
+    feats_l: torch.Tensor
+    feats_u: torch.Tensor
+    feats_t: torch.Tensor
+
+
+def compute_reuse_inputs(pool: ModelPool, embedding: Embedding, data: TargetData, progress: bool = False) -> ReuseInputs:
+    """Run every teacher once over each set (cached), and the embedding on top."""
+    sets = {"l": data.labeled_images, "u": data.unlabeled_images, "t": data.test_images}
+    probs = {k: pool.probs(v, progress=progress) for k, v in sets.items()}
+    feats = {k: embedding(sets[k], probs[k]) for k in sets}
+    return ReuseInputs(**{f"probs_{k}": v for k, v in probs.items()}, **{f"feats_{k}": v for k, v in feats.items()})
+
+
+def kd_loss(student_logits: torch.Tensor, target_probs: torch.Tensor, temperature: float) -> torch.Tensor:
+    """T^2 * KL(target || softmax(student / T)), averaged over the batch."""
+    log_q = F.log_softmax(student_logits / temperature, dim=-1)
+    kl = (target_probs * (target_probs.clamp_min(1e-8).log() - log_q)).sum(-1)
+    return temperature**2 * kl.mean()
+
+
+def _translate(images: torch.Tensor, gen: torch.Generator, max_shift: int = 2) -> torch.Tensor:
+    """Random integer translations by up to `max_shift` pixels, zero padded (float (B, 3, H, W))."""
+    b, _, h, w = images.shape
+    padded = F.pad(images, (max_shift,) * 4)
+    dy = torch.randint(0, 2 * max_shift + 1, (b,), generator=gen)
+    dx = torch.randint(0, 2 * max_shift + 1, (b,), generator=gen)
+    rows = (dy[:, None] + torch.arange(h)[None]).view(b, 1, h, 1).expand(b, images.shape[1], h, w + 2 * max_shift)
+    cropped = padded.gather(2, rows)
+    cols = (dx[:, None] + torch.arange(w)[None]).view(b, 1, 1, w).expand(b, images.shape[1], h, w)
+    return cropped.gather(3, cols)
+
+
+class _Step:
+    """Training progress, saved with the Accelerate state."""
+
+    def __init__(self):
+        self.value = 0
+
+    def state_dict(self):
+        return {"step": self.value}
+
+    def load_state_dict(self, state):
+        self.value = int(state["step"])
+
+
+class MRLTrainer:
+    """Trains a student by MRL, or by supervised learning only (`config.method="supervised"`).
+
+    Args:
+        config: the hyperparameters.
+        data: the target task.
+        reuse: teacher probabilities and psi features (required for `mrl`), from `compute_reuse_inputs`.
+        teacher_ids: the pool's ids, recorded in the reuser config.
+        accelerator: shared across trainers in one process; created when None.
+        student_spec: `{"architecture": ..., "model_args": ...}` for `create_student`.
+
+    >>> trainer = MRLTrainer(MRLConfig(max_steps=10), data, reuse, teacher_ids=pool.ids)  # doctest: +SKIP
+    >>> student = trainer.train(); metrics = trainer.evaluate()  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        config: MRLConfig,
+        data: TargetData,
+        reuse: ReuseInputs | None = None,
+        teacher_ids: list[str] | None = None,
+        accelerator: Accelerator | None = None,
+        student_spec: dict | None = None,
+    ):
+        self.config = config
+        self.data = data
+        self.reuse = reuse
+        self.accelerator = accelerator or make_accelerator()
+        if config.method == "mrl" and (reuse is None or not teacher_ids):
+            raise ValueError("method='mrl' needs teacher outputs (reuse=compute_reuse_inputs(...)) and teacher_ids.")
+        torch.manual_seed(config.seed)
+        image_size = data.labeled_images.shape[-1]
+        self.student = create_student(data.label_names, image_size=image_size, **(student_spec or {}))
+        self.preprocess = student_preprocess(self.student)
+        self.optimizer = torch.optim.AdamW(
+            self.student.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+        )
+        self.student, self.optimizer = self.accelerator.prepare(self.student, self.optimizer)
+        self.step = _Step()
+        self.accelerator.register_for_checkpointing(self.step)
+        self.reuser: AttentionReuser | None = None
+        if config.method == "mrl":
+            self._init_reuser(teacher_ids)
+        self.history: list[dict[str, float]] = []
+        self.replicas_in_sync = True
+
+    def _init_reuser(self, teacher_ids: list[str]) -> None:
+        r, cfg = self.reuse, self.config
+        self.reuser = AttentionReuser(
+            teachers=list(teacher_ids),
+            label_names=self.data.label_names,
+            embed_dim=r.feats_u.shape[1],
+            embedding=Embedding(cfg.embedding).spec,
+            temperature=cfg.attention_temperature,
+            use_bias=cfg.use_bias,
+        )
+        self.reuser.fit_standardizer(r.feats_u)
+        gen = torch.Generator().manual_seed(cfg.seed)
+        self.reuser.init_prototypes(r.feats_l, r.probs_l, self.data.labeled_labels, generator=gen)
+        self.reuser.to(self.accelerator.device)
+        # The reuser is tiny and its gradient is reduced by hand, so it is not wrapped in DDP.
+        self.outer_params = [p for p in self.reuser.parameters() if p.requires_grad]
+        self.outer_optimizer = torch.optim.Adam(self.outer_params, lr=cfg.outer_lr)
+        self.accelerator.register_for_checkpointing(self.reuser, self.outer_optimizer)
+
+    # -- batches ---------------------------------------------------------------------------------
+    def _batch_indices(self, step: int) -> tuple[torch.Generator, torch.Tensor, torch.Tensor]:
+        """Global batch for `step`, sliced to this process; a function of (seed, step) only, so
+        a resumed run sees exactly the batches an uninterrupted one would."""
+        gen = torch.Generator().manual_seed(self.config.seed * 1_000_003 + step)
+        n, m = len(self.data.labeled_labels), len(self.data.unlabeled_images)
+        idx_l = torch.randint(0, n, (self.config.batch_size,), generator=gen)
+        idx_u = torch.randint(0, m, (self.config.unlabeled_batch_size,), generator=gen)
+        rank, world = self.accelerator.process_index, self.accelerator.num_processes
+        return gen, idx_l[rank::world], idx_u[rank::world]
+
+    def _inputs(self, images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        x = self.preprocess(images)
+        if self.config.augment:
+            x = _translate(x, gen)
+        return x.to(self.accelerator.device)
+
+    def _reuse_targets(self, idx: torch.Tensor, labeled: bool = False) -> torch.Tensor:
+        r, dev = self.reuse, self.accelerator.device
+        feats, probs = (r.feats_l, r.probs_l) if labeled else (r.feats_u, r.probs_u)
+        return self.reuser(feats[idx].to(dev), probs[idx].to(dev))["probs"]
+
+    # -- one step ----------------------------------------------------------------------------------
+    def training_step(self, step: int) -> dict[str, float]:
+        cfg, acc = self.config, self.accelerator
+        gen, idx_l, idx_u = self._batch_indices(step)
+        x_l = self._inputs(self.data.labeled_images[idx_l], gen)
+        y_l = self.data.labeled_labels[idx_l].to(acc.device)
+        self.student.train()
+        logs: dict[str, float] = {}
+        if cfg.method == "mrl":
+            x_u = self._inputs(self.data.unlabeled_images[idx_u], gen)
+            with torch.no_grad():
+                target = self._reuse_targets(idx_u)
+            logits = self.student(torch.cat([x_l, x_u]))
+            ce = F.cross_entropy(logits[: len(x_l)], y_l)
+            kd = kd_loss(logits[len(x_l) :], target, cfg.kd_temperature)
+            loss = ce + cfg.kd_lambda * kd
+            logs.update(ce_loss=ce.item(), kd_loss=kd.item())
+        else:
+            loss = F.cross_entropy(self.student(x_l), y_l)
+            logs["ce_loss"] = loss.item()
+        self.optimizer.zero_grad(set_to_none=True)
+        acc.backward(loss)
+        self.optimizer.step()
+        logs["loss"] = loss.item()
+        if cfg.method == "mrl" and (step + 1) % cfg.outer_every == 0:
+            logs.update(self.outer_step(step))
+        return logs
+
+    def outer_step(self, step: int) -> dict[str, float]:
+        """One hypergradient step on the prototypes (and bias), averaged over processes."""
+        cfg, acc = self.config, self.accelerator
+        model = acc.unwrap_model(self.student)
+        params, call = functional_student(model)
+        batches = [self._batch_indices(step * 7919 + 1 + t) for t in range(cfg.unroll_steps + 1)]
+        dev = acc.device
+
+        def inner_loss(theta, t):
+            gen, idx_l, idx_u = batches[t]
+            x_l = self._inputs(self.data.labeled_images[idx_l], gen)
+            x_u = self._inputs(self.data.unlabeled_images[idx_u], gen)
+            logits = call(theta, torch.cat([x_l, x_u]))
+            ce = F.cross_entropy(logits[: len(x_l)], self.data.labeled_labels[idx_l].to(dev))
+            return ce + cfg.kd_lambda * kd_loss(logits[len(x_l) :], self._reuse_targets(idx_u), cfg.kd_temperature)
+
+        gen, idx_l, _ = batches[-1]
+        y_l = self.data.labeled_labels[idx_l].to(dev)
+
+        def outer_loss(theta):
+            loss = F.cross_entropy(call(theta, self._inputs(self.data.labeled_images[idx_l], gen)), y_l)
+            if cfg.direct_weight > 0:
+                r = self._reuse_targets(idx_l, labeled=True)
+                loss = loss + cfg.direct_weight * F.nll_loss(r.clamp_min(1e-8).log(), y_l)
+            return loss
+
+        model.train()
+        grads, outer = unrolled_hypergradient(
+            params, inner_loss, outer_loss, self.outer_params, cfg.inner_lr, cfg.unroll_steps
+        )
+        for p, g in zip(self.outer_params, grads):
+            p.grad = acc.reduce(g.contiguous(), reduction="mean") if acc.num_processes > 1 else g
+        self.outer_optimizer.step()
+        self.outer_optimizer.zero_grad(set_to_none=True)
+        return {"outer_loss": outer.item()}
+
+    # -- the loop ----------------------------------------------------------------------------------
+    def train(self, checkpoint_dir: str | os.PathLike | None = None, resume: bool = False, progress: bool = True):
+        """Run to `max_steps`; checkpoint under `checkpoint_dir`, resume from its latest state if asked.
+
+        Returns the (unwrapped) student.
+        """
+        from tqdm.auto import tqdm
+
+        cfg, acc = self.config, self.accelerator
+        if resume and checkpoint_dir is not None:
+            latest = latest_checkpoint(checkpoint_dir)
+            if latest is not None:
+                acc.load_state(str(latest))
+                logger.info("Resumed %s training from %s (step %d)", cfg.method, latest, self.step.value)
+        bar = tqdm(
+            total=cfg.max_steps,
+            initial=self.step.value,
+            desc=cfg.method,
+            disable=not (progress and acc.is_local_main_process),
+        )
+        while self.step.value < cfg.max_steps:
+            logs = self.training_step(self.step.value)
+            self.step.value += 1
+            self.history.append(logs)
+            bar.update(1)
+            if self.step.value % 20 == 0:
+                bar.set_postfix({k: f"{v:.3f}" for k, v in logs.items()})
+            done = self.step.value == cfg.max_steps
+            every = cfg.checkpoint_every and self.step.value % cfg.checkpoint_every == 0
+            if checkpoint_dir is not None and (done or every):
+                self.save_checkpoint(checkpoint_dir)
+        bar.close()
+        self._check_replicas()
+        return acc.unwrap_model(self.student)
+
+    def _check_replicas(self) -> None:
+        """Every process must end with the same prototypes; diverged replicas mean a broken reduction."""
+        acc = self.accelerator
+        self.replicas_in_sync = True
+        if acc.num_processes > 1 and self.reuser is not None:
+            phi = torch.cat([p.detach().flatten() for p in self.reuser.parameters()])
+            gathered = acc.gather(phi[None].contiguous())  # (world, K * p + K)
+            self.replicas_in_sync = bool((gathered == gathered[0]).all())
+            if not self.replicas_in_sync:
+                raise RuntimeError("The attention prototypes differ across processes after training.")
+
+    def save_checkpoint(self, checkpoint_dir: str | os.PathLike) -> Path:
+        """Accelerate state at the current step; written to a temp name, then renamed (all-or-nothing)."""
+        acc = self.accelerator
+        final = Path(checkpoint_dir) / f"step_{self.step.value:07d}"
+        tmp = final.with_name(final.name + ".tmp")
+        acc.save_state(str(tmp))
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            if final.exists():
+                import shutil
+
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+        acc.wait_for_everyone()
+        return final
+
+    # -- evaluation ----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+        """Student predictions on uint8 images, sharded over processes and gathered in order."""
+        from torch.utils.data import DataLoader, TensorDataset
+
+        acc = self.accelerator
+        loader = acc.prepare(DataLoader(TensorDataset(images), batch_size=batch_size))
+        self.student.eval()
+        preds = []
+        for (x,) in loader:
+            logits = self.student(self.preprocess(x.cpu()).to(acc.device))
+            preds.append(acc.gather_for_metrics(logits.argmax(-1)))
+        return torch.cat(preds).cpu()
+
+    @torch.no_grad()
+    def reuse_predictions(self, which: str = "t") -> dict[str, torch.Tensor]:
+        """The reuser's predictions and weights on a precomputed set (`l`, `u` or `t`)."""
+        r = self.reuse
+        feats, probs = getattr(r, f"feats_{which}"), getattr(r, f"probs_{which}")
+        out = self.reuser.cpu()(feats, probs)
+        self.reuser.to(self.accelerator.device)
+        return {"predictions": out["probs"].argmax(-1), "weights": out["weights"]}
+
+
+def latest_checkpoint(checkpoint_dir: str | os.PathLike) -> Path | None:
+    """The newest complete `step_N` folder, or None."""
+    root = Path(checkpoint_dir)
+    if not root.is_dir():
+        return None
+    steps = [p for p in root.iterdir() if p.is_dir() and re.fullmatch(r"step_\d+", p.name)]
+    return max(steps, key=lambda p: int(p.name.split("_")[1]), default=None)

@@ -1,0 +1,94 @@
+"""Shared pytest fixtures. No test may reach the network: Hub clients only ever talk to local servers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from hf_mrl.testing import LocalHub, cache_patches, endpoint_patches
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "slow: slower tests (subprocesses, real model loads)")
+
+
+# ------------------------------------------------------------------------------------------- Hugging Face Hub
+
+
+def _point_hub_clients(monkeypatch: pytest.MonkeyPatch, endpoint: str) -> None:
+    """Point in-process clients (import-time copies included) and subprocesses (env) at ``endpoint``."""
+    monkeypatch.setenv("HF_ENDPOINT", endpoint)
+    for obj, name, value in endpoint_patches(endpoint):
+        monkeypatch.setattr(obj, name, value)
+
+
+@pytest.fixture(scope="session")
+def no_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalHub]:
+    """Default Hub endpoint: answers every request ``403`` at once, so a stray Hub call fails fast and offline.
+
+    (A dead port such as ``http://127.0.0.1:9`` is not enough: huggingface_hub retries refused connections for ~20s.)
+    """
+    message = "No Hub in this test: use the `local_hub` fixture"
+    with LocalHub(tmp_path_factory.mktemp("no_hub"), refuse=message) as hub:
+        yield hub
+
+
+@pytest.fixture(autouse=True)
+def hf_isolation(no_hub: LocalHub, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Fresh ``HF_HOME`` (caches, token, xet, torch hub) per test, no token, telemetry off, Hub calls refused."""
+    import huggingface_hub.constants as constants
+
+    home = tmp_path_factory.mktemp("hf_home")
+    env = {
+        "HF_HOME": home,
+        "HF_HUB_CACHE": home / "hub",
+        "HF_ASSETS_CACHE": home / "assets",
+        "HF_XET_CACHE": home / "xet",
+        "HF_TOKEN_PATH": home / "token",
+        "HF_MODULES_CACHE": home / "modules",
+        "HF_DATASETS_CACHE": home / "datasets",
+        "TORCH_HOME": home / "torch",
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "HF_HUB_DISABLE_UPDATE_CHECK": "1",
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, str(value))
+    for key in (
+        "HF_TOKEN",
+        "HUGGING_FACE_HUB_TOKEN",
+        "HF_HUB_OFFLINE",
+        "TRANSFORMERS_OFFLINE",
+        "HF_DATASETS_OFFLINE",
+        "HUGGINGFACE_CO_STAGING",
+        "HUGGINGFACE_HUB_CACHE",
+        "HUGGINGFACE_ASSETS_CACHE",
+    ):
+        monkeypatch.delenv(key, raising=False)
+    # huggingface_hub copied the environment into constants at import time.
+    for obj, name, value in cache_patches(home):
+        monkeypatch.setattr(obj, name, value)
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_TELEMETRY", True)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    _point_hub_clients(monkeypatch, no_hub.url)
+    return home
+
+
+@pytest.fixture
+def local_hub(
+    hf_isolation: Path, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[LocalHub]:
+    """A running :class:`LocalHub` that ``huggingface_hub``, transformers, timm and subprocesses talk to."""
+    with LocalHub(tmp_path_factory.mktemp("local_hub")) as hub:
+        _point_hub_clients(monkeypatch, hub.url)
+        yield hub
+
+
+@pytest.fixture
+def hf_offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``HF_HUB_OFFLINE=1`` in-process (the constant is read at import) and for subprocesses."""
+    import huggingface_hub.constants as constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
