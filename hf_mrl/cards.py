@@ -1,12 +1,35 @@
-"""Model cards rendered from the Jinja templates in `model_cards/` (shipped as `hf_mrl.model_cards`)."""
+"""Model cards: run data rendered by the Jinja templates in `model_cards/` (shipped as `hf_mrl.model_cards`).
+
+A run fills a `RunSummary` (teachers, data, budget, results); `reuser_card` and `student_card` turn it into a
+`huggingface_hub.ModelCard` whose YAML header (`ModelCardData`: library, tags, `base_model`, `model-index`) the Hub
+indexes. `validate_card` checks a rendered card the way the Hub reads its metadata.
+"""
 
 from __future__ import annotations
 
+import json
+import math
+import os
+import re
+from dataclasses import asdict, dataclass, field
 from importlib import resources
 
-from huggingface_hub import ModelCard, ModelCardData
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-__all__ = ["render_card", "card_template"]
+__all__ = [
+    "RunSummary",
+    "TeacherSummary",
+    "card_template",
+    "render_card",
+    "reuser_card",
+    "student_card",
+    "validate_card",
+]
+
+REPO_URL = "https://github.com/hf-mrl/hf_mrl"
+PAPER = '"Towards Robust Model Reuse in the Presence of Latent Domains" (Shao, Cheng, Li and Pu, IJCAI 2021)'
+_TASK = "image-classification"
+_MAX_LABELS_SHOWN = 20
 
 
 def card_template(kind: str) -> str:
@@ -21,5 +44,461 @@ def render_card(kind: str, data: dict) -> ModelCard:
     """Render the `kind` template; `data["card_data"]` (a dict) becomes the YAML metadata header."""
     data = dict(data)
     meta = data.pop("card_data", None) or {}
-    card_data = ModelCardData(**meta)
-    return ModelCard.from_template(card_data, template_str=card_template(kind), **data)
+    card_data = meta if isinstance(meta, ModelCardData) else ModelCardData(**meta)
+    card = ModelCard.from_template(card_data, template_str=card_template(kind), **data)
+    # Optional template sections leave runs of blank lines behind: keep at most one.
+    return ModelCard(re.sub(r"\n{3,}", "\n\n", str(card)).rstrip("\n") + "\n")
+
+
+# ------------------------------------------------------------------------------------------------ run data
+
+
+def split_teacher_id(teacher_id: str) -> tuple[str, str | None, bool]:
+    """`(name, revision, on_hub)` of a recorded teacher id (`org/name@commit` or a local path)."""
+    from huggingface_hub.utils import validate_repo_id
+
+    name, sep, revision = teacher_id.rpartition("@")
+    if not sep or not name or not revision or os.path.exists(teacher_id):
+        name, revision = teacher_id, None
+    try:
+        validate_repo_id(name)
+    except ValueError:
+        return name, revision, False
+    return name, revision, revision is not None or not os.path.exists(name)
+
+
+@dataclass
+class TeacherSummary:
+    """One teacher as the cards show it.
+
+    Args:
+        id: the recorded id, `org/name@commit` for Hub teachers or a local path.
+        library: `transformers` or `timm`.
+        labels_covered: how many target labels the teacher can predict.
+        missing_labels: the target labels it cannot predict.
+        mean_attention: the mean weight the reuser gave it over the test split.
+        test_accuracy: its own accuracy on the target test split (labels it lacks count as errors).
+    """
+
+    id: str
+    library: str = "unknown"
+    labels_covered: int | None = None
+    missing_labels: list[str] = field(default_factory=list)
+    mean_attention: float | None = None
+    test_accuracy: float | None = None
+
+    @property
+    def name(self) -> str:
+        return split_teacher_id(self.id)[0]
+
+    @property
+    def revision(self) -> str | None:
+        return split_teacher_id(self.id)[1]
+
+    @property
+    def on_hub(self) -> bool:
+        return split_teacher_id(self.id)[2]
+
+
+@dataclass
+class RunSummary:
+    """What a training run knows that a stranger needs: teachers, data, budget and results.
+
+    Accuracies are fractions in [0, 1] on the target test split. `per_domain` maps a latent domain to
+    `{"student", "supervised", "reuse"}` accuracies, `worst_domain` holds the worst of each, and
+    `attention_by_domain` maps a domain to the reuser's mean weight per teacher (pool order); all three only when
+    the test data carry domain labels (used for evaluation only).
+
+    >>> RunSummary(teachers=[TeacherSummary("org/a@0123abc")], label_names=["0", "1"], dataset="my data")
+    ... # doctest: +ELLIPSIS
+    RunSummary(...)
+    """
+
+    teachers: list[TeacherSummary]
+    label_names: list[str]
+    dataset: str
+    dataset_id: str = "custom"
+    dataset_config: str | None = None
+    num_labeled: int | None = None
+    num_unlabeled: int | None = None
+    num_test: int | None = None
+    max_steps: int | None = None
+    seed: int | None = None
+    hyperparameters: dict = field(default_factory=dict)
+    num_processes: int = 1
+    wall_time_s: float | None = None
+    student_accuracy: float | None = None
+    supervised_accuracy: float | None = None
+    reuse_accuracy: float | None = None
+    per_domain: dict[str, dict[str, float]] | None = None
+    worst_domain: dict[str, float] | None = None
+    attention_by_domain: dict[str, list[float]] | None = None
+
+    def __post_init__(self):
+        self.teachers = [t if isinstance(t, TeacherSummary) else TeacherSummary(**t) for t in self.teachers]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> RunSummary:
+        return cls(**data)
+
+
+# ------------------------------------------------------------------------------------------------ formatting
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
+
+
+def _bar(weight: float, width: int = 10) -> str:
+    """A text bar for a weight in [0, 1]: `0.62 ██████▏   `."""
+    eighths = round(max(0.0, min(1.0, weight)) * width * 8)
+    full, part = divmod(eighths, 8)
+    bar = "█" * full + (" ▏▎▍▌▋▊▉"[part] if part else "")
+    return f"{weight:.2f} `{bar.ljust(width)}`"
+
+
+def _labels_text(labels: list[str]) -> str:
+    shown = ", ".join(f"`{label}`" for label in labels[:_MAX_LABELS_SHOWN])
+    return shown + (f", ... ({len(labels)} in all)" if len(labels) > _MAX_LABELS_SHOWN else "")
+
+
+def _margin(accuracy: float | None, n: int | None) -> str | None:
+    """Half-width of a 95% normal interval for an accuracy measured on n samples."""
+    if accuracy is None or not n:
+        return None
+    return f"{1.96 * math.sqrt(max(accuracy * (1 - accuracy), 1.0 / n) / n):.3f}"
+
+
+def _repo_name(repo_id: str | None, default: str) -> str:
+    return repo_id.split("/")[-1] if repo_id else default
+
+
+def _teacher_rows(teachers: list[TeacherSummary], num_labels: int) -> list[dict]:
+    rows = []
+    for i, t in enumerate(teachers, start=1):
+        if t.labels_covered is None:
+            coverage = "n/a"
+        else:
+            coverage = f"{t.labels_covered}/{num_labels}"
+            if t.missing_labels:
+                coverage += " (lacks " + _labels_text(t.missing_labels) + ")"
+        rows.append(
+            {
+                "index": i,
+                "teacher": f"`{t.name}`" if t.on_hub else f"local folder `{os.path.basename(t.name.rstrip('/'))}`",
+                "revision": f"`{t.revision[:12]}`" if t.revision else ("unpinned" if t.on_hub else "n/a"),
+                "library": t.library,
+                "coverage": coverage,
+                "attention": "n/a" if t.mean_attention is None else f"{t.mean_attention:.3f}",
+                "accuracy": _pct(t.test_accuracy),
+            }
+        )
+    return rows
+
+
+def _training(s: RunSummary) -> dict:
+    hp = {k: v for k, v in s.hyperparameters.items() if k not in ("method",)}
+    return {
+        "dataset": s.dataset,
+        "num_labeled": s.num_labeled,
+        "num_unlabeled": s.num_unlabeled,
+        "num_test": s.num_test,
+        "max_steps": s.max_steps,
+        "seed": s.seed,
+        "outer_every": hp.get("outer_every"),
+        "batch_size": hp.get("batch_size"),
+        "unlabeled_batch_size": hp.get("unlabeled_batch_size"),
+        "num_processes": s.num_processes,
+        "wall_time": None if s.wall_time_s is None else f"{s.wall_time_s / 60:.1f} min",
+        "hyperparameters_json": json.dumps(hp, indent=2, sort_keys=True),
+        "has_domains": s.per_domain is not None,
+    }
+
+
+def _results(s: RunSummary) -> dict | None:
+    if s.student_accuracy is None or s.supervised_accuracy is None:
+        return None
+    worst = s.worst_domain or {}
+    best = max((t for t in s.teachers if t.test_accuracy is not None), key=lambda t: t.test_accuracy, default=None)
+    rows = [
+        {"model": "MRL student", "key": "student", "accuracy": s.student_accuracy},
+        {
+            "model": "supervised-only student (same labels, architecture, steps, seed)",
+            "key": "supervised",
+            "accuracy": s.supervised_accuracy,
+        },
+        {"model": "attention reuser (weighted teachers)", "key": "reuse", "accuracy": s.reuse_accuracy},
+    ]
+    for row in rows:
+        row["worst"] = _pct(worst.get(row["key"])) if s.per_domain else None
+        row["accuracy"] = _pct(row["accuracy"])
+    if best is not None:
+        rows.append(
+            {
+                "model": f"best single teacher (T{s.teachers.index(best) + 1})",
+                "key": "teacher",
+                "accuracy": _pct(best.test_accuracy),
+                "worst": "n/a" if s.per_domain else None,
+            }
+        )
+    delta = s.student_accuracy - s.supervised_accuracy
+    domains = []
+    for d, v in (s.per_domain or {}).items():
+        domains.append(
+            {
+                "domain": d,
+                "student": _pct(v.get("student")),
+                "supervised": _pct(v.get("supervised")),
+                "reuse": _pct(v.get("reuse")),
+                "never_worse": v.get("student", 0.0) >= v.get("supervised", 0.0),
+            }
+        )
+    return {
+        "rows": rows,
+        "never_worse": delta >= 0,
+        "tie": abs(delta) < 1e-12,
+        "delta": f"{delta:+.4f}",
+        "domains": domains,
+        "domains_never_worse": sum(d["never_worse"] for d in domains),
+        "margin": _margin(s.student_accuracy, s.num_test),
+        "num_test": s.num_test,
+    }
+
+
+def _attention(s: RunSummary) -> dict | None:
+    if not s.attention_by_domain:
+        return None
+    names = [f"T{i}" for i in range(1, len(s.teachers) + 1)]
+    rows = []
+    for d, weights in s.attention_by_domain.items():
+        top = max(range(len(weights)), key=weights.__getitem__)
+        rows.append({"domain": d, "cells": [_bar(w) for w in weights], "top": f"T{top + 1}"})
+    return {"teachers": names, "rows": rows}
+
+
+def _eval_results(s: RunSummary | None, accuracy: float | None, worst_key: str) -> list[EvalResult]:
+    if s is None or accuracy is None:
+        return []
+    common = {"task_type": _TASK, "dataset_type": s.dataset_id, "dataset_name": s.dataset, "dataset_split": "test"}
+    results = [
+        EvalResult(
+            **common,
+            dataset_config=s.dataset_config,
+            metric_type="accuracy",
+            metric_name="Accuracy",
+            metric_value=round(float(accuracy), 6),
+        )
+    ]
+    if s.worst_domain and s.worst_domain.get(worst_key) is not None:
+        results.append(
+            EvalResult(
+                **common,
+                dataset_config=s.dataset_config,
+                metric_type="worst_domain_accuracy",
+                metric_name="Worst latent-domain accuracy",
+                metric_value=round(float(s.worst_domain[worst_key]), 6),
+            )
+        )
+    for domain, values in (s.per_domain or {}).items():
+        if values.get(worst_key) is not None:
+            results.append(
+                EvalResult(
+                    **common,
+                    dataset_config=f"{s.dataset_config}/{domain}" if s.dataset_config else domain,
+                    metric_type="accuracy",
+                    metric_name=f"Accuracy on latent domain {domain}",
+                    metric_value=round(float(values[worst_key]), 6),
+                )
+            )
+    return results
+
+
+def _metadata(
+    library: str, tags: list[str], summary: RunSummary | None, teacher_ids: list[str], model_name: str, eval_results
+) -> ModelCardData:
+    base_models = []
+    for tid in teacher_ids:
+        name, _, on_hub = split_teacher_id(tid)
+        if on_hub and name not in base_models:
+            base_models.append(name)
+    return ModelCardData(
+        library_name=library,
+        pipeline_tag=_TASK,
+        tags=tags,
+        base_model=base_models or None,
+        metrics=["accuracy"] if eval_results else None,
+        model_name=model_name if eval_results else None,
+        eval_results=eval_results or None,
+    )
+
+
+# ------------------------------------------------------------------------------------------------ the two cards
+
+
+def reuser_card(
+    config: dict,
+    summary: RunSummary | None = None,
+    *,
+    repo_id: str | None = None,
+    student_repo_id: str | None = None,
+    tags: list[str] | None = None,
+) -> ModelCard:
+    """The attention reuser's card from its config (`AttentionReuser` init arguments) and, after training, the run.
+
+    Args:
+        config: `teachers`, `label_names`, `embed_dim`, `embedding`, `temperature`, `use_bias`.
+        summary: the run; without it the card says what is unknown instead of inventing it.
+        repo_id: where the reuser lives on the Hub (used in the loading snippet); a local path works too.
+        student_repo_id: the distilled student's repo, linked from the card.
+        tags: extra Hub tags.
+    """
+    teacher_ids = list(config["teachers"])
+    labels = [str(n) for n in config["label_names"]]
+    teachers = summary.teachers if summary else [TeacherSummary(t) for t in teacher_ids]
+    model_name = _repo_name(repo_id, "mrl-attention-reuser")
+    base_tags = ["hf_mrl", "model-reuse", "attention-reuse", "latent-domains", _TASK]
+    meta = _metadata(
+        "hf_mrl",
+        base_tags + [t for t in tags or [] if t not in base_tags],
+        summary,
+        teacher_ids,
+        model_name,
+        _eval_results(summary, summary and summary.reuse_accuracy, "reuse"),
+    )
+    rows = _teacher_rows(teachers, len(labels))
+    local = [row["teacher"] for row, t in zip(rows, teachers, strict=True) if not t.on_hub]
+    context = {
+        "model_name": model_name,
+        "repo_id": repo_id,
+        "student_repo_id": student_repo_id,
+        "repo_url": REPO_URL,
+        "paper": PAPER,
+        "num_teachers": len(teacher_ids),
+        "num_labels": len(labels),
+        "labels_text": _labels_text(labels),
+        "teachers": rows,
+        "local_teachers": local,
+        "uncovered_labels": _uncovered(teachers, labels),
+        "embedding": config.get("embedding"),
+        "embedding_text": _embedding_text(config.get("embedding") or {}, len(teacher_ids), len(labels)),
+        "embed_dim": config.get("embed_dim"),
+        "temperature": None if config.get("temperature") is None else f"{config['temperature']:.3g}",
+        "use_bias": config.get("use_bias", True),
+        "training": _training(summary) if summary else None,
+        "results": _results(summary) if summary else None,
+        "attention": _attention(summary) if summary else None,
+    }
+    return render_card("reuser", {"card_data": meta, **context})
+
+
+def student_card(
+    student_config: dict,
+    summary: RunSummary | None = None,
+    *,
+    repo_id: str | None = None,
+    reuser_repo_id: str | None = None,
+    tags: list[str] | None = None,
+) -> ModelCard:
+    """The distilled student's card (a timm model: it loads without hf_mrl).
+
+    Args:
+        student_config: `architecture`, `num_params`, `label_names`, `input_size` (C, H, W), `mean`, `std`,
+            `interpolation`, `crop_pct`.
+        summary: the run that trained it.
+        repo_id: the student's Hub repo (used in the loading snippet).
+        reuser_repo_id: the attention reuser it was distilled from.
+        tags: extra Hub tags.
+    """
+    labels = [str(n) for n in student_config["label_names"]]
+    teachers = summary.teachers if summary else []
+    model_name = _repo_name(repo_id, "mrl-student")
+    base_tags = ["hf_mrl", "timm", _TASK, "knowledge-distillation", "model-reuse"]
+    meta = _metadata(
+        "timm",
+        base_tags + [t for t in tags or [] if t not in base_tags],
+        summary,
+        [t.id for t in teachers],
+        model_name,
+        _eval_results(summary, summary and summary.student_accuracy, "student"),
+    )
+    size = student_config.get("input_size") or (3, 224, 224)
+    num_params = student_config.get("num_params")
+    context = {
+        "model_name": model_name,
+        "repo_id": repo_id,
+        "reuser_repo_id": reuser_repo_id,
+        "repo_url": REPO_URL,
+        "paper": PAPER,
+        "architecture": student_config.get("architecture", "unknown"),
+        "num_params": None if num_params is None else f"{num_params / 1e6:.2f}M",
+        "num_labels": len(labels),
+        "labels_text": _labels_text(labels),
+        "input_size": f"{size[-2]}x{size[-1]}",
+        "mean": list(student_config.get("mean", ())),
+        "std": list(student_config.get("std", ())),
+        "interpolation": student_config.get("interpolation", "bilinear"),
+        "crop_pct": student_config.get("crop_pct", 1.0),
+        "teachers": _teacher_rows(teachers, len(labels)),
+        "training": _training(summary) if summary else None,
+        "results": _results(summary) if summary else None,
+        "uncovered_labels": _uncovered(teachers, labels),
+    }
+    return render_card("student", {"card_data": meta, **context})
+
+
+def _uncovered(teachers: list[TeacherSummary], labels: list[str]) -> list[str]:
+    if not teachers or any(t.labels_covered is None for t in teachers):
+        return []
+    missing = set.intersection(*(set(t.missing_labels) for t in teachers))
+    return [label for label in labels if label in missing]
+
+
+def _embedding_text(spec: dict, k: int, c: int) -> str:
+    kind = spec.get("type")
+    if kind == "teacher-outputs":
+        return f"the concatenated log-probabilities of the {k} teachers ({k} x {c} features): no extra model"
+    if kind == "pixels":
+        return f"a fixed random projection of the 32x32 input pixels to {spec.get('dim')} features"
+    if kind == "encoder":
+        return f"pooled features of the frozen backbone `{spec.get('model_id')}`"
+    return "unknown"
+
+
+# ------------------------------------------------------------------------------------------------ validation
+
+
+def validate_card(card: ModelCard | str) -> ModelCard:
+    """Parse a rendered card the way the Hub reads it and check its metadata; return the parsed card.
+
+    Raises `ValueError` naming the problem: a YAML header that is missing or not a mapping, a `model-index` that
+    huggingface_hub cannot parse back into eval results, a `base_model` that is not a Hub model id, or a missing
+    `library_name` / `pipeline_tag`.
+    """
+    from huggingface_hub.utils import validate_repo_id
+
+    text = str(card)
+    if not text.startswith("---"):
+        raise ValueError("The model card has no YAML metadata header.")
+    parsed = ModelCard(text)  # strict: raises ValueError on a malformed header or model-index
+    data = parsed.data
+    for key in ("library_name", "pipeline_tag"):
+        if not data.get(key):
+            raise ValueError(f"The model card metadata has no `{key}`.")
+    base = data.get("base_model")
+    for model_id in [base] if isinstance(base, str) else base or []:
+        if not isinstance(model_id, str) or "@" in model_id:
+            raise ValueError(f"`base_model` entry {model_id!r} must be a full `org/name` id without a revision.")
+        try:
+            validate_repo_id(model_id)
+        except ValueError as err:
+            raise ValueError(f"`base_model` entry {model_id!r} is not a Hub model id: {err}") from err
+        if "/" not in model_id:
+            raise ValueError(f"`base_model` entry {model_id!r} must be a full `org/name` id without a revision.")
+    if "model-index" in data.to_dict():
+        for result in data.eval_results or []:
+            if not isinstance(result.metric_value, (int, float)):
+                raise ValueError(f"Metric {result.metric_type!r} has a non-numeric value {result.metric_value!r}.")
+    return parsed

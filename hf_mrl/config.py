@@ -67,6 +67,9 @@ class MRLConfig:
         for name in ("kd_lambda", "direct_weight", "weight_decay", "checkpoint_every"):
             if float(getattr(self, name)) < 0:
                 raise ValueError(f"{name} must be >= 0; got {getattr(self, name)!r}.")
+        from .embedding import Embedding
+
+        Embedding(self.embedding)  # raises ValueError on an unknown spec
         if self.attention_temperature is not None and not self.attention_temperature > 0:
             raise ValueError(f"attention_temperature must be > 0 or None; got {self.attention_temperature!r}.")
 

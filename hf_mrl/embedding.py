@@ -31,7 +31,11 @@ class Embedding:
 
     def __init__(self, spec: dict | str = "teacher-outputs", cache_dir: str | os.PathLike | None = None):
         if isinstance(spec, str):
-            spec = {"type": "encoder", "model_id": spec.split(":", 1)[1]} if spec.startswith("encoder:") else {"type": spec}
+            spec = (
+                {"type": "encoder", "model_id": spec.split(":", 1)[1]}
+                if spec.startswith("encoder:")
+                else {"type": spec}
+            )
         if not isinstance(spec, dict) or spec.get("type") not in EMBEDDING_TYPES:
             raise ValueError(f"Unknown embedding {spec!r}: use one of {EMBEDDING_TYPES} (e.g. 'encoder:org/name').")
         if spec["type"] == "pixels":

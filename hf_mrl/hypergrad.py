@@ -55,8 +55,8 @@ def unrolled_hypergradient(
     for t in range(steps):
         loss = inner_loss(theta, t)
         grads = torch.autograd.grad(loss, [theta[n] for n in names], create_graph=True)
-        theta = {n: theta[n] - inner_lr * g for n, g in zip(names, grads)}
+        theta = {n: theta[n] - inner_lr * g for n, g in zip(names, grads, strict=True)}
     out = outer_loss(theta)
     grads = torch.autograd.grad(out, list(hyperparams), allow_unused=True)
-    grads = [torch.zeros_like(h) if g is None else g for h, g in zip(hyperparams, grads)]
+    grads = [torch.zeros_like(h) if g is None else g for h, g in zip(hyperparams, grads, strict=True)]
     return grads, out.detach()

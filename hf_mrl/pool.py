@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from .cache import LogitCache, fingerprint
 from .labels import LabelMapping, map_labels
 
-__all__ = ["ModelPool", "Teacher", "parse_pool_file", "parse_teacher_id"]
+__all__ = ["ModelPool", "Teacher", "TeacherLoadError", "parse_pool_file", "parse_teacher_id"]
 
 logger = logging.getLogger(__name__)
 
@@ -71,40 +71,158 @@ def parse_pool_file(path: str | os.PathLike) -> list[str]:
     return entries
 
 
-def _resolve(name: str, revision: str | None, token: str | bool | None) -> tuple[Path, str | None]:
-    """Local folder of a teacher and its resolved commit (None for a local path)."""
+class TeacherLoadError(ValueError):
+    """A teacher could not be loaded. `teacher` is the id as given; `reason` says why, one of `REASONS`."""
+
+    REASONS = (
+        "not_found",  # neither a local folder nor a Hub repository the user can see
+        "revision_not_found",
+        "gated",
+        "offline",  # HF_HUB_OFFLINE=1 and not in the cache
+        "unreachable",  # the Hub cannot be reached and not in the cache
+        "hub_error",
+        "unknown_format",  # not a transformers or timm checkpoint
+        "no_classification_head",
+        "no_labels",
+        "no_weights",
+        "unsafe_weights",  # pickle only
+        "load_failed",
+    )
+
+    def __init__(self, teacher: str, reason: str, message: str):
+        super().__init__(f"Teacher {teacher!r} {message}")
+        self.teacher, self.reason = teacher, reason
+
+
+# Files a teacher needs from a Hub repo; weights other than safetensors are only fetched with allow_pickle.
+_HUB_PATTERNS = ("*.json", "*.safetensors", "*.md")
+# Marker files of formats the pool cannot use, to say what a repo is instead of "unknown".
+_OTHER_FORMATS = {
+    "adapter_config.json": "a PEFT adapter",
+    "model_index.json": "a diffusers pipeline",
+    "open_clip_config.json": "an OpenCLIP model",
+    "config_sentence_transformers.json": "a sentence-transformers model",
+    "modules.json": "a sentence-transformers model",
+    "params.json": "a raw (non-transformers) LLM checkpoint",
+}
+
+
+def _resolve(
+    name: str, revision: str | None, token: str | bool | None, *, allow_pickle: bool = False
+) -> tuple[Path, str | None]:
+    """Local folder of a teacher and its resolved commit (None for a local path).
+
+    Hub ids go through huggingface_hub's cache (`snapshot_download`), so a repo fetched once online is found again
+    with HF_HUB_OFFLINE=1, by branch, tag, or the commit recorded in `Teacher.id`.
+    """
+    shown = f"{name}@{revision}" if revision else name
     if os.path.isdir(name):
         if revision is not None:
-            raise ValueError(f"Teacher {name!r} is a local folder; a revision ({revision!r}) only applies to Hub ids.")
+            raise TeacherLoadError(shown, "not_found", "is a local folder; a revision only applies to Hub ids.")
         return Path(name), None
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import constants, snapshot_download
     from huggingface_hub.errors import (
         GatedRepoError,
+        HfHubHTTPError,
+        HFValidationError,
         LocalEntryNotFoundError,
         RepositoryNotFoundError,
         RevisionNotFoundError,
     )
+    from huggingface_hub.utils import validate_repo_id
 
     try:
-        folder = snapshot_download(
-            name,
-            revision=revision,
-            token=token,
-            allow_patterns=["*.json", "*.safetensors", "*.md"],
-        )
+        validate_repo_id(name)
+    except HFValidationError:
+        raise TeacherLoadError(
+            shown, "not_found", "was not found: no such local folder, and not a Hub repo id (`org/name[@revision]`)."
+        ) from None
+    patterns = [*_HUB_PATTERNS, *(_PICKLE_WEIGHTS if allow_pickle else ())]
+    try:
+        folder = snapshot_download(name, revision=revision, token=token, allow_patterns=patterns)
     except GatedRepoError as err:
-        raise ValueError(f"Teacher {name!r} is gated: accept its terms on the Hub and log in.") from err
+        raise TeacherLoadError(
+            shown,
+            "gated",
+            "is gated on the Hub: request access on its page, then log in (`hf auth login` or HF_TOKEN).",
+        ) from err
     except RevisionNotFoundError as err:
-        raise ValueError(f"Teacher {name!r} has no revision {revision!r}.") from err
+        raise TeacherLoadError(
+            shown, "revision_not_found", f"was not found: the Hub repo {name!r} has no revision {revision!r}."
+        ) from err
     except RepositoryNotFoundError as err:
-        raise ValueError(
-            f"Teacher {name!r} was not found: neither a local folder nor a Hub repository (or it is private)."
+        raise TeacherLoadError(
+            shown,
+            "not_found",
+            "was not found: no such local folder, and no Hub repository by that id that you can access "
+            "(check the id; a private repo needs a token).",
         ) from err
     except LocalEntryNotFoundError as err:
-        raise ValueError(
-            f"Teacher {name!r} is not in the local cache and the Hub cannot be reached (offline?)."
+        if constants.HF_HUB_OFFLINE:
+            raise TeacherLoadError(
+                shown,
+                "offline",
+                f"is not in the Hub cache ({constants.HF_HUB_CACHE}) and HF_HUB_OFFLINE=1: run once online to cache "
+                "it (a revision is found offline only if that same revision was fetched online).",
+            ) from err
+        raise TeacherLoadError(
+            shown,
+            "unreachable",
+            f"is not in the Hub cache and the Hub ({constants.ENDPOINT}) cannot be reached: {err.__cause__ or err}",
         ) from err
+    except HfHubHTTPError as err:
+        raise TeacherLoadError(shown, "hub_error", f"could not be fetched from the Hub: {err}") from err
     return Path(folder), Path(folder).name
+
+
+def _remote_pickle_weights(name: str, commit: str, token: str | bool | None) -> list[str]:
+    """Pickle weight files of a Hub repo at `commit` (not downloaded unless allowed); [] when unknown."""
+    from huggingface_hub import HfApi, constants
+
+    if constants.HF_HUB_OFFLINE:
+        return []
+    try:
+        files = HfApi().list_repo_files(name, revision=commit, token=token)
+    except Exception:  # only used to word an error better
+        return []
+    return [f for f in files if f in _PICKLE_WEIGHTS]
+
+
+def _detect_library(folder: Path, shown: str) -> tuple[str, dict]:
+    """`timm` or `transformers` and the parsed config.json, from the checkpoint's files; raise for anything else."""
+    config_file = folder / "config.json"
+    config: dict | None = None
+    if config_file.is_file():
+        try:
+            config = json.loads(config_file.read_text())
+        except json.JSONDecodeError as err:
+            raise TeacherLoadError(
+                shown, "unknown_format", f"has a config.json that is not valid JSON ({err})."
+            ) from err
+        if not isinstance(config, dict):
+            raise TeacherLoadError(shown, "unknown_format", "has a config.json that is not a JSON object.")
+    if config is not None and "architecture" in config and "pretrained_cfg" in config:
+        return "timm", config
+    if config is not None and ("model_type" in config or "architectures" in config):
+        return "transformers", config
+    for marker, what in _OTHER_FORMATS.items():
+        if (folder / marker).is_file():
+            raise TeacherLoadError(
+                shown,
+                "unknown_format",
+                f"looks like {what} ({marker}), not a transformers or timm checkpoint: unknown format for the pool.",
+            )
+    if config is None:
+        files = sorted(p.name for p in folder.iterdir())[:12]
+        raise TeacherLoadError(
+            shown, "unknown_format", f"has no config.json (files: {files}): not a transformers or timm checkpoint."
+        )
+    raise TeacherLoadError(
+        shown,
+        "unknown_format",
+        "has a config.json that is neither timm's (`architecture` + `pretrained_cfg`) nor transformers' "
+        "(`model_type`): unknown format.",
+    )
 
 
 def _timm_preprocess(cfg: dict):
@@ -183,33 +301,43 @@ class Teacher:
         """
         if not isinstance(source, (str, os.PathLike)):
             raise TypeError(f"A teacher source must be a Hub id or a path; got {type(source).__name__}.")
-        name, revision = parse_teacher_id(str(source))
-        folder, commit = _resolve(name, revision, token)
-        config_file = folder / "config.json"
-        if not config_file.is_file():
-            raise ValueError(f"Teacher {name!r} has no config.json: not a transformers or timm checkpoint.")
-        try:
-            config = json.loads(config_file.read_text())
-        except json.JSONDecodeError as err:
-            raise ValueError(f"Teacher {name!r}: config.json is not valid JSON ({err}).") from err
-        weights = folder / _WEIGHTS
-        if not weights.is_file():
-            if any((folder / p).is_file() for p in _PICKLE_WEIGHTS) and not allow_pickle:
-                raise ValueError(
-                    f"Teacher {name!r} only has pickle weights, which can run arbitrary code when loaded. "
-                    "Convert it to safetensors, or pass allow_pickle=True if you trust it."
+        shown = str(source).strip()
+        name, revision = parse_teacher_id(shown)
+        folder, commit = _resolve(name, revision, token, allow_pickle=allow_pickle)
+        library, config = _detect_library(folder, shown)
+        weights = _weight_files(folder)
+        if not weights:
+            pickles = [p for p in _PICKLE_WEIGHTS if (folder / p).is_file()]
+            if not pickles and commit is not None and not allow_pickle:
+                pickles = _remote_pickle_weights(name, commit, token)
+            if pickles and not allow_pickle:
+                raise TeacherLoadError(
+                    shown,
+                    "unsafe_weights",
+                    f"only has pickle weights ({pickles[0]}), which can run arbitrary code when loaded. "
+                    "Convert it to safetensors, or pass allow_pickle=True if you trust it.",
                 )
-            if not allow_pickle:
-                raise ValueError(f"Teacher {name!r} has no {_WEIGHTS}.")
-        weights_hash = _file_hash(weights) if weights.is_file() else None
-        if "architecture" in config and "pretrained_cfg" in config:
-            model, labels, preprocess = _load_timm(folder, config, name)
-            library = "timm"
+            if not pickles:
+                raise TeacherLoadError(shown, "no_weights", f"has no weights: expected {_WEIGHTS}.")
+            weights = [folder / p for p in pickles]
+        if library == "timm":
+            model, labels, preprocess = _load_timm(folder, config, shown)
         else:
-            model, labels, preprocess = _load_transformers(folder, config, name, allow_pickle, trust_remote_code)
-            library = "transformers"
-        logger.info("Loaded %s teacher %s (%d labels)", library, name if commit is None else f"{name}@{commit}", len(labels))
-        return cls(model, labels, preprocess, name=name, revision=commit, library=library, weights_hash=weights_hash)
+            model, labels, preprocess = _load_transformers(folder, config, shown, allow_pickle, trust_remote_code)
+        logger.info(
+            "Loaded %s teacher %s (%d labels)", library, name if commit is None else f"{name}@{commit}", len(labels)
+        )
+        # The cache key covers everything that shapes the logits: weights and the (pre)processing configs.
+        configs = [folder / f for f in ("config.json", "preprocessor_config.json") if (folder / f).is_file()]
+        return cls(
+            model,
+            labels,
+            preprocess,
+            name=name,
+            revision=commit,
+            library=library,
+            weights_hash=_files_hash(list(weights) + configs),
+        )
 
     @torch.inference_mode()
     def logits(self, images: torch.Tensor) -> torch.Tensor:
@@ -223,43 +351,67 @@ class Teacher:
         return out.float().cpu()
 
 
-def _file_hash(path: Path) -> str:
+def _weight_files(folder: Path) -> list[Path]:
+    """The safetensors weights of a checkpoint: one file, or the shards named by its index."""
+    if (folder / _WEIGHTS).is_file():
+        return [folder / _WEIGHTS]
+    index = folder / f"{_WEIGHTS}.index.json"
+    if index.is_file():
+        try:
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
+            return []
+        return [index, *(folder / s for s in shards)] if all((folder / s).is_file() for s in shards) else []
+    return []
+
+
+def _files_hash(paths: Sequence[Path]) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
+    for path in paths:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
     return h.hexdigest()[:16]
 
 
-def _load_timm(folder: Path, config: dict, name: str):
+def _load_timm(folder: Path, config: dict, shown: str):
     import timm
 
+    if config.get("num_classes") == 0:
+        raise TeacherLoadError(
+            shown, "no_classification_head", "is a timm backbone without a classification head (num_classes=0)."
+        )
     try:
         model = timm.create_model(f"local-dir:{folder}", pretrained=True)
     except Exception as err:  # timm raises many types for a broken checkpoint
-        raise ValueError(f"Teacher {name!r}: timm could not load the checkpoint ({err}).") from err
+        raise TeacherLoadError(shown, "load_failed", f"could not be loaded by timm ({err}).") from err
     labels = config.get("label_names") or config.get("pretrained_cfg", {}).get("label_names")
     if not labels:
-        raise ValueError(f"Teacher {name!r} (timm) has no `label_names` in config.json: its outputs cannot be mapped.")
+        raise TeacherLoadError(
+            shown, "no_labels", "(timm) has no `label_names` in config.json: its outputs cannot be mapped."
+        )
     if model.num_classes != len(labels):
-        raise ValueError(f"Teacher {name!r}: {model.num_classes} outputs but {len(labels)} label names.")
+        raise TeacherLoadError(shown, "no_labels", f"has {model.num_classes} outputs but {len(labels)} label names.")
     return model, list(labels), _timm_preprocess(model.pretrained_cfg)
 
 
-def _load_transformers(folder: Path, config: dict, name: str, allow_pickle: bool, trust_remote_code: bool):
+def _load_transformers(folder: Path, config: dict, shown: str, allow_pickle: bool, trust_remote_code: bool):
     from transformers import AutoImageProcessor, AutoModelForImageClassification
 
-    if not config.get("id2label") or not any("ForImageClassification" in a for a in config.get("architectures", [])):
-        raise ValueError(
-            f"Teacher {name!r} is not an image classifier (architectures={config.get('architectures')}): "
-            "the pool needs checkpoints with a classification head."
+    architectures = config.get("architectures") or []
+    if not config.get("id2label") or not any("ForImageClassification" in a for a in architectures):
+        raise TeacherLoadError(
+            shown,
+            "no_classification_head",
+            f"is not an image classifier (architectures={architectures or None}): the pool needs checkpoints "
+            "with an image-classification head (`*ForImageClassification`, or a timm classifier).",
         )
     try:
         model = AutoModelForImageClassification.from_pretrained(
             folder, use_safetensors=None if allow_pickle else True, trust_remote_code=trust_remote_code
         )
     except Exception as err:
-        raise ValueError(f"Teacher {name!r}: transformers could not load the checkpoint ({err}).") from err
+        raise TeacherLoadError(shown, "load_failed", f"could not be loaded by transformers ({err}).") from err
     labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
     if (folder / "preprocessor_config.json").is_file():
         processor = AutoImageProcessor.from_pretrained(folder, trust_remote_code=trust_remote_code)
@@ -267,7 +419,7 @@ def _load_transformers(folder: Path, config: dict, name: str, allow_pickle: bool
         def preprocess(images: torch.Tensor) -> torch.Tensor:
             return processor(images=images, return_tensors="pt")["pixel_values"]
     else:
-        logger.warning("Teacher %s has no preprocessor_config.json: feeding pixels scaled to [0, 1].", name)
+        logger.warning("Teacher %s has no preprocessor_config.json: feeding pixels scaled to [0, 1].", shown)
         preprocess = None
     return model, labels, preprocess
 
@@ -296,7 +448,9 @@ class ModelPool:
         **load_kwargs,
     ):
         if isinstance(teachers, (str, os.PathLike)) or not len(teachers):
-            raise ValueError("A ModelPool needs a non-empty list of teachers (use ModelPool.from_file for a pool file).")
+            raise ValueError(
+                "A ModelPool needs a non-empty list of teachers (use ModelPool.from_file for a pool file)."
+            )
         self.label_names = [str(n) for n in label_names]
         self.teachers = [t if isinstance(t, Teacher) else Teacher.load(t, **load_kwargs) for t in teachers]
         ids = [t.id for t in self.teachers]

@@ -69,7 +69,12 @@ def _make_transformers(model_type: str):
     labels = {"id2label": dict(enumerate(_LABELS)), "label2id": {n: i for i, n in enumerate(_LABELS)}}
     if model_type == "resnet":
         config = ResNetConfig(
-            num_channels=3, embedding_size=24, hidden_sizes=[24, 48, 96], depths=[1, 1, 1], layer_type="basic", **labels
+            num_channels=3,
+            embedding_size=24,
+            hidden_sizes=[24, 48, 96],
+            depths=[1, 1, 1],
+            layer_type="basic",
+            **labels,
         )
         model = ResNetForImageClassification(config)
         mean, std = _IMAGENET
@@ -121,7 +126,9 @@ def train_classifier(
 
 @torch.no_grad()
 def _accuracy(model, preprocess, images, labels) -> float:
-    out = torch.cat([getattr(o, "logits", o) for o in (model(preprocess(images[i : i + 512])) for i in range(0, len(images), 512))])
+    out = torch.cat(
+        [getattr(o, "logits", o) for o in (model(preprocess(images[i : i + 512])) for i in range(0, len(images), 512))]
+    )
     return (out.argmax(-1) == labels).float().mean().item()
 
 
@@ -135,13 +142,29 @@ def _teacher_card(domain: str, spec: dict, val_acc: float) -> str:
     )
 
 
-def _build_teacher(domain: str, out_dir: Path, seed: int) -> float:
+def _source_tensors(domain: str):
     from .data import dataset_to_tensors, load_source
 
-    spec = TEACHER_SPECS[domain]
     source = load_source(domain)
-    x_tr, y_tr, _ = dataset_to_tensors(source["train"])
-    x_va, y_va, _ = dataset_to_tensors(source["validation"])
+    return dataset_to_tensors(source["train"])[:2], dataset_to_tensors(source["validation"])[:2]
+
+
+def _build_info(domain: str, seed: int, train_images: torch.Tensor) -> dict:
+    """What a cached teacher must match to be reused: builder version, recipe, seed and its training data."""
+    from .cache import fingerprint
+
+    return {
+        "version": _VERSION,
+        "domain": domain,
+        "spec": TEACHER_SPECS[domain],
+        "seed": seed,
+        "data": fingerprint(train_images),
+    }
+
+
+def _build_teacher(domain: str, out_dir: Path, seed: int) -> float:
+    spec = TEACHER_SPECS[domain]
+    (x_tr, y_tr), (x_va, y_va) = _source_tensors(domain)
     torch.manual_seed(seed)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
     try:
@@ -158,7 +181,8 @@ def _build_teacher(domain: str, out_dir: Path, seed: int) -> float:
             processor.save_pretrained(tmp)
         acc = _accuracy(model, preprocess, x_va, y_va)
         (tmp / "README.md").write_text(_teacher_card(domain, spec, acc))
-        (tmp / "build_info.json").write_text(json.dumps({"version": _VERSION, "domain": domain, "val_accuracy": acc}))
+        info = {**_build_info(domain, seed, x_tr), "val_accuracy": acc}
+        (tmp / "build_info.json").write_text(json.dumps(info, indent=2))
         if out_dir.exists():
             shutil.rmtree(out_dir)
         os.replace(tmp, out_dir)
@@ -181,7 +205,9 @@ def build_digits_pool(output_dir: str | os.PathLike | None = None, domains: str 
             raise ValueError(f"Unknown Digits-LD domain {domain!r}; choose from {''.join(TEACHER_SPECS)}.")
         folder = out / f"teacher-{domain}"
         info = folder / "build_info.json"
-        if info.is_file() and json.loads(info.read_text()).get("version") == _VERSION:
+        expected = _build_info(domain, seed, _source_tensors(domain)[0][0])
+        recorded = json.loads(info.read_text()) if info.is_file() else {}
+        if all(recorded.get(k) == v for k, v in expected.items()):
             logger.info("Reusing teacher %s from %s", domain, folder)
         else:
             logger.info("Training the %s teacher for domain %s", TEACHER_SPECS[domain]["library"], domain)
@@ -190,6 +216,10 @@ def build_digits_pool(output_dir: str | os.PathLike | None = None, domains: str 
         names.append(folder.name)
     pool_file = out / "hub-ids.txt"
     tmp = pool_file.with_suffix(".tmp")
-    tmp.write_text("# Digits-LD teacher pool: one teacher per latent domain (paths relative to this file)\n" + "\n".join(names) + "\n")
+    tmp.write_text(
+        "# Digits-LD teacher pool: one teacher per latent domain (paths relative to this file)\n"
+        + "\n".join(names)
+        + "\n"
+    )
     os.replace(tmp, pool_file)
     return pool_file

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from pathlib import Path
@@ -11,13 +12,15 @@ import torch.nn as nn
 from huggingface_hub import PyTorchModelHubMixin, hf_hub_download
 from safetensors.torch import load_model
 
-from .cards import render_card
+from .cards import RunSummary, reuser_card, split_teacher_id
 from .embedding import Embedding
 from .pool import ModelPool
 
 __all__ = ["AttentionReuser", "FORMAT_VERSION"]
 
 FORMAT_VERSION = 1
+
+logger = logging.getLogger(__name__)
 
 
 class AttentionReuser(
@@ -76,7 +79,8 @@ class AttentionReuser(
         self.bias = nn.Parameter(torch.zeros(k), requires_grad=use_bias)  # (K,)
         self.register_buffer("psi_mean", torch.zeros(embed_dim))
         self.register_buffer("psi_std", torch.ones(embed_dim))
-        self.card_data: dict = {}
+        self.card_summary: RunSummary | None = None  # filled after training; rendered into the model card
+        self._load_kwargs: dict = {}  # how to fetch the teachers (a token), never saved
         self._pool: ModelPool | None = None
         self._embedding: Embedding | None = None
 
@@ -146,7 +150,7 @@ class AttentionReuser(
     def pool(self) -> ModelPool:
         """The teacher pool, rebuilt from the recorded ids (and commits) on first use."""
         if self._pool is None:
-            self._pool = ModelPool(self.teachers, self.label_names)
+            self._pool = ModelPool(self.teachers, self.label_names, **self._load_kwargs)
         return self._pool
 
     def attach_pool(self, pool: ModelPool) -> None:
@@ -165,8 +169,36 @@ class AttentionReuser(
         return out
 
     # -- Hub integration -----------------------------------------------------------------------
-    def generate_model_card(self, *args, **kwargs):
-        return render_card("reuser", {**self.card_data, **kwargs, "config": self._hub_mixin_config})
+    @property
+    def config(self) -> dict:
+        """The init arguments that rebuild this reuser (what config.json holds)."""
+        return {
+            "teachers": list(self.teachers),
+            "label_names": list(self.label_names),
+            "embed_dim": self.embed_dim,
+            "embedding": self.embedding_spec,
+            "temperature": self.temperature,
+            "use_bias": self.bias.requires_grad,
+            "format_version": FORMAT_VERSION,
+        }
+
+    def generate_model_card(self, *args, repo_id: str | None = None, student_repo_id: str | None = None, **kwargs):
+        """The model card: `model_cards/reuser.md` rendered with the config and `card_summary` (if trained)."""
+        return reuser_card(self.config, self.card_summary, repo_id=repo_id, student_repo_id=student_repo_id)
+
+    def push_to_hub(self, repo_id: str, *, model_card_kwargs: dict | None = None, **kwargs) -> str:
+        """Push config.json, model.safetensors and the model card to `repo_id` in one commit.
+
+        Accepts the arguments of `huggingface_hub.PyTorchModelHubMixin.push_to_hub` (`private`, `token`,
+        `commit_message`, `branch`, ...). The card's loading snippet names `repo_id`.
+        """
+        local = [t for t in self.teachers if not split_teacher_id(t)[2]]
+        if local:
+            logger.warning(
+                "Pushing a reuser whose teachers %s are local folders: it can only be rebuilt where they exist.", local
+            )
+        model_card_kwargs = {"repo_id": repo_id, **(model_card_kwargs or {})}
+        return super().push_to_hub(repo_id, model_card_kwargs=model_card_kwargs, **kwargs)
 
     @classmethod
     def _from_pretrained(
@@ -183,6 +215,10 @@ class AttentionReuser(
         **model_kwargs,
     ) -> AttentionReuser:
         # Safetensors only and strict by default: a broken or mismatched checkpoint must fail loudly.
+        if "teachers" not in model_kwargs:
+            raise ValueError(
+                f"{model_id!r} has no readable config.json listing teachers: not a saved AttentionReuser."
+            )
         model = cls(**model_kwargs)
         if os.path.isdir(model_id):
             model_file = os.path.join(model_id, "model.safetensors")
@@ -202,4 +238,6 @@ class AttentionReuser(
             load_model(model, model_file, strict=strict, device=map_location)
         except (RuntimeError, OSError, ValueError) as err:
             raise ValueError(f"Could not load the reuser weights from {model_id!r}: {err}") from err
+        if token is not None:
+            model._load_kwargs["token"] = token  # private teachers are fetched with the same token
         return model.eval()

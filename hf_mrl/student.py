@@ -36,8 +36,12 @@ def create_student(
         model = timm.create_model(architecture, num_classes=len(label_names), **model_args)
     except (RuntimeError, TypeError) as err:
         raise ValueError(f"timm cannot build student {architecture!r} with {model_args}: {err}") from err
+    # Drop timm's ImageNet provenance (tag, license, origin): this is a new model with its own training.
+    inherited = {
+        k: v for k, v in model.pretrained_cfg.items() if k not in ("tag", "license", "origin_url", "hf_hub_id")
+    }
     model.pretrained_cfg = {
-        **model.pretrained_cfg,
+        **inherited,
         "input_size": (3, image_size, image_size),
         "test_input_size": (3, image_size, image_size),
         "crop_pct": 1.0,

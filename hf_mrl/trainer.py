@@ -7,6 +7,7 @@ step on the prototypes phi along the gradient of the labeled loss of an unrolled
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -65,7 +66,9 @@ class TargetData:
             names = [self.label_names[i] for i in missing]
             raise ValueError(f"Classes {names} have no labeled sample; label at least one sample of each class.")
         if self.labeled_labels.min() < 0 or self.labeled_labels.max() >= c:
-            raise ValueError(f"Labels must lie in [0, {c}); got {self.labeled_labels.min()}..{self.labeled_labels.max()}.")
+            raise ValueError(
+                f"Labels must lie in [0, {c}); got {self.labeled_labels.min()}..{self.labeled_labels.max()}."
+            )
 
 
 @dataclass
@@ -80,7 +83,9 @@ class ReuseInputs:
     feats_t: torch.Tensor
 
 
-def compute_reuse_inputs(pool: ModelPool, embedding: Embedding, data: TargetData, progress: bool = False) -> ReuseInputs:
+def compute_reuse_inputs(
+    pool: ModelPool, embedding: Embedding, data: TargetData, progress: bool = False
+) -> ReuseInputs:
     """Run every teacher once over each set (cached), and the embedding on top."""
     sets = {"l": data.labeled_images, "u": data.unlabeled_images, "t": data.test_images}
     probs = {k: pool.probs(v, progress=progress) for k, v in sets.items()}
@@ -132,7 +137,7 @@ class MRLTrainer:
         student_spec: `{"architecture": ..., "model_args": ...}` for `create_student`.
 
     >>> trainer = MRLTrainer(MRLConfig(max_steps=10), data, reuse, teacher_ids=pool.ids)  # doctest: +SKIP
-    >>> student = trainer.train(); metrics = trainer.evaluate()  # doctest: +SKIP
+    >>> student = trainer.train(); predictions = trainer.predict(data.test_images)  # doctest: +SKIP
     """
 
     def __init__(
@@ -186,10 +191,12 @@ class MRLTrainer:
         self.accelerator.register_for_checkpointing(self.reuser, self.outer_optimizer)
 
     # -- batches ---------------------------------------------------------------------------------
-    def _batch_indices(self, step: int) -> tuple[torch.Generator, torch.Tensor, torch.Tensor]:
-        """Global batch for `step`, sliced to this process; a function of (seed, step) only, so
-        a resumed run sees exactly the batches an uninterrupted one would."""
-        gen = torch.Generator().manual_seed(self.config.seed * 1_000_003 + step)
+    def _batch_indices(self, step: int, stream: int = 0) -> tuple[torch.Generator, torch.Tensor, torch.Tensor]:
+        """Global batch for `step`, sliced to this process; a function of (seed, stream, step) only, so
+        a resumed run sees exactly the batches an uninterrupted one would. Outer steps draw from their
+        own streams so they never reuse a training step's batch."""
+        key = hashlib.sha256(f"{self.config.seed}/{stream}/{step}".encode()).digest()
+        gen = torch.Generator().manual_seed(int.from_bytes(key[:8], "little") >> 1)
         n, m = len(self.data.labeled_labels), len(self.data.unlabeled_images)
         idx_l = torch.randint(0, n, (self.config.batch_size,), generator=gen)
         idx_u = torch.randint(0, m, (self.config.unlabeled_batch_size,), generator=gen)
@@ -240,7 +247,7 @@ class MRLTrainer:
         cfg, acc = self.config, self.accelerator
         model = acc.unwrap_model(self.student)
         params, call = functional_student(model)
-        batches = [self._batch_indices(step * 7919 + 1 + t) for t in range(cfg.unroll_steps + 1)]
+        batches = [self._batch_indices(step, stream=1 + t) for t in range(cfg.unroll_steps + 1)]
         dev = acc.device
 
         def inner_loss(theta, t):
@@ -265,7 +272,7 @@ class MRLTrainer:
         grads, outer = unrolled_hypergradient(
             params, inner_loss, outer_loss, self.outer_params, cfg.inner_lr, cfg.unroll_steps
         )
-        for p, g in zip(self.outer_params, grads):
+        for p, g in zip(self.outer_params, grads, strict=True):
             p.grad = acc.reduce(g.contiguous(), reduction="mean") if acc.num_processes > 1 else g
         self.outer_optimizer.step()
         self.outer_optimizer.zero_grad(set_to_none=True)

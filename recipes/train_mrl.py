@@ -23,7 +23,8 @@ from accelerate import PartialState
 from accelerate.utils import set_seed
 
 from hf_mrl import AttentionReuser, Embedding, ModelPool, MRLConfig, MRLTrainer, compute_reuse_inputs
-from hf_mrl.cards import render_card
+from hf_mrl.cards import RunSummary, TeacherSummary, student_card
+from hf_mrl.hub import PushError, check_hub_model_id, push_run, student_repo_id
 from hf_mrl.metrics import accuracy_report
 from hf_mrl.student import save_student
 from hf_mrl.target import load_target
@@ -51,7 +52,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--image_size", type=int, default=32, help="inputs are resized to this square size")
     p.add_argument("--cache_dir", help="teacher-output cache (default: $HF_MRL_CACHE/logits)")
     p.add_argument("--no_progress", action="store_true")
-    return p.parse_args(argv)
+    hub = p.add_argument_group("Hub (see README, Hub): the reuser goes to ORG/NAME, the student to ORG/NAME-student")
+    hub.add_argument("--push_to_hub", action="store_true", help="push reuser and student after training")
+    hub.add_argument("--hub_model_id", help="ORG/NAME; also names the repos in the model cards without a push")
+    hub.add_argument("--hub_private", action="store_true", help="create the repos private")
+    hub.add_argument("--hub_token", help="Hub token (prefer HF_TOKEN or `hf auth login`: arguments show in `ps`)")
+    args = p.parse_args(argv)
+    if args.push_to_hub and not args.hub_model_id:
+        p.error("--push_to_hub needs --hub_model_id ORG/NAME.")
+    if args.hub_model_id:
+        try:
+            check_hub_model_id(args.hub_model_id)
+        except ValueError as err:
+            p.error(str(err))
+    return args
 
 
 def _cache_root() -> Path:
@@ -88,7 +102,10 @@ def training_function(args: argparse.Namespace) -> dict:
 
     with accelerator.main_process_first():
         data, dataset_desc = load_target(
-            args.dataset, args.labeled_per_class, args.seed, image_column=args.image_column,
+            args.dataset,
+            args.labeled_per_class,
+            args.seed,
+            image_column=args.image_column,
             label_column=args.label_column,
             image_size=args.image_size,
         )
@@ -125,13 +142,14 @@ def training_function(args: argparse.Namespace) -> dict:
         "supervised_accuracy": supervised_r["accuracy"],
         "reuse_accuracy": reuse_r["accuracy"],
         "never_worse": student_r["accuracy"] >= supervised_r["accuracy"],
-        "teacher_accuracy": dict(zip(pool.ids, teacher_acc)),
+        "teacher_accuracy": dict(zip(pool.ids, teacher_acc, strict=True)),
         "teacher_forward_samples": {t.id: t.samples_seen for t in pool.teachers},
         "dataset": dataset_desc,
         "num_labeled": len(data.labeled_labels),
         "num_unlabeled": len(data.unlabeled_images),
         "num_test": len(data.test_labels),
         "config": config.to_dict(),
+        "args": {k: v for k, v in vars(args).items() if "token" not in k},
         "pool": pool.ids,
         "num_processes": accelerator.num_processes,
         "prototypes_in_sync": trainer.replicas_in_sync,
@@ -139,7 +157,11 @@ def training_function(args: argparse.Namespace) -> dict:
     }
     if "per_domain" in student_r:
         metrics["per_domain"] = {
-            d: {"student": student_r["per_domain"][d], "supervised": supervised_r["per_domain"][d], "reuse": reuse_r["per_domain"][d]}
+            d: {
+                "student": student_r["per_domain"][d],
+                "supervised": supervised_r["per_domain"][d],
+                "reuse": reuse_r["per_domain"][d],
+            }
             for d in student_r["per_domain"]
         }
         metrics["worst_domain_accuracy"] = {
@@ -151,59 +173,92 @@ def training_function(args: argparse.Namespace) -> dict:
 
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        _write_outputs(out, trainer, student, pool, reuse_out["weights"], teacher_acc, metrics)
+        _write_outputs(out, trainer, student, pool, reuse_out["weights"], teacher_acc, metrics, args)
     accelerator.wait_for_everyone()
     return metrics
 
 
 def _attention_by_domain(weights: torch.Tensor, data) -> dict:
     names = data.domain_names or [str(d) for d in sorted(set(data.test_domains.tolist()))]
-    return {names[d]: weights[data.test_domains == d].mean(0).tolist() for d in sorted(set(data.test_domains.tolist())) if d >= 0}
-
-
-def _write_outputs(out: Path, trainer, student, pool, weights, teacher_acc, metrics) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    reuser: AttentionReuser = trainer.reuser.cpu()
-    training = {
-        "dataset": metrics["dataset"],
-        "num_labeled": metrics["num_labeled"],
-        "num_unlabeled": metrics["num_unlabeled"],
-        "max_steps": trainer.config.max_steps,
-        "seed": trainer.config.seed,
-        "config": metrics["config"],
+    return {
+        names[d]: weights[data.test_domains == d].mean(0).tolist()
+        for d in sorted(set(data.test_domains.tolist()))
+        if d >= 0
     }
-    results = {k: metrics[k] for k in ("student_accuracy", "supervised_accuracy", "reuse_accuracy")}
-    results["per_domain"] = metrics.get("per_domain")
+
+
+def _dataset_ids(spec: str, description: str) -> tuple[str, str, str | None]:
+    """(name shown on the cards, model-index dataset type, dataset config) of a --dataset value."""
+    if spec.startswith("digits-ld"):
+        return description, "digits-ld", spec.partition(":")[2] or "MUS"
+    name = Path(spec).name or spec  # a local folder: its name only, not the path on this machine
+    return f"local DatasetDict `{name}`", "custom", None
+
+
+def _run_summary(pool, weights, teacher_acc, metrics, dataset_spec: str) -> RunSummary:
+    """What the model cards show about this run."""
     mean_att = weights.mean(0).tolist()
-    reuser.card_data = {
-        "training": training,
-        "results": results,
-        "teachers": [
-            {
-                "id": t.id,
-                "library": t.library,
-                "coverage": f"{m.num_covered}/{len(m.index)}",
-                "mean_attention": a,
-                "test_accuracy": acc,
-            }
-            for t, m, a, acc in zip(pool.teachers, pool.mappings, mean_att, teacher_acc)
-        ],
-        "card_data": {"library_name": "hf_mrl", "tags": ["hf_mrl", "model-reuse", "image-classification"]},
-    }
-    _save_dir_atomically(reuser.save_pretrained, out / "reuser")
-    cfg = student.pretrained_cfg
-    card = render_card(
-        "student",
+    teachers = [
+        TeacherSummary(
+            id=t.id,
+            library=t.library,
+            labels_covered=m.num_covered,
+            missing_labels=[n for n, covered in zip(pool.label_names, m.coverage, strict=True) if not covered],
+            mean_attention=a,
+            test_accuracy=acc,
+        )
+        for t, m, a, acc in zip(pool.teachers, pool.mappings, mean_att, teacher_acc, strict=True)
+    ]
+    dataset, dataset_id, dataset_config = _dataset_ids(dataset_spec, metrics["dataset"])
+    return RunSummary(
+        teachers=teachers,
+        label_names=pool.label_names,
+        dataset=dataset,
+        dataset_id=dataset_id,
+        dataset_config=dataset_config,
+        num_labeled=metrics["num_labeled"],
+        num_unlabeled=metrics["num_unlabeled"],
+        num_test=metrics["num_test"],
+        max_steps=metrics["config"]["max_steps"],
+        seed=metrics["config"]["seed"],
+        hyperparameters=metrics["config"],
+        num_processes=metrics["num_processes"],
+        wall_time_s=metrics["wall_time_s"],
+        student_accuracy=metrics["student_accuracy"],
+        supervised_accuracy=metrics["supervised_accuracy"],
+        reuse_accuracy=metrics["reuse_accuracy"],
+        per_domain=metrics.get("per_domain"),
+        worst_domain=metrics.get("worst_domain_accuracy"),
+        attention_by_domain=metrics.get("attention_by_domain"),
+    )
+
+
+def _write_outputs(out: Path, trainer, student, pool, weights, teacher_acc, metrics, args=None) -> None:
+    """DIR/reuser/, DIR/student/ (each with its model card) and DIR/metrics.json, each written atomically."""
+    out.mkdir(parents=True, exist_ok=True)
+    hub_model_id = getattr(args, "hub_model_id", None)
+    student_id = student_repo_id(hub_model_id) if hub_model_id else None
+    summary = _run_summary(pool, weights, teacher_acc, metrics, getattr(args, "dataset", "") or "")
+    reuser: AttentionReuser = trainer.reuser.cpu()
+    reuser.card_summary = summary
+    card_kwargs = {"repo_id": hub_model_id, "student_repo_id": student_id}
+    _save_dir_atomically(lambda d: reuser.save_pretrained(d, model_card_kwargs=card_kwargs), out / "reuser")
+    model = getattr(student, "module", student)
+    cfg = model.pretrained_cfg
+    card = student_card(
         {
-            "training": training,
-            "results": results,
-            "teachers": pool.ids,
+            "architecture": cfg.get("architecture"),
+            "num_params": sum(p.numel() for p in model.parameters()),
             "label_names": cfg["label_names"],
-            "input_size": "x".join(str(s) for s in cfg["input_size"][1:]),
-            "mean": list(cfg["mean"]),
-            "std": list(cfg["std"]),
-            "card_data": {"library_name": "timm", "tags": ["hf_mrl", "image-classification", "knowledge-distillation"]},
+            "input_size": cfg["input_size"],
+            "mean": cfg["mean"],
+            "std": cfg["std"],
+            "interpolation": cfg.get("interpolation"),
+            "crop_pct": cfg.get("crop_pct"),
         },
+        summary,
+        repo_id=student_id,
+        reuser_repo_id=hub_model_id,
     )
     _save_dir_atomically(lambda d: save_student(student, d, card=str(card)), out / "student")
     tmp = out / ".metrics.json.tmp"
@@ -211,11 +266,25 @@ def _write_outputs(out: Path, trainer, student, pool, weights, teacher_acc, metr
     os.replace(tmp, out / "metrics.json")
 
 
+def _push(args: argparse.Namespace) -> None:
+    """Push DIR/reuser and DIR/student (main process only, after training); exit with a retry hint on failure."""
+    try:
+        result = push_run(args.output_dir, args.hub_model_id, token=args.hub_token, private=args.hub_private or None)
+    except PushError as err:
+        sys.exit(f"error: {err}")
+    print(f"pushed the reuser to {result.reuser_repo_id} and the student to {result.student_repo_id}")
+
+
 def main(argv=None) -> None:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     for noisy in ("httpx", "urllib3", "huggingface_hub", "timm"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     args = parse_args(argv)
+    if args.push_to_hub and not args.hub_token:
+        from huggingface_hub import get_token
+
+        if get_token() is None:
+            logger.warning("--push_to_hub: no Hub token (HF_TOKEN or `hf auth login`); the Hub may refuse the push.")
     try:
         metrics = training_function(args)
     except (ValueError, TypeError, FileNotFoundError) as err:
@@ -226,6 +295,8 @@ def main(argv=None) -> None:
             f"supervised-only: {metrics['supervised_accuracy']:.4f}   reuser: {metrics['reuse_accuracy']:.4f}\n"
             f"outputs in {args.output_dir} (reuser/, student/, metrics.json)"
         )
+        if args.push_to_hub:
+            _push(args)
 
 
 if __name__ == "__main__":

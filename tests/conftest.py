@@ -92,3 +92,18 @@ def hf_offline(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """Two tiny local teachers (transformers, timm), a pool file and a 3-class target DatasetDict."""
+    from helpers import make_target_dataset, make_timm_teacher, make_transformers_teacher
+
+    root = tmp_path_factory.mktemp("recipe")
+    labels = ["a", "b", "c"]
+    t1 = make_transformers_teacher(root / "teacher-hf", labels, seed=0)
+    t2 = make_timm_teacher(root / "teacher-timm", labels, seed=1)
+    pool = root / "pool.txt"
+    pool.write_text(f"# two tiny teachers\n{t1}\n{t2.name}  # relative to this file\n")
+    data = make_target_dataset(root / "data", n_labeled_per_class=2, n_unlabeled=24, n_test=12, label_names=labels)
+    return {"root": root, "pool": pool, "data": data, "sizes": {"labeled": 6, "unlabeled": 24, "test": 12}}

@@ -5,8 +5,9 @@ Import with `from helpers import ...` (pytest puts `tests/` on `sys.path`).
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ __all__ = [
     "make_target_dataset",
     "make_timm_teacher",
     "make_transformers_teacher",
+    "one_torch_thread",
 ]
 
 # Distinct RGB colours, one per class (cycled past 8 classes).
@@ -35,6 +37,18 @@ CLASS_COLOURS = np.array(
     ],
     dtype=np.float32,
 )
+
+
+@contextlib.contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """Run torch on one intra-op thread: tiny models are faster so, and far faster on a busy 2-core machine
+    (two OpenMP threads competing with another process made a tiny training step ~100x slower)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def make_transformers_teacher(directory: str | os.PathLike, label_names: Sequence[str], seed: int = 0) -> Path:

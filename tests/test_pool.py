@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import make_images, make_timm_teacher, make_transformers_teacher
+from helpers import make_images, make_timm_teacher, make_transformers_teacher, one_torch_thread
 from safetensors.torch import load_file
 
 from hf_mrl import ModelPool, Teacher
@@ -16,6 +16,12 @@ from hf_mrl.pool import parse_pool_file, parse_teacher_id
 TARGET = ["a", "b", "c"]
 TRANSFORMERS_LABELS = ["c", "extra", "a", "b"]  # permuted, with one class the target lacks
 TIMM_LABELS = ["a", "c"]  # covers part of the target
+
+
+@pytest.fixture(autouse=True)
+def _single_thread():
+    with one_torch_thread():
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -32,15 +38,8 @@ def teacher_dirs(tmp_path_factory) -> tuple[str, str]:
 def test_parse_pool_file_skips_comments_and_blank_lines_and_resolves_relative_paths(tmp_path):
     (tmp_path / "models" / "local").mkdir(parents=True)
     pool = tmp_path / "hub-ids.txt"
-    pool.write_text(
-        "# my pool\n"
-        "\n"
-        "org/model-a   # a trailing comment\n"
-        "   org/model-b@v1.0\n"
-        "models/local\n"
-        "\t\n"
-        "# org/commented-out\n"
-    )
+    lines = ["# my pool", "", "org/model-a   # a trailing comment", "   org/model-b@v1.0", "models/local", "\t"]
+    pool.write_text("\n".join([*lines, "# org/commented-out", ""]))
     entries = parse_pool_file(pool)
     assert entries == ["org/model-a", "org/model-b@v1.0", str((tmp_path / "models" / "local").resolve())]
 
@@ -225,6 +224,22 @@ def test_cache_key_changes_with_the_teacher_weights(teacher_dirs, tmp_path):
     new = pool.probs(images)
     assert pool.teachers[0].samples_seen == 3
     assert not torch.allclose(old, new)
+
+
+def test_cache_key_changes_with_the_teacher_preprocessing(teacher_dirs, tmp_path):
+    import shutil
+
+    folder = tmp_path / "teacher"
+    shutil.copytree(teacher_dirs[1], folder)
+    images = make_images(3, seed=10)
+    old = ModelPool([str(folder)], TARGET, cache_dir=tmp_path / "cache").probs(images)
+    config = json.loads((folder / "config.json").read_text())
+    config["pretrained_cfg"].update(mean=[0.0, 0.0, 0.0], std=[1.0, 1.0, 1.0])
+    (folder / "config.json").write_text(json.dumps(config))
+    pool = ModelPool([str(folder)], TARGET, cache_dir=tmp_path / "cache")
+    new = pool.probs(images)
+    assert not torch.allclose(old, new)
+    assert pool.teachers[0].samples_seen == 3
 
 
 # ----------------------------------------------------------------------------------------------- refusals

@@ -10,22 +10,9 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from helpers import make_target_dataset, make_timm_teacher, make_transformers_teacher
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "train_mrl.py"
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("recipe")
-    labels = ["a", "b", "c"]
-    t1 = make_transformers_teacher(root / "teacher-hf", labels, seed=0)
-    t2 = make_timm_teacher(root / "teacher-timm", labels, seed=1)
-    pool = root / "pool.txt"
-    pool.write_text(f"# two tiny teachers\n{t1}\n{t2.name}  # relative to this file\n")
-    data = make_target_dataset(root / "data", n_labeled_per_class=2, n_unlabeled=24, n_test=12, label_names=labels)
-    return {"root": root, "pool": pool, "data": data, "sizes": {"labeled": 6, "unlabeled": 24, "test": 12}}
 
 
 def launch(tiny, out: Path, *extra: str, num_processes: int = 1, cache: str = "cache") -> dict:

@@ -4,18 +4,25 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 import textwrap
 
 import pytest
 import torch
-from helpers import make_images, make_timm_teacher, make_transformers_teacher
+from helpers import make_images, make_timm_teacher, make_transformers_teacher, one_torch_thread
 from safetensors.torch import load_file, save_file
 
 from hf_mrl import AttentionReuser, Embedding, ModelPool
 
 K, C, P = 3, 4, 5
+
+
+@pytest.fixture(autouse=True)
+def _single_thread():
+    with one_torch_thread():
+        yield
 
 
 def _random_inputs(n: int, seed: int = 0):
@@ -136,7 +143,7 @@ def test_save_and_load_round_trip(tmp_path):
     reuser.fit_standardizer(torch.randn(50, P) * 3 + 1)
     reuser.save_pretrained(tmp_path / "r")
     assert {p.name for p in (tmp_path / "r").iterdir()} >= {"config.json", "model.safetensors", "README.md"}
-    assert "'pixels'" in (tmp_path / "r" / "README.md").read_text()
+    assert (tmp_path / "r" / "README.md").read_text().strip()  # card content is tested with the cards
 
     loaded = AttentionReuser.from_pretrained(tmp_path / "r")
     assert loaded.teachers == reuser.teachers
@@ -232,7 +239,8 @@ def test_reuser_over_a_real_pool_predicts_the_same_in_a_new_process(tmp_path):
         save_file({{k: v.contiguous() for k, v in out.items()}}, {str(tmp_path / "out.safetensors")!r})
         """
     )
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = load_file(tmp_path / "out.safetensors")
     assert torch.equal(got["predictions"], expected["predictions"])

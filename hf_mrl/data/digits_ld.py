@@ -9,7 +9,7 @@ Three domains, all 32x32 RGB uint8 images of the digits 0-9:
 
 Each domain is split once, with a fixed seed, into a *source* part (for that domain's teacher) and a disjoint
 *target* part, which splits again into target-train and target-test. Nothing is downloaded; built domains are cached
-on disk under ``$HF_MRL_CACHE/digits_ld/v1`` (default ``~/.cache/hf_mrl``). :func:`load_hub_digits` loads the real
+on disk under ``$HF_MRL_CACHE/digits_ld/v2`` (default ``~/.cache/hf_mrl``). :func:`load_hub_digits` loads the real
 MNIST / SVHN / USPS from the Hub for online users.
 """
 
@@ -20,7 +20,7 @@ import logging
 import os
 import shutil
 import tempfile
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 
 import datasets
@@ -53,18 +53,19 @@ S_SEED = 8191
 # Calibrated so a small CNN trained on S's source part reaches ~80%+ on S's target-test part (see
 # recipes/check_digits_ld.py); larger digits, milder rotation and enough contrast keep the domain learnable.
 _S_STYLE = {
-    "height": (20.0, 27.0),  # digit height in pixels
+    "height": (21.0, 27.0),  # digit height in pixels
     "stretch": (0.85, 1.15),  # horizontal scale
-    "jitter": (2.0, 1.5),  # max centre offset (x, y) in pixels
-    "gap": (0.5, 4.0),  # spacing to the neighbouring digits in pixels
+    "jitter": (1.5, 1.0),  # max centre offset (x, y) in pixels
+    "gap": (1.5, 5.0),  # spacing to the neighbouring digits in pixels
     "neighbour_p": 0.6,  # chance of a neighbour on each side
-    "angle": 8.0,  # max rotation in degrees
-    "contrast": 70.0,  # min luminance gap between digit and mean background
-    "blur": 1.1,  # max Gaussian blur sigma
-    "noise": 8.0,  # max pixel noise std
+    "angle": 6.0,  # max rotation in degrees
+    "contrast": 90.0,  # min luminance gap between digit and mean background
+    "blur": 0.8,  # max Gaussian blur sigma
+    "noise": 6.0,  # max pixel noise std
+    "saturation": (0.2, 1.0),  # colour saturation scale; real plates are rarely pure hues
 }
 # Bump when anything changes the built images, so stale caches are never read.
-_CACHE_VERSION = "v1"
+_CACHE_VERSION = "v2"
 
 FEATURES = datasets.Features(
     {
@@ -164,6 +165,12 @@ def _luminance(rgb: np.ndarray) -> np.ndarray:
     return rgb @ np.array([0.299, 0.587, 0.114])
 
 
+def _random_colour(rng: np.random.Generator) -> np.ndarray:
+    rgb = rng.uniform(0, 255, size=3)
+    grey = _luminance(rgb)
+    return grey + rng.uniform(*_S_STYLE["saturation"]) * (rgb - grey)
+
+
 def _smooth_noise(rng: np.random.Generator, cells: int) -> np.ndarray:
     grid = Image.fromarray(rng.standard_normal((cells, cells)).astype(np.float32), mode="F")
     return np.asarray(grid.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BICUBIC))
@@ -171,7 +178,7 @@ def _smooth_noise(rng: np.random.Generator, cells: int) -> np.ndarray:
 
 def _background(rng: np.random.Generator) -> np.ndarray:
     yy, xx = np.mgrid[0:IMAGE_SIZE, 0:IMAGE_SIZE].astype(np.float32) / IMAGE_SIZE
-    base = rng.uniform(0, 255, size=3)
+    base = _random_colour(rng)
     texture = rng.uniform(5, 30) * _smooth_noise(rng, int(rng.integers(2, 7)))
     if rng.random() < 0.5:
         theta = rng.uniform(0, 2 * np.pi)
@@ -187,7 +194,7 @@ def _background(rng: np.random.Generator) -> np.ndarray:
 def _foreground_colour(rng: np.random.Generator, bg: np.ndarray, contrast: float) -> np.ndarray:
     bg_lum = _luminance(bg.reshape(-1, 3).mean(0))
     for _ in range(32):
-        fg = rng.uniform(0, 255, size=3)
+        fg = _random_colour(rng)
         if abs(_luminance(fg) - bg_lum) >= contrast:
             return fg
     return 255.0 - bg.reshape(-1, 3).mean(0)
@@ -248,7 +255,9 @@ def _render_s(label: int, index: int, seed: int) -> np.ndarray:
     sigma = rng.uniform(0, style["blur"])
     if sigma > 0.3:
         pil = pil.filter(ImageFilter.GaussianBlur(sigma))
-    noisy = np.asarray(pil, dtype=np.float32) + rng.normal(0, rng.uniform(0, style["noise"]), size=(IMAGE_SIZE, IMAGE_SIZE, 3))
+    noisy = np.asarray(pil, dtype=np.float32) + rng.normal(
+        0, rng.uniform(0, style["noise"]), size=(IMAGE_SIZE, IMAGE_SIZE, 3)
+    )
     return noisy.round().clip(0, 255).astype(np.uint8)
 
 
@@ -285,6 +294,7 @@ def _cache_root() -> Path:
 def _save_atomically(ds: datasets.Dataset, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    os.chmod(tmp, 0o755)  # mkdtemp makes it private; the cache may be shared
     bars_were_on = not datasets.utils.are_progress_bars_disabled()
     try:
         datasets.utils.disable_progress_bars()
@@ -346,12 +356,17 @@ def load_domain(code: str) -> datasets.Dataset:
 # ----------------------------------------------------------------------------------------------- splits
 
 
-@lru_cache(maxsize=None)
+@cache
 def _split_indices(code: str) -> dict[str, np.ndarray]:
     """Fixed, class-stratified split of one domain into source-train/validation and target-train/test indices."""
     labels = np.asarray(load_domain(code)["label"])
     rng = np.random.default_rng([SPLIT_SEED, DOMAINS.index(code)])
-    parts: dict[str, list[np.ndarray]] = {"source_train": [], "source_validation": [], "target_train": [], "target_test": []}
+    parts: dict[str, list[np.ndarray]] = {
+        "source_train": [],
+        "source_validation": [],
+        "target_train": [],
+        "target_test": [],
+    }
     for c in range(len(LABEL_NAMES)):
         idx = rng.permutation(np.flatnonzero(labels == c))
         n_source = int(round(len(idx) * SOURCE_FRACTION))
@@ -375,8 +390,8 @@ def load_source(code: str) -> datasets.DatasetDict:
         code (`str`): domain code, one of `DOMAINS`.
 
     Returns:
-        `datasets.DatasetDict` with splits `"train"` and `"validation"` (columns as in `load_domain`), disjoint from the
-        target data that `load_digits_ld` returns.
+        `datasets.DatasetDict` with splits `"train"` and `"validation"` (columns as in `load_domain`), disjoint from
+        the target data that `load_digits_ld` returns.
     """
     code = _check_code(code)
     ds, idx = load_domain(code), _split_indices(code)
@@ -398,8 +413,10 @@ def _parse_setting(setting: str) -> tuple[str, ...]:
 def _setting_indices(codes: tuple[str, ...], labeled_per_class: int, seed: int) -> dict[str, np.ndarray]:
     """Indices into the concatenation of `codes`' full domains (in `DOMAINS` order) for each returned split."""
     offsets = np.cumsum([0] + [len(load_domain(c)) for c in codes])
-    train = np.concatenate([_split_indices(c)["target_train"] + off for c, off in zip(codes, offsets)])
-    test = np.concatenate([_split_indices(c)["target_test"] + off for c, off in zip(codes, offsets)])
+    train = np.concatenate(
+        [_split_indices(c)["target_train"] + off for c, off in zip(codes, offsets[:-1], strict=True)]
+    )
+    test = np.concatenate([_split_indices(c)["target_test"] + off for c, off in zip(codes, offsets[:-1], strict=True)])
     train_labels = np.concatenate([np.asarray(load_domain(c)["label"]) for c in codes])[train]
     if not isinstance(labeled_per_class, (int, np.integer)) or labeled_per_class < 1:
         raise ValueError(f"labeled_per_class must be a positive integer, got {labeled_per_class!r}.")
@@ -462,8 +479,10 @@ def dataset_to_tensors(ds: datasets.Dataset) -> tuple[torch.Tensor, torch.Tensor
         if pil.size != (IMAGE_SIZE, IMAGE_SIZE):
             pil = pil.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BICUBIC)
         images.append(np.asarray(pil))
-    x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous() if images else torch.zeros(
-        (0, 3, IMAGE_SIZE, IMAGE_SIZE), dtype=torch.uint8
+    x = (
+        torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
+        if images
+        else torch.zeros((0, 3, IMAGE_SIZE, IMAGE_SIZE), dtype=torch.uint8)
     )
     y = torch.as_tensor(np.asarray(raw["label"], dtype=np.int64))
     d = np.asarray(raw["domain"], dtype=np.int64) if "domain" in raw.column_names else np.full(len(raw), -1)

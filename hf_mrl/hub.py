@@ -1,0 +1,167 @@
+"""Push a run's reuser and student to the Hub: two repositories, one commit each.
+
+Layout (see README, "Hub"): `ORG/NAME` holds the attention reuser, `ORG/NAME-student` the student. Two repos, because
+`timm.create_model("hf-hub:ORG/NAME-student")` needs the student's config.json at the root of a repo, and because each
+model gets its own card, metadata and model-index on the Hub.
+
+A push never touches the local output. If it fails, push the same folders again with
+
+    python -m hf_mrl.hub OUTPUT_DIR ORG/NAME [--private]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["PushError", "PushResult", "check_hub_model_id", "push_folder", "push_run", "student_repo_id"]
+
+logger = logging.getLogger(__name__)
+
+STUDENT_SUFFIX = "-student"
+_REQUIRED = ("config.json", "model.safetensors", "README.md")
+
+
+class PushError(RuntimeError):
+    """A push failed; the message says what failed and the command that retries it."""
+
+
+@dataclass
+class PushResult:
+    reuser_repo_id: str
+    student_repo_id: str
+    reuser_commit_url: str
+    student_commit_url: str
+
+
+def check_hub_model_id(hub_model_id: str) -> str:
+    """Validate `ORG/NAME` (both parts, since the student repo and the cards' snippets need the full id)."""
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(hub_model_id)
+        validate_repo_id(student_repo_id(hub_model_id))
+    except ValueError as err:
+        raise ValueError(f"--hub_model_id {hub_model_id!r} is not a valid Hub repo id: {err}") from None
+    if "/" not in hub_model_id:
+        raise ValueError(f"--hub_model_id {hub_model_id!r} needs a namespace: use ORG/NAME (or USER/NAME).")
+    return hub_model_id
+
+
+def student_repo_id(hub_model_id: str) -> str:
+    """The student's repo for a run pushed to `hub_model_id`: `ORG/NAME-student`."""
+    return hub_model_id + STUDENT_SUFFIX
+
+
+def _retry_command(output_dir: Path, hub_model_id: str, private: bool | None) -> str:
+    flags = " --private" if private else ""
+    return f"python -m hf_mrl.hub {output_dir} {hub_model_id}{flags}"
+
+
+def _check_folder(folder: Path) -> None:
+    missing = [name for name in _REQUIRED if not (folder / name).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{folder} is not a complete model folder: missing {missing}.")
+
+
+def _check_card(folder: Path) -> None:
+    """The folder is complete and its README.md passes our metadata checks and the Hub's YAML validation."""
+    from .cards import validate_card
+
+    _check_folder(folder)
+    card = validate_card((folder / "README.md").read_text(encoding="utf-8"))
+    card.validate()  # the Hub's own check of the YAML header (POST /api/validate-yaml)
+
+
+def push_folder(
+    folder: str | Path,
+    repo_id: str,
+    *,
+    token: str | None = None,
+    private: bool | None = None,
+    commit_message: str = "Upload with hf_mrl",
+    validate: bool = True,
+):
+    """Create `repo_id` if needed and make its main branch hold exactly `folder`'s files, in one commit.
+
+    Files of an earlier push that the folder no longer has are deleted in that same commit. With `validate`, the
+    folder's README.md is checked first, locally and by the Hub's metadata validation.
+    Returns the `huggingface_hub.CommitInfo`.
+    """
+    from huggingface_hub import HfApi
+
+    folder = Path(folder)
+    _check_folder(folder)
+    if validate:
+        _check_card(folder)
+    api = HfApi(token=token)
+    api.create_repo(repo_id, private=private, exist_ok=True)
+    return api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message=commit_message, delete_patterns="*")
+
+
+def push_run(
+    output_dir: str | Path,
+    hub_model_id: str,
+    *,
+    token: str | None = None,
+    private: bool | None = None,
+) -> PushResult:
+    """Push `output_dir/reuser` to `hub_model_id` and `output_dir/student` to `hub_model_id-student`.
+
+    Raises `PushError` (the local output stays as it is) with the command that retries the push.
+    """
+    output_dir = Path(output_dir)
+    check_hub_model_id(hub_model_id)
+    retry = _retry_command(output_dir, hub_model_id, private)
+    targets = [("reuser", hub_model_id), ("student", student_repo_id(hub_model_id))]
+    hint = (
+        f"The local output in {output_dir} is intact. Retry the push with:\n    {retry}\n"
+        "(log in first with `hf auth login` or set HF_TOKEN if the Hub refused the credentials)."
+    )
+    for part, _ in targets:  # check both before pushing either: no half-pushed run for a bad card
+        try:
+            _check_card(output_dir / part)
+        except Exception as err:  # any failure (network included) must end in the retry hint
+            raise PushError(f"nothing was pushed: checking {output_dir / part} failed: {err}\n{hint}") from err
+    urls = {}
+    for part, repo_id in targets:
+        try:
+            info = push_folder(
+                output_dir / part,
+                repo_id,
+                token=token,
+                private=private,
+                commit_message=f"Upload MRL {part} (hf_mrl)",
+                validate=False,
+            )
+        except Exception as err:
+            done = f" ({targets[0][0]} was pushed to {targets[0][1]})" if urls else ""
+            raise PushError(f"pushing the {part} to {repo_id} failed{done}: {err}\n{hint}") from err
+        urls[part] = info.commit_url
+        logger.info("Pushed the %s to %s: %s", part, repo_id, info.commit_url)
+    return PushResult(hub_model_id, student_repo_id(hub_model_id), urls["reuser"], urls["student"])
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(
+        prog="python -m hf_mrl.hub",
+        description="Push a train_mrl.py output folder (reuser/ and student/) to ORG/NAME and ORG/NAME-student.",
+    )
+    p.add_argument("output_dir", help="the --output_dir of recipes/train_mrl.py")
+    p.add_argument("hub_model_id", help="ORG/NAME; the student goes to ORG/NAME-student")
+    p.add_argument("--private", action="store_true", help="create the repos private")
+    p.add_argument("--token", help="Hub token (default: HF_TOKEN or the one stored by `hf auth login`)")
+    args = p.parse_args(argv)
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    try:
+        result = push_run(args.output_dir, args.hub_model_id, token=args.token, private=args.private or None)
+    except (PushError, ValueError) as err:
+        sys.exit(f"error: {err}")
+    print(f"reuser:  {result.reuser_commit_url}\nstudent: {result.student_commit_url}")
+
+
+if __name__ == "__main__":
+    main()

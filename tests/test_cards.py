@@ -1,0 +1,314 @@
+"""Model cards (structure, metadata, validation), the latent-domain metric module, and both from an installed wheel."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
+import zipfile
+from pathlib import Path
+
+import pytest
+import yaml
+from huggingface_hub import ModelCard
+
+from hf_mrl.cards import RunSummary, TeacherSummary, reuser_card, student_card, validate_card
+
+ROOT = Path(__file__).resolve().parents[1]
+SHA = "0123456789abcdef0123456789abcdef01234567"
+
+
+def _summary(**changes) -> RunSummary:
+    data = {
+        "teachers": [
+            TeacherSummary(f"org/mnist-teacher@{SHA}", "timm", 3, [], 0.25, 0.8),
+            TeacherSummary("/home/someone/teachers/svhn", "transformers", 2, ["b"], 0.75, 0.5),
+        ],
+        "label_names": ["a", "b", "c"],
+        "dataset": "Digits-LD MUS (10 labels per class)",
+        "dataset_id": "digits-ld",
+        "dataset_config": "MUS",
+        "num_labeled": 30,
+        "num_unlabeled": 900,
+        "num_test": 400,
+        "max_steps": 100,
+        "seed": 3,
+        "hyperparameters": {"max_steps": 100, "outer_every": 5, "batch_size": 16, "unlabeled_batch_size": 32},
+        "student_accuracy": 0.8125,
+        "supervised_accuracy": 0.75,
+        "reuse_accuracy": 0.85,
+        "per_domain": {
+            "M": {"student": 0.9, "supervised": 0.8, "reuse": 0.95},
+            "S": {"student": 0.7, "supervised": 0.72, "reuse": 0.75},
+        },
+        "worst_domain": {"student": 0.7, "supervised": 0.72, "reuse": 0.75},
+        "attention_by_domain": {"M": [0.8, 0.2], "S": [0.1, 0.9]},
+    }
+    return RunSummary(**{**data, **changes})
+
+
+CONFIG = {
+    "teachers": [f"org/mnist-teacher@{SHA}", "/home/someone/teachers/svhn"],
+    "label_names": ["a", "b", "c"],
+    "embed_dim": 6,
+    "embedding": {"type": "teacher-outputs"},
+    "temperature": 2.449,
+    "use_bias": True,
+}
+STUDENT = {
+    "architecture": "resnet10t",
+    "num_params": 320_000,
+    "label_names": ["a", "b", "c"],
+    "input_size": (3, 32, 32),
+    "mean": (0.5, 0.5, 0.5),
+    "std": (0.5, 0.5, 0.5),
+    "interpolation": "bilinear",
+    "crop_pct": 1.0,
+}
+
+REUSER_SECTIONS = [
+    "# mrl-digits",
+    "## How to use",
+    "## Teachers",
+    "## Embedding",
+    "## Training",
+    "## Results",
+    "## Attention by latent domain",
+    "## Limitations",
+]
+STUDENT_SECTIONS = ["# mrl-digits-student", "## How to use", "## Training", "## Results", "## Limitations"]
+
+
+def _headings(text: str) -> list[str]:
+    body = text.split("\n---\n", 1)[1]
+    body = re.sub(r"```.*?```", "", body, flags=re.S)  # not the comments in code blocks
+    return [line for line in body.splitlines() if line.startswith("#")]
+
+
+def _metadata(text: str) -> dict:
+    return yaml.safe_load(text.split("---\n")[1])
+
+
+def _model_index(meta: dict) -> dict[tuple[str, str | None], float]:
+    (entry,) = meta["model-index"]
+    return {(m["type"], r["dataset"].get("config")): m["value"] for r in entry["results"] for m in r["metrics"]}
+
+
+def _rendered_reuser() -> str:
+    return str(reuser_card(CONFIG, _summary(), repo_id="org/mrl-digits", student_repo_id="org/mrl-digits-student"))
+
+
+def _rendered_student() -> str:
+    return str(student_card(STUDENT, _summary(), repo_id="org/mrl-digits-student", reuser_repo_id="org/mrl-digits"))
+
+
+def check_reuser_card(text: str) -> None:
+    """The reuser card's expected structure (also run on the card rendered from an installed wheel)."""
+    assert _headings(text) == REUSER_SECTIONS
+    meta = _metadata(text)
+    assert meta["library_name"] == "hf_mrl" and meta["pipeline_tag"] == "image-classification"
+    assert meta["base_model"] == ["org/mnist-teacher"]  # Hub teachers only, without revision
+    assert _model_index(meta) == {
+        ("accuracy", "MUS"): 0.85,
+        ("worst_domain_accuracy", "MUS"): 0.75,
+        ("accuracy", "MUS/M"): 0.95,
+        ("accuracy", "MUS/S"): 0.75,
+    }
+    lines = text.splitlines()
+    assert 'reuser = AttentionReuser.from_pretrained("org/mrl-digits")  # fetches the teachers below' in lines
+    # The teacher table: id, revision, library, label coverage, mean attention, accuracy alone.
+    assert f"| T1 | `org/mnist-teacher` | `{SHA[:12]}` | timm | 3/3 | 0.250 | 0.8000 |" in lines
+    assert "| T2 | local folder `svhn` | n/a | transformers | 2/3 (lacks `b`) | 0.750 | 0.5000 |" in lines
+    assert "/home/someone" not in text  # a local path is not published
+    assert "psi(x): the concatenated log-probabilities of the 2 teachers" in text
+    assert "- Data: Digits-LD MUS (10 labels per class). 30 labeled images, 900 unlabeled" in text
+    assert re.search(r"Budget: 100 student steps .* seed 3", text, flags=re.S)
+    assert "| MRL student | 0.8125 | 0.7000 |" in lines
+    assert "| supervised-only student (same labels, architecture, steps, seed) | 0.7500 | 0.7200 |" in lines
+    assert "| attention reuser (weighted teachers) | 0.8500 | 0.7500 |" in lines
+    assert "| best single teacher (T1) | 0.8000 | n/a |" in lines
+    assert "**Never worse than supervised-only: yes.**" in text
+    assert "| S | 0.7000 | 0.7200 | 0.7500 |" in lines
+    assert "on\n1 of 2 domains" in text
+    assert "| latent domain | T1 | T2 | most attended |" in lines
+    assert "| M | 0.80 `████████  ` | 0.20 `██        ` | T1 |" in lines
+    assert "1 teacher(s) (local folder `svhn`) were local folders" in text
+    assert "\n\n\n" not in text
+
+
+def check_student_card(text: str) -> None:
+    assert _headings(text) == STUDENT_SECTIONS
+    meta = _metadata(text)
+    assert meta["library_name"] == "timm" and meta["base_model"] == ["org/mnist-teacher"]
+    assert {"knowledge-distillation", "hf_mrl", "timm"} <= set(meta["tags"])
+    assert _model_index(meta)[("accuracy", "MUS")] == 0.8125
+    assert _model_index(meta)[("worst_domain_accuracy", "MUS")] == 0.7
+    assert 'model = timm.create_model("hf-hub:org/mrl-digits-student", pretrained=True).eval()' in text
+    assert "import hf_mrl" not in text and "from hf_mrl" not in text  # it loads with timm alone
+    assert "Inputs: RGB, resized to 32x32 (bilinear" in text
+    assert "resnet10t, 0.32M parameters" in text
+    assert f"| T1 | `org/mnist-teacher` | `{SHA[:12]}` | timm | 3/3 | 0.8000 |" in text.splitlines()
+    assert "([`org/mrl-digits`](https://huggingface.co/org/mrl-digits))" in text
+    assert "| **this student** | 0.8125 | 0.7000 |" in text.splitlines()
+    assert "**Never worse than supervised-only: yes** (+0.0625)." in text
+    assert "\n\n\n" not in text
+
+
+def test_reuser_card_structure():
+    text = _rendered_reuser()
+    check_reuser_card(text)
+    validate_card(text)
+
+
+def test_student_card_structure():
+    text = _rendered_student()
+    check_student_card(text)
+    validate_card(text)
+
+
+def test_cards_pass_huggingface_hub_metadata_parsing():
+    for text in (_rendered_reuser(), _rendered_student()):
+        card = ModelCard(text)  # strict parsing: a malformed model-index raises
+        assert card.data.eval_results and card.data.eval_results[0].task_type == "image-classification"
+        assert card.data.model_name in ("mrl-digits", "mrl-digits-student")
+        # Round trip: what huggingface_hub writes back is what we wrote.
+        assert ModelCard(str(card)).data.to_dict() == card.data.to_dict()
+
+
+def test_a_worse_student_is_said_so():
+    summary = _summary(student_accuracy=0.7, supervised_accuracy=0.75, per_domain=None, worst_domain=None)
+    summary.attention_by_domain = None
+    text = str(student_card(STUDENT, summary))
+    assert "**Never worse than supervised-only: no** (-0.0500)." in text
+    assert "the supervised-only student is the better choice" in text
+    assert "worst latent domain" not in text
+    reuser_text = str(reuser_card(CONFIG, summary))
+    assert "Attention by latent domain" not in reuser_text
+    assert "No latent-domain labels" in reuser_text
+    assert 'AttentionReuser.from_pretrained("PATH_OR_REPO_ID")' in reuser_text
+
+
+def test_card_of_an_untrained_reuser_does_not_invent_results():
+    text = str(reuser_card({**CONFIG, "teachers": [f"org/a@{SHA}", f"org/b@{SHA}"]}))
+    assert "Not recorded" in text and "Not evaluated" in text
+    meta = _metadata(text)
+    assert "model-index" not in meta and meta["base_model"] == ["org/a", "org/b"]
+    validate_card(text)
+
+
+def test_uncovered_labels_are_listed():
+    teachers = [
+        TeacherSummary(f"org/a@{SHA}", "timm", 2, ["b"]),
+        TeacherSummary(f"org/c@{SHA}", "timm", 1, ["a", "b"]),
+    ]
+    text = str(reuser_card(CONFIG, _summary(teachers=teachers, attention_by_domain=None)))
+    assert "No teacher covers: b." in text
+
+
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [
+        ({"base_model": ["org/a@abc"]}, "without a revision"),
+        ({"base_model": ["/abs/path"]}, "not a Hub model id"),
+        ({"library_name": None}, "library_name"),
+        ({"model-index": [{"name": "x", "results": [{"metrics": []}]}]}, "model_index"),
+    ],
+)
+def test_validate_card_rejects_bad_metadata(change, words):
+    text = _rendered_student()
+    meta = {**_metadata(text), **change}
+    meta = {k: v for k, v in meta.items() if v is not None}
+    bad = "---\n" + yaml.safe_dump(meta) + "---\n" + text.split("\n---\n", 1)[1]
+    with pytest.raises(ValueError, match=words):
+        validate_card(bad)
+
+
+def test_push_validation_uses_the_hub_endpoint(local_hub):
+    ModelCard(_rendered_reuser()).validate()  # the Hub's YAML check, as `ModelCard.push_to_hub` runs it
+    assert ("POST", "/api/validate-yaml") in local_hub.requests_log
+
+
+# ----------------------------------------------------------------------------------------------- the metric
+
+
+def test_latent_domain_accuracy_metric_loads_offline_by_path(hf_offline):
+    import evaluate
+
+    from hf_mrl.metrics import METRIC_PATH, accuracy_report
+
+    metric = evaluate.load(METRIC_PATH)
+    out = metric.compute(
+        predictions=[0, 1, 1, 0, 2], references=[0, 1, 0, 0, 2], domains=[0, 0, 1, 1, -1], domain_names=["p", "s"]
+    )
+    assert out == {
+        "accuracy": 0.8,
+        "per_domain_accuracy": {"p": 1.0, "s": 0.5},
+        "domain_counts": {"p": 2, "s": 2},
+        "worst_domain_accuracy": 0.5,
+        "worst_domain": "s",
+    }
+    assert metric.compute(predictions=[1, 1], references=[1, 0]) == {"accuracy": 0.5}
+    import torch
+
+    report = accuracy_report(torch.tensor([0, 1, 1, 0]), torch.tensor([0, 1, 0, 0]), torch.tensor([0, 0, 1, 1]))
+    assert report == {
+        "accuracy": 0.75,
+        "per_domain": {"0": 1.0, "1": 0.5},
+        "worst_domain_accuracy": 0.5,
+        "worst_domain": "1",
+    }
+    assert accuracy_report(torch.tensor([2]), torch.tensor([2]), torch.tensor([-1])) == {"accuracy": 1.0}
+
+
+# ----------------------------------------------------------------------------------------------- installed wheel
+
+
+def test_cards_and_metric_work_from_an_installed_wheel(tmp_path):
+    """Build the wheel, unpack it, and render both cards and run the metric from it, away from the checkout."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    for name in ("hf_mrl", "model_cards"):
+        shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    cmd = [sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "--no-build-isolation", "-q", "-w"]
+    proc = subprocess.run([*cmd, str(tmp_path / "dist")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (wheel,) = (tmp_path / "dist").glob("hf_mrl-*.whl")
+    with zipfile.ZipFile(wheel) as zf:
+        names = set(zf.namelist())
+        zf.extractall(tmp_path / "site")
+    assert {"hf_mrl/model_cards/reuser.md", "hf_mrl/model_cards/student.md"} <= names
+    assert "hf_mrl/metrics/latent_domain_accuracy/latent_domain_accuracy.py" in names
+    assert "hf_mrl/hub.py" in names
+
+    script = textwrap.dedent(
+        f"""
+        import json, sys
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        import hf_mrl, hf_mrl.model_cards, hf_mrl.metrics
+        from test_cards import CONFIG, STUDENT, _summary
+        from hf_mrl.cards import reuser_card, student_card
+        reuser = reuser_card(CONFIG, _summary(), repo_id="org/mrl-digits", student_repo_id="org/mrl-digits-student")
+        student = student_card(STUDENT, _summary(), repo_id="org/mrl-digits-student", reuser_repo_id="org/mrl-digits")
+        import evaluate
+        acc = evaluate.load(hf_mrl.metrics.METRIC_PATH).compute(predictions=[1, 0], references=[1, 1])
+        print(json.dumps({{"files": [hf_mrl.__file__, list(hf_mrl.model_cards.__path__)[0], hf_mrl.metrics.METRIC_PATH],
+                          "reuser": str(reuser), "student": str(student), "accuracy": acc["accuracy"]}}))
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "site"), "OMP_NUM_THREADS": "1"}
+    run = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    out = json.loads(run.stdout.strip().splitlines()[-1])
+    site = str((tmp_path / "site").resolve())
+    assert all(os.path.realpath(f).startswith(site) for f in out["files"]), out["files"]  # not the checkout
+    check_reuser_card(out["reuser"])
+    check_student_card(out["student"])
+    assert out["accuracy"] == 0.5

@@ -1,0 +1,284 @@
+"""The bi-level trainer on tiny tensors: steps, outer updates, validation, checkpoint / resume."""
+
+from __future__ import annotations
+
+import math
+import shutil
+
+import pytest
+import torch
+from helpers import make_labeled_images, make_timm_teacher, make_transformers_teacher, one_torch_thread
+
+from hf_mrl import Embedding, ModelPool, MRLConfig, MRLTrainer, TargetData, compute_reuse_inputs
+from hf_mrl.trainer import ReuseInputs, _translate, kd_loss, latest_checkpoint
+
+LABELS = ["a", "b", "c"]
+TEACHERS = ["org/t0@c0", "org/t1@c1"]
+# A narrow ResNet-10 keeps a step in the tens of milliseconds on 2 cores.
+TINY_STUDENT = {"architecture": "resnet10t", "model_args": {"channels": [8, 8, 16, 16], "stem_width": 8}}
+
+
+@pytest.fixture(autouse=True)
+def _single_thread():
+    with one_torch_thread():
+        yield
+
+
+def _data(n_per_class: int = 3, n_unlabeled: int = 30, n_test: int = 12) -> TargetData:
+    y_l = torch.arange(n_per_class * 3) % 3
+    y_u = torch.arange(n_unlabeled) % 3
+    y_t = torch.arange(n_test) % 3
+    return TargetData(
+        label_names=list(LABELS),
+        labeled_images=make_labeled_images(y_l, seed=0),
+        labeled_labels=y_l,
+        unlabeled_images=make_labeled_images(y_u, seed=1),
+        test_images=make_labeled_images(y_t, seed=2),
+        test_labels=y_t,
+    )
+
+
+def _reuse(data: TargetData, seed: int = 0) -> ReuseInputs:
+    gen = torch.Generator().manual_seed(seed)
+
+    def probs(n):
+        return torch.softmax(2 * torch.randn(n, len(TEACHERS), len(LABELS), generator=gen), dim=-1)
+
+    p_l, p_u, p_t = probs(len(data.labeled_labels)), probs(len(data.unlabeled_images)), probs(len(data.test_images))
+    emb = Embedding("teacher-outputs")
+    return ReuseInputs(p_l, p_u, p_t, emb(None, p_l), emb(None, p_u), emb(None, p_t))
+
+
+def _config(**kwargs) -> MRLConfig:
+    base = {"max_steps": 4, "batch_size": 6, "unlabeled_batch_size": 8, "outer_every": 2, "seed": 0}
+    return MRLConfig(**{**base, **kwargs})
+
+
+def _trainer(config: MRLConfig, data: TargetData | None = None, reuse: ReuseInputs | None = None) -> MRLTrainer:
+    data = data or _data()
+    if config.method == "mrl" and reuse is None:
+        reuse = _reuse(data)
+    ids = TEACHERS if config.method == "mrl" else None
+    return MRLTrainer(config, data, reuse, teacher_ids=ids, student_spec=TINY_STUDENT)
+
+
+def _student_state(trainer: MRLTrainer) -> dict[str, torch.Tensor]:
+    model = trainer.accelerator.unwrap_model(trainer.student)
+    return {n: t.detach().clone() for n, t in model.state_dict().items()}
+
+
+# ----------------------------------------------------------------------------------------------- steps
+
+
+def test_mrl_steps_return_finite_losses_and_update_prototypes_on_outer_steps():
+    trainer = _trainer(_config())
+    protos0 = trainer.reuser.prototypes.detach().clone()
+    student0 = _student_state(trainer)
+
+    logs = trainer.training_step(0)  # not an outer step (outer_every=2)
+    assert set(logs) == {"loss", "ce_loss", "kd_loss"}
+    assert all(math.isfinite(v) for v in logs.values())
+    assert logs["loss"] == pytest.approx(logs["ce_loss"] + trainer.config.kd_lambda * logs["kd_loss"], rel=1e-5)
+    assert torch.equal(trainer.reuser.prototypes.detach(), protos0)
+    assert any(not torch.equal(student0[n], t) for n, t in _student_state(trainer).items())
+
+    logs = trainer.training_step(1)  # an outer step
+    assert set(logs) == {"loss", "ce_loss", "kd_loss", "outer_loss"}
+    assert all(math.isfinite(v) for v in logs.values())
+    assert not torch.allclose(trainer.reuser.prototypes.detach(), protos0)
+    assert torch.isfinite(trainer.reuser.prototypes).all()
+
+
+def test_train_runs_to_max_steps_and_predicts():
+    trainer = _trainer(_config(max_steps=4))
+    student = trainer.train(progress=False)
+    assert trainer.step.value == 4
+    assert len(trainer.history) == 4
+    assert ["outer_loss" in h for h in trainer.history] == [False, True, False, True]
+    assert all(math.isfinite(v) for h in trainer.history for v in h.values())
+    assert isinstance(student, torch.nn.Module) and not hasattr(student, "module")
+    preds = trainer.predict(trainer.data.test_images, batch_size=5)  # batches that do not divide N
+    assert preds.shape == (12,) and preds.dtype == torch.int64
+    assert ((preds >= 0) & (preds < 3)).all()
+    reuse = trainer.reuse_predictions("t")
+    assert reuse["predictions"].shape == (12,) and reuse["weights"].shape == (12, 2)
+    torch.testing.assert_close(reuse["weights"].sum(-1), torch.ones(12))
+
+
+def test_supervised_needs_no_teachers():
+    trainer = _trainer(_config(method="supervised", max_steps=3))
+    assert trainer.reuser is None
+    trainer.train(progress=False)
+    assert [set(h) for h in trainer.history] == [{"loss", "ce_loss"}] * 3
+    assert all(h["loss"] == h["ce_loss"] and math.isfinite(h["loss"]) for h in trainer.history)
+
+
+def test_mrl_without_teacher_outputs_is_refused():
+    with pytest.raises(ValueError, match="teacher"):
+        MRLTrainer(_config(), _data(), None, teacher_ids=TEACHERS, student_spec=TINY_STUDENT)
+    with pytest.raises(ValueError, match="teacher"):
+        MRLTrainer(_config(), _data(), _reuse(_data()), teacher_ids=None, student_spec=TINY_STUDENT)
+
+
+def test_without_kd_and_direct_term_the_prototypes_get_no_signal():
+    """kd_lambda=0 cuts the only path from phi to the student, so the hypergradient is zero."""
+    trainer = _trainer(_config(kd_lambda=0.0, direct_weight=0.0))
+    protos0 = trainer.reuser.prototypes.detach().clone()
+    bias0 = trainer.reuser.bias.detach().clone()
+    trainer.train(progress=False)
+    assert all(h["loss"] == pytest.approx(h["ce_loss"]) for h in trainer.history)
+    assert "outer_loss" in trainer.history[1]
+    assert torch.equal(trainer.reuser.prototypes.detach(), protos0)
+    assert torch.equal(trainer.reuser.bias.detach(), bias0)
+
+
+def test_direct_term_alone_moves_the_prototypes():
+    trainer = _trainer(_config(kd_lambda=0.0, direct_weight=1.0))
+    protos0 = trainer.reuser.prototypes.detach().clone()
+    trainer.train(progress=False)
+    assert not torch.allclose(trainer.reuser.prototypes.detach(), protos0)
+
+
+def test_reuser_is_initialised_from_the_labeled_data():
+    data = _data()
+    reuse = _reuse(data)
+    trainer = _trainer(_config(), data, reuse)
+    assert trainer.reuser.teachers == TEACHERS
+    assert trainer.reuser.embed_dim == len(TEACHERS) * len(LABELS)
+    torch.testing.assert_close(trainer.reuser.psi_mean, reuse.feats_u.mean(0))
+    owner = reuse.probs_l[torch.arange(len(data.labeled_labels)), :, data.labeled_labels].argmax(-1)
+    for k in range(len(TEACHERS)):
+        if (owner == k).any():
+            expected = trainer.reuser.standardize(reuse.feats_l[owner == k]).mean(0)
+            torch.testing.assert_close(trainer.reuser.prototypes[k].detach(), expected)
+
+
+def test_same_seed_same_run_and_other_seed_another():
+    a, b, c = (_trainer(_config(max_steps=2, seed=s)) for s in (0, 0, 1))
+    for t in (a, b, c):
+        t.train(progress=False)
+    sa, sb, sc = _student_state(a), _student_state(b), _student_state(c)
+    assert all(torch.equal(sa[n], sb[n]) for n in sa)
+    assert any(not torch.equal(sa[n], sc[n]) for n in sa if sa[n].is_floating_point())
+
+
+def test_with_real_teachers_through_compute_reuse_inputs(tmp_path):
+    tr = make_transformers_teacher(tmp_path / "tr", ["c", "b", "a"], seed=0)
+    tm = make_timm_teacher(tmp_path / "tm", ["a", "b"], seed=1)
+    data = _data()
+    pool = ModelPool([str(tr), str(tm)], LABELS)
+    reuse = compute_reuse_inputs(pool, Embedding("teacher-outputs"), data)
+    assert reuse.probs_l.shape == (9, 2, 3) and reuse.probs_u.shape == (30, 2, 3) and reuse.probs_t.shape == (12, 2, 3)
+    assert reuse.feats_u.shape == (30, 6)
+    assert [t.samples_seen for t in pool.teachers] == [9 + 30 + 12] * 2
+    trainer = MRLTrainer(_config(), data, reuse, teacher_ids=pool.ids, student_spec=TINY_STUDENT)
+    trainer.train(progress=False)
+    assert trainer.reuser.teachers == pool.ids
+    assert all(math.isfinite(v) for h in trainer.history for v in h.values())
+
+
+def test_default_student_trains():
+    data = _data()
+    trainer = MRLTrainer(_config(max_steps=2), data, _reuse(data), teacher_ids=TEACHERS)
+    trainer.train(progress=False)
+    assert all(math.isfinite(v) for h in trainer.history for v in h.values())
+    assert trainer.accelerator.unwrap_model(trainer.student).pretrained_cfg["label_names"] == LABELS
+
+
+# ----------------------------------------------------------------------------------------------- pieces
+
+
+def test_kd_loss():
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.5, 3.0]])
+    for t in (1.0, 2.0):
+        target = torch.softmax(logits / t, -1)
+        assert kd_loss(logits, target, t).abs() < 1e-6
+    target = torch.tensor([[0.1, 0.8, 0.1], [0.3, 0.3, 0.4]])
+    expected = 4.0 * torch.nn.functional.kl_div(torch.log_softmax(logits / 2.0, -1), target, reduction="batchmean")
+    torch.testing.assert_close(kd_loss(logits, target, 2.0), expected)
+    # One-hot targets (zeros in the target) stay finite.
+    assert torch.isfinite(kd_loss(logits, torch.eye(3)[:2], 2.0))
+
+
+def test_translate_shifts_with_zero_padding():
+    images = torch.rand(6, 3, 8, 8) + 1.0  # strictly positive, so padding is recognisable
+    out = _translate(images, torch.Generator().manual_seed(0), max_shift=2)
+    assert out.shape == images.shape
+    padded = torch.nn.functional.pad(images, (2, 2, 2, 2))
+    shifts = set()
+    for i in range(6):
+        matches = [
+            (dy, dx)
+            for dy in range(5)
+            for dx in range(5)
+            if torch.equal(out[i], padded[i, :, dy : dy + 8, dx : dx + 8])
+        ]
+        assert len(matches) == 1
+        shifts.add(matches[0])
+    assert len(shifts) > 1  # per-sample shifts
+
+
+# ----------------------------------------------------------------------------------------------- validation
+
+
+def test_target_data_validation():
+    y = torch.tensor([0, 1, 2])
+    images = make_labeled_images(y)
+    kwargs = {"unlabeled_images": images, "test_images": images, "test_labels": y}
+    with pytest.raises(ValueError, match="labeled set is empty"):
+        TargetData(LABELS, images[:0], y[:0], **kwargs)
+    with pytest.raises(ValueError, match=r"\['c'\] have no labeled sample"):
+        TargetData(LABELS, images[:2], y[:2], **kwargs)
+    with pytest.raises(ValueError, match="unlabeled set is empty"):
+        TargetData(LABELS, images, y, images[:0], images, y)
+    with pytest.raises(ValueError, match="differ in length"):
+        TargetData(LABELS, images[:2], y, **kwargs)
+    with pytest.raises(ValueError, match=r"\[0, 3\)"):
+        TargetData(LABELS, make_labeled_images([0, 1, 2, 0]), torch.tensor([0, 1, 2, 3]), **kwargs)
+
+
+# ----------------------------------------------------------------------------------------------- checkpoints
+
+
+def test_resume_reaches_the_same_state_as_an_uninterrupted_run(tmp_path):
+    config = _config(max_steps=6, checkpoint_every=3, outer_every=2)
+    full = _trainer(config)
+    full.train(checkpoint_dir=tmp_path / "ckpt", progress=False)
+    names = sorted(p.name for p in (tmp_path / "ckpt").iterdir())
+    assert names == ["step_0000003", "step_0000006"]
+
+    shutil.rmtree(tmp_path / "ckpt" / "step_0000006")  # as if interrupted after step 3
+    assert latest_checkpoint(tmp_path / "ckpt").name == "step_0000003"
+    resumed = _trainer(config)
+    assert any(  # a fresh trainer does not start where the interrupted run stopped
+        not torch.equal(a, b)
+        for a, b in zip(resumed.reuser.state_dict().values(), full.reuser.state_dict().values(), strict=True)
+    )
+    resumed.train(checkpoint_dir=tmp_path / "ckpt", resume=True, progress=False)
+    assert resumed.step.value == 6
+    assert len(resumed.history) == 3  # only steps 4..6 ran
+
+    s_full, s_res = _student_state(full), _student_state(resumed)
+    assert s_full.keys() == s_res.keys()
+    for name in s_full:
+        torch.testing.assert_close(s_res[name], s_full[name], rtol=0, atol=1e-6, msg=name)
+    for name, value in full.reuser.state_dict().items():
+        torch.testing.assert_close(resumed.reuser.state_dict()[name], value, rtol=0, atol=1e-6, msg=name)
+    for a, b in zip(full.history[3:], resumed.history, strict=True):
+        assert a.keys() == b.keys()
+        for k in a:
+            assert b[k] == pytest.approx(a[k], rel=1e-5, abs=1e-6)
+
+
+def test_resume_without_a_checkpoint_starts_from_scratch(tmp_path):
+    trainer = _trainer(_config(max_steps=2))
+    trainer.train(checkpoint_dir=tmp_path / "none-yet", resume=True, progress=False)
+    assert trainer.step.value == 2 and len(trainer.history) == 2
+
+
+def test_latest_checkpoint_ignores_unfinished_and_foreign_folders(tmp_path):
+    assert latest_checkpoint(tmp_path / "missing") is None
+    for name in ("step_0000002", "step_0000010", "step_0000011.tmp", "notes"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "step_0000099").write_text("a file, not a checkpoint")
+    assert latest_checkpoint(tmp_path).name == "step_0000010"
