@@ -6,7 +6,8 @@ from dataclasses import asdict, dataclass, fields
 
 __all__ = ["MRLConfig", "METHODS"]
 
-METHODS = ("mrl", "supervised")
+# Kept in step with hf_mrl.strategies.STRATEGIES (a test checks it); "oracle" reads domain labels: a reference only.
+METHODS = ("supervised", "pl", "mean-teacher", "vat", "fixmatch", "mr-bs", "mr-cr", "mrl", "oracle")
 
 
 @dataclass
@@ -14,7 +15,8 @@ class MRLConfig:
     """Hyperparameters of the bi-level trainer (and of the supervised-only baseline it is compared with).
 
     Args:
-        method: `mrl` (attention reuse, bi-level) or `supervised` (labeled data only).
+        method: `mrl` (attention reuse, bi-level), a baseline (`supervised`, `pl`, `mean-teacher`, `vat`,
+            `fixmatch`, `mr-bs`, `mr-cr`), or `oracle` routing (reads domain labels: a ceiling, not a method).
         max_steps: student optimisation steps.
         batch_size: labeled samples per step, over all processes.
         unlabeled_batch_size: unlabeled samples per step, over all processes.
@@ -31,6 +33,11 @@ class MRLConfig:
         use_bias: a per-teacher attention bias (a global prior over teachers).
         embedding: the psi spec: `teacher-outputs`, `pixels`, or `encoder:<model id>`.
         augment: random translations of student inputs (teacher outputs stay those of the clean input).
+        unlabeled_weight: weight of the unlabeled term of the SSL baselines (PL, mean teacher, VAT, FixMatch).
+        confidence_threshold: PL and FixMatch keep pseudo-labels at least this confident.
+        ema_decay: the mean teacher's weight averaging.
+        vat_epsilon: VAT's perturbation radius, in normalised input units.
+        rampup_fraction: PL, mean teacher and VAT ramp their unlabeled weight up over this share of steps.
         seed: seeds initialisation, batch order and augmentation.
         checkpoint_every: save an Accelerate state every this many steps (0: only at the end).
     """
@@ -52,6 +59,11 @@ class MRLConfig:
     use_bias: bool = True
     embedding: str = "teacher-outputs"
     augment: bool = True
+    unlabeled_weight: float = 1.0
+    confidence_threshold: float = 0.95
+    ema_decay: float = 0.99
+    vat_epsilon: float = 2.0
+    rampup_fraction: float = 0.3
     seed: int = 0
     checkpoint_every: int = 0
 
@@ -64,9 +76,19 @@ class MRLConfig:
         for name in ("learning_rate", "outer_lr", "inner_lr", "kd_temperature"):
             if not float(getattr(self, name)) > 0:
                 raise ValueError(f"{name} must be > 0; got {getattr(self, name)!r}.")
-        for name in ("kd_lambda", "direct_weight", "weight_decay", "checkpoint_every"):
+        for name in (
+            "kd_lambda",
+            "direct_weight",
+            "weight_decay",
+            "checkpoint_every",
+            "unlabeled_weight",
+            "vat_epsilon",
+        ):
             if float(getattr(self, name)) < 0:
                 raise ValueError(f"{name} must be >= 0; got {getattr(self, name)!r}.")
+        for name in ("confidence_threshold", "ema_decay", "rampup_fraction"):
+            if not 0.0 <= float(getattr(self, name)) <= 1.0:
+                raise ValueError(f"{name} must lie in [0, 1]; got {getattr(self, name)!r}.")
         from .embedding import Embedding
 
         Embedding(self.embedding)  # raises ValueError on an unknown spec

@@ -11,6 +11,7 @@ import hashlib
 import logging
 import os
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,9 +19,11 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 
+from .augment import translate as _translate
 from .config import MRLConfig
 from .embedding import Embedding
 from .hypergrad import functional_student, unrolled_hypergradient
+from .losses import kd_loss
 from .pool import ModelPool
 from .reuser import AttentionReuser
 from .student import create_student, student_preprocess
@@ -52,6 +55,9 @@ class TargetData:
     test_labels: torch.Tensor
     test_domains: torch.Tensor | None = None
     domain_names: list[str] | None = None
+    # Latent-domain labels of the training data: read only by oracle routing, a reference, never by a method.
+    labeled_domains: torch.Tensor | None = None
+    unlabeled_domains: torch.Tensor | None = None
 
     def __post_init__(self):
         c = len(self.label_names)
@@ -91,25 +97,6 @@ def compute_reuse_inputs(
     probs = {k: pool.probs(v, progress=progress) for k, v in sets.items()}
     feats = {k: embedding(sets[k], probs[k]) for k in sets}
     return ReuseInputs(**{f"probs_{k}": v for k, v in probs.items()}, **{f"feats_{k}": v for k, v in feats.items()})
-
-
-def kd_loss(student_logits: torch.Tensor, target_probs: torch.Tensor, temperature: float) -> torch.Tensor:
-    """T^2 * KL(target || softmax(student / T)), averaged over the batch."""
-    log_q = F.log_softmax(student_logits / temperature, dim=-1)
-    kl = (target_probs * (target_probs.clamp_min(1e-8).log() - log_q)).sum(-1)
-    return temperature**2 * kl.mean()
-
-
-def _translate(images: torch.Tensor, gen: torch.Generator, max_shift: int = 2) -> torch.Tensor:
-    """Random integer translations by up to `max_shift` pixels, zero padded (float (B, 3, H, W))."""
-    b, _, h, w = images.shape
-    padded = F.pad(images, (max_shift,) * 4)
-    dy = torch.randint(0, 2 * max_shift + 1, (b,), generator=gen)
-    dx = torch.randint(0, 2 * max_shift + 1, (b,), generator=gen)
-    rows = (dy[:, None] + torch.arange(h)[None]).view(b, 1, h, 1).expand(b, images.shape[1], h, w + 2 * max_shift)
-    cropped = padded.gather(2, rows)
-    cols = (dx[:, None] + torch.arange(w)[None]).view(b, 1, 1, w).expand(b, images.shape[1], h, w)
-    return cropped.gather(3, cols)
 
 
 class _Step:
@@ -153,8 +140,14 @@ class MRLTrainer:
         self.data = data
         self.reuse = reuse
         self.accelerator = accelerator or make_accelerator()
-        if config.method == "mrl" and (reuse is None or not teacher_ids):
-            raise ValueError("method='mrl' needs teacher outputs (reuse=compute_reuse_inputs(...)) and teacher_ids.")
+        from .strategies import get_strategy
+
+        strategy_cls = get_strategy(config.method)
+        if strategy_cls.needs_teachers and reuse is None:
+            raise ValueError(f"method={config.method!r} needs teacher outputs: pass reuse=compute_reuse_inputs(...).")
+        if config.method == "mrl" and not teacher_ids:
+            raise ValueError("method='mrl' needs teacher_ids (the pool's ids) to record in the reuser.")
+        self.teacher_ids = list(teacher_ids or [])
         torch.manual_seed(config.seed)
         image_size = data.labeled_images.shape[-1]
         self.student = create_student(data.label_names, image_size=image_size, **(student_spec or {}))
@@ -166,15 +159,14 @@ class MRLTrainer:
         self.step = _Step()
         self.accelerator.register_for_checkpointing(self.step)
         self.reuser: AttentionReuser | None = None
-        if config.method == "mrl":
-            self._init_reuser(teacher_ids)
+        self.strategy = strategy_cls(self)
         self.history: list[dict[str, float]] = []
         self.replicas_in_sync = True
 
-    def _init_reuser(self, teacher_ids: list[str]) -> None:
+    def _init_reuser(self) -> None:
         r, cfg = self.reuse, self.config
         self.reuser = AttentionReuser(
-            teachers=list(teacher_ids),
+            teachers=self.teacher_ids,
             label_names=self.data.label_names,
             embed_dim=r.feats_u.shape[1],
             embedding=Embedding(cfg.embedding).spec,
@@ -216,21 +208,21 @@ class MRLTrainer:
 
     # -- one step ----------------------------------------------------------------------------------
     def training_step(self, step: int) -> dict[str, float]:
-        cfg, acc = self.config, self.accelerator
+        """One student step: labeled CE plus the strategy's unlabeled term, then the strategy's after-step."""
+        acc = self.accelerator
         gen, idx_l, idx_u = self._batch_indices(step)
         x_l = self._inputs(self.data.labeled_images[idx_l], gen)
         y_l = self.data.labeled_labels[idx_l].to(acc.device)
         self.student.train()
         logs: dict[str, float] = {}
-        if cfg.method == "mrl":
-            x_u = self._inputs(self.data.unlabeled_images[idx_u], gen)
-            with torch.no_grad():
-                target = self._reuse_targets(idx_u)
+        if self.strategy.uses_unlabeled:
+            images_u = self.data.unlabeled_images[idx_u]
+            x_u = self._inputs(images_u, gen)
             logits = self.student(torch.cat([x_l, x_u]))
             ce = F.cross_entropy(logits[: len(x_l)], y_l)
-            kd = kd_loss(logits[len(x_l) :], target, cfg.kd_temperature)
-            loss = ce + cfg.kd_lambda * kd
-            logs.update(ce_loss=ce.item(), kd_loss=kd.item())
+            unlabeled, extra = self.strategy.unlabeled_loss(logits[len(x_l) :], idx_u, images_u, gen, step)
+            loss = ce + unlabeled
+            logs.update(ce_loss=ce.item(), **extra)
         else:
             loss = F.cross_entropy(self.student(x_l), y_l)
             logs["ce_loss"] = loss.item()
@@ -238,8 +230,7 @@ class MRLTrainer:
         acc.backward(loss)
         self.optimizer.step()
         logs["loss"] = loss.item()
-        if cfg.method == "mrl" and (step + 1) % cfg.outer_every == 0:
-            logs.update(self.outer_step(step))
+        logs.update(self.strategy.after_step(step))
         return logs
 
     def outer_step(self, step: int) -> dict[str, float]:
@@ -297,6 +288,7 @@ class MRLTrainer:
             initial=self.step.value,
             desc=cfg.method,
             disable=not (progress and acc.is_local_main_process),
+            mininterval=0.1 if sys.stderr.isatty() else 30.0,  # a log file gets a line every 30 s, not 10 a second
         )
         while self.step.value < cfg.max_steps:
             logs = self.training_step(self.step.value)

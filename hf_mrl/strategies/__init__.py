@@ -1,0 +1,36 @@
+"""Training strategies: MRL and the baselines it is compared with, one per file, selected by name."""
+
+from .base import DistillStrategy, Strategy
+from .fixmatch import FixMatch
+from .mean_teacher import MeanTeacher
+from .mr_bs import BestSingle
+from .mr_cr import ConsistentReuse
+from .mrl import AttentionReuse
+from .oracle import OracleRouting
+from .pseudo_label import PseudoLabel
+from .supervised import Supervised
+from .vat import VirtualAdversarial
+
+STRATEGIES: dict[str, type[Strategy]] = {
+    s.name: s
+    for s in (
+        Supervised,
+        PseudoLabel,
+        MeanTeacher,
+        VirtualAdversarial,
+        FixMatch,
+        BestSingle,
+        ConsistentReuse,
+        AttentionReuse,
+        OracleRouting,
+    )
+}
+
+__all__ = ["STRATEGIES", "Strategy", "DistillStrategy", "get_strategy"] + [s.__name__ for s in STRATEGIES.values()]
+
+
+def get_strategy(name: str) -> type[Strategy]:
+    try:
+        return STRATEGIES[name]
+    except KeyError:
+        raise ValueError(f"Unknown method {name!r}; choose one of {sorted(STRATEGIES)}.") from None

@@ -1,0 +1,71 @@
+"""The small base every training strategy (MRL and the baselines) builds on.
+
+A strategy adds an unlabeled-data term to the labeled cross-entropy of the shared student loop in
+`MRLTrainer.training_step`, and may act after each optimiser step (an outer step, an EMA update).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+from ..losses import kd_loss
+
+if TYPE_CHECKING:
+    from ..trainer import MRLTrainer
+
+__all__ = ["Strategy", "DistillStrategy", "rampup"]
+
+
+def rampup(step: int, max_steps: int, fraction: float) -> float:
+    """Sigmoid ramp-up from 0 to 1 over the first `fraction` of training (Laine & Aila, 2017)."""
+    length = fraction * max_steps
+    if length <= 0 or step >= length:
+        return 1.0
+    t = 1.0 - step / length
+    return float(torch.exp(torch.tensor(-5.0 * t * t)))
+
+
+class Strategy:
+    """Labeled data only, and the base of every other strategy.
+
+    Attributes:
+        name: the `--method` value.
+        needs_teachers: whether it reads the pool's outputs (`trainer.reuse`).
+        uses_unlabeled: whether the student sees unlabeled batches.
+    """
+
+    name = "supervised"
+    needs_teachers = False
+    uses_unlabeled = False
+
+    def __init__(self, trainer: MRLTrainer):
+        self.trainer = trainer
+        self.config = trainer.config
+
+    def unlabeled_loss(
+        self, logits_u: torch.Tensor, idx_u: torch.Tensor, images_u: torch.Tensor, gen: torch.Generator, step: int
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """The unlabeled term for student logits (B, C) on the (weakly augmented) batch `images_u`."""
+        raise NotImplementedError
+
+    def after_step(self, step: int) -> dict[str, float]:
+        return {}
+
+
+class DistillStrategy(Strategy):
+    """Soft distillation toward a per-sample target distribution built from the teachers' outputs."""
+
+    needs_teachers = True
+    uses_unlabeled = True
+
+    def targets(self, idx_u: torch.Tensor) -> torch.Tensor:
+        """Target distributions (B, C) for unlabeled samples `idx_u`."""
+        raise NotImplementedError
+
+    def unlabeled_loss(self, logits_u, idx_u, images_u, gen, step):
+        with torch.no_grad():
+            target = self.targets(idx_u).to(logits_u.device)
+        kd = kd_loss(logits_u, target, self.config.kd_temperature)
+        return self.config.kd_lambda * kd, {"kd_loss": kd.item()}

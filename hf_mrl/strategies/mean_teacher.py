@@ -1,0 +1,45 @@
+"""TE, as a mean teacher (Tarvainen & Valpola, 2017): consistency with an EMA of the student.
+
+Temporal ensembling keeps one ensemble prediction per sample; the mean teacher averages weights instead,
+which needs no per-sample state and is the variant the same authors recommend.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from .base import Strategy, rampup
+
+__all__ = ["MeanTeacher"]
+
+
+class MeanTeacher(Strategy):
+    name = "mean-teacher"
+    uses_unlabeled = True
+
+    def __init__(self, trainer):
+        super().__init__(trainer)
+        self.ema = copy.deepcopy(trainer.accelerator.unwrap_model(trainer.student)).requires_grad_(False)
+        trainer.accelerator.register_for_checkpointing(self.ema)
+
+    def unlabeled_loss(self, logits_u, idx_u, images_u, gen, step):
+        cfg = self.config
+        with torch.no_grad():
+            self.ema.eval()  # its BatchNorm statistics are themselves an average of the student's
+            target = self.ema(self.trainer._inputs(images_u, gen)).softmax(-1)  # another weak view
+        loss = ((logits_u.softmax(-1) - target) ** 2).sum(-1).mean()
+        weight = cfg.unlabeled_weight * rampup(step, cfg.max_steps, cfg.rampup_fraction)
+        return weight * loss, {"consistency_loss": loss.item()}
+
+    @torch.no_grad()
+    def after_step(self, step):
+        student = self.trainer.accelerator.unwrap_model(self.trainer.student)
+        decay = min(self.config.ema_decay, (step + 1) / (step + 10))
+        for e, s in zip(self.ema.state_dict().values(), student.state_dict().values(), strict=True):
+            if e.dtype.is_floating_point:
+                e.mul_(decay).add_(s.detach(), alpha=1 - decay)
+            else:
+                e.copy_(s)
+        return {}

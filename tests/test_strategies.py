@@ -1,0 +1,159 @@
+"""Every strategy (MRL, the baselines, oracle routing) on the shared student loop."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+from helpers import one_torch_thread
+from test_trainer import LABELS, TEACHERS, TINY_STUDENT, _data, _reuse
+
+from hf_mrl import MRLConfig, MRLTrainer
+from hf_mrl.augment import strong_augment
+from hf_mrl.config import METHODS
+from hf_mrl.strategies import STRATEGIES, get_strategy
+from hf_mrl.strategies.mr_cr import fit_global_weights
+from hf_mrl.trainer import ReuseInputs
+
+UNLABELED_KEY = {
+    "pl": "pl_loss",
+    "mean-teacher": "consistency_loss",
+    "vat": "vat_loss",
+    "fixmatch": "fixmatch_loss",
+    "mr-bs": "kd_loss",
+    "mr-cr": "kd_loss",
+    "mrl": "kd_loss",
+    "oracle": "kd_loss",
+}
+
+
+@pytest.fixture(autouse=True)
+def _single_thread():
+    with one_torch_thread():
+        yield
+
+
+def _domain_data():
+    data = _data()
+    return dataclasses.replace(
+        data,
+        labeled_domains=torch.arange(len(data.labeled_labels)) % 2,
+        unlabeled_domains=torch.arange(len(data.unlabeled_images)) % 2,
+    )
+
+
+def _run(method: str, steps: int = 3, data=None, reuse=None, **cfg) -> MRLTrainer:
+    data = data or _domain_data()
+    reuse = reuse or _reuse(data)
+    config = MRLConfig(method=method, max_steps=steps, batch_size=6, unlabeled_batch_size=8, outer_every=2, **cfg)
+    trainer = MRLTrainer(config, data, reuse, teacher_ids=TEACHERS, student_spec=TINY_STUDENT)
+    trainer.train(progress=False)
+    return trainer
+
+
+def test_registry_matches_the_config_methods():
+    assert tuple(sorted(STRATEGIES)) == tuple(sorted(METHODS))
+    with pytest.raises(ValueError, match="Unknown method 'nope'"):
+        get_strategy("nope")
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_trains_with_finite_losses(method):
+    trainer = _run(method, confidence_threshold=0.0)
+    for logs in trainer.history:
+        assert all(math.isfinite(v) for v in logs.values()), logs
+    if method == "supervised":
+        assert set(trainer.history[0]) == {"ce_loss", "loss"}
+    else:
+        assert UNLABELED_KEY[method] in trainer.history[0]
+    preds = trainer.predict(trainer.data.test_images)
+    assert preds.shape == trainer.data.test_labels.shape
+
+
+@pytest.mark.parametrize("method", ["mr-bs", "mr-cr", "mrl", "oracle"])
+def test_teacher_methods_need_teacher_outputs(method):
+    with pytest.raises(ValueError, match="needs teacher"):
+        MRLTrainer(
+            MRLConfig(method=method, max_steps=1), _data(), None, teacher_ids=TEACHERS, student_spec=TINY_STUDENT
+        )
+
+
+def _reuse_where_teacher_is_right(data, good) -> ReuseInputs:
+    """Teacher `good[i]` predicts sample i's class; the other teachers predict the next class."""
+
+    def probs(labels, good_of):
+        p = torch.full((len(labels), len(TEACHERS), len(LABELS)), 0.05)
+        for i, (y, g) in enumerate(zip(labels.tolist(), good_of.tolist(), strict=True)):
+            for k in range(len(TEACHERS)):
+                p[i, k, y if k == g else (y + 1) % len(LABELS)] = 0.9
+        return p
+
+    y_u = torch.zeros(len(data.unlabeled_images), dtype=torch.long)
+    p_l = probs(data.labeled_labels, good(data.labeled_domains))
+    p_u = probs(y_u, good(data.unlabeled_domains))
+    p_t = probs(data.test_labels, torch.zeros_like(data.test_labels))
+    flat = [p.log().flatten(1) for p in (p_l, p_u, p_t)]
+    return ReuseInputs(p_l, p_u, p_t, *flat)
+
+
+def test_mr_bs_distils_the_teacher_best_on_the_labels():
+    data = _domain_data()
+    reuse = _reuse_where_teacher_is_right(data, lambda d: torch.full_like(d, 1))
+    trainer = MRLTrainer(MRLConfig(method="mr-bs", max_steps=1), data, reuse, student_spec=TINY_STUDENT)
+    assert trainer.strategy.teacher == 1
+    idx = torch.tensor([0, 3])
+    assert torch.equal(trainer.strategy.targets(idx), reuse.probs_u[idx, 1])
+
+
+def test_mr_cr_weights_favour_the_accurate_teacher():
+    data = _domain_data()
+    reuse = _reuse_where_teacher_is_right(data, lambda d: torch.zeros_like(d))
+    w = fit_global_weights(reuse.probs_l, data.labeled_labels)
+    assert w.shape == (len(TEACHERS),)
+    assert w.sum().item() == pytest.approx(1.0, abs=1e-5)
+    assert w.argmax().item() == 0 and w[0] > 0.8
+
+
+def test_oracle_routes_each_domain_to_its_teacher():
+    data = _domain_data()
+    reuse = _reuse_where_teacher_is_right(data, lambda d: d)  # domain d is handled by teacher d
+    trainer = MRLTrainer(MRLConfig(method="oracle", max_steps=1), data, reuse, student_spec=TINY_STUDENT)
+    assert torch.equal(trainer.strategy.teacher_of, data.unlabeled_domains)
+    with pytest.raises(ValueError, match="domain labels"):
+        MRLTrainer(MRLConfig(method="oracle", max_steps=1), _data(), reuse, student_spec=TINY_STUDENT)
+
+
+def test_confidence_threshold_masks_pseudo_labels():
+    for method in ("pl", "fixmatch"):
+        trainer = _run(method, confidence_threshold=1.0)
+        assert all(logs["mask_rate"] == 0.0 for logs in trainer.history)
+        key = UNLABELED_KEY[method]
+        assert all(logs[key] == 0.0 for logs in trainer.history)
+
+
+def test_mean_teacher_ema_follows_the_student():
+    data = _domain_data()
+    config = MRLConfig(method="mean-teacher", max_steps=2, batch_size=6, unlabeled_batch_size=8)
+    trainer = MRLTrainer(config, data, None, student_spec=TINY_STUDENT)
+    init = {k: v.clone() for k, v in trainer.strategy.ema.state_dict().items()}
+    trainer.training_step(0)
+    student = trainer.accelerator.unwrap_model(trainer.student).state_dict()
+    decay = min(config.ema_decay, 1 / 10)  # the warm-up decay at step 0
+    for name, value in trainer.strategy.ema.state_dict().items():
+        if value.dtype.is_floating_point:
+            expected = decay * init[name] + (1 - decay) * student[name]
+            assert torch.allclose(value, expected, atol=1e-6), name
+    moved = [k for k, v in student.items() if v.dtype.is_floating_point and not torch.equal(v, init[k])]
+    assert moved, "the student did not move in one step"
+
+
+def test_strong_augment_is_seeded_and_changes_the_images():
+    x = torch.rand(4, 3, 16, 16) * 2 - 1
+    a = strong_augment(x, torch.Generator().manual_seed(0))
+    b = strong_augment(x, torch.Generator().manual_seed(0))
+    c = strong_augment(x, torch.Generator().manual_seed(1))
+    assert a.shape == x.shape
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert not torch.allclose(a, x)
