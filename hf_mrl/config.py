@@ -31,6 +31,9 @@ class MRLConfig:
         direct_weight: beta, the weight of the direct labeled term CE(R_phi(x), y) in the outer loss.
         attention_temperature: tau; None means sqrt(p).
         use_bias: a per-teacher attention bias (a global prior over teachers).
+        learn_reuse_strength: let the outer problem scale the distillation term by s in (0, 1), so it can
+            turn reuse down when the pool cannot help.
+        reuse_strength_init: s at the start.
         embedding: the psi spec: `teacher-outputs`, `pixels`, or `encoder:<model id>`.
         augment: random translations of student inputs (teacher outputs stay those of the clean input).
         unlabeled_weight: weight of the unlabeled term of the SSL baselines (PL, mean teacher, VAT, FixMatch).
@@ -57,6 +60,8 @@ class MRLConfig:
     direct_weight: float = 1.0
     attention_temperature: float | None = None
     use_bias: bool = True
+    learn_reuse_strength: bool = True
+    reuse_strength_init: float = 0.95
     embedding: str = "teacher-outputs"
     augment: bool = True
     unlabeled_weight: float = 1.0
@@ -86,6 +91,8 @@ class MRLConfig:
         ):
             if float(getattr(self, name)) < 0:
                 raise ValueError(f"{name} must be >= 0; got {getattr(self, name)!r}.")
+        if not 0.0 < float(self.reuse_strength_init) < 1.0:
+            raise ValueError(f"reuse_strength_init must lie in (0, 1); got {self.reuse_strength_init!r}.")
         for name in ("confidence_threshold", "ema_decay", "rampup_fraction"):
             if not 0.0 <= float(getattr(self, name)) <= 1.0:
                 raise ValueError(f"{name} must lie in [0, 1]; got {getattr(self, name)!r}.")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 import re
 import sys
@@ -99,6 +100,18 @@ def compute_reuse_inputs(
     return ReuseInputs(**{f"probs_{k}": v for k, v in probs.items()}, **{f"feats_{k}": v for k, v in feats.items()})
 
 
+class _ReuseGate(torch.nn.Module):
+    """s = sigmoid(logit): the reuse strength, an outer variable next to the prototypes."""
+
+    def __init__(self, init: float, trainable: bool = True):
+        super().__init__()
+        init = min(max(init, 1e-4), 1 - 1e-4)
+        self.logit = torch.nn.Parameter(torch.tensor(math.log(init / (1 - init))), requires_grad=trainable)
+
+    def forward(self) -> torch.Tensor:
+        return torch.sigmoid(self.logit)
+
+
 class _Step:
     """Training progress, saved with the Accelerate state."""
 
@@ -178,9 +191,18 @@ class MRLTrainer:
         self.reuser.init_prototypes(r.feats_l, r.probs_l, self.data.labeled_labels, generator=gen)
         self.reuser.to(self.accelerator.device)
         # The reuser is tiny and its gradient is reduced by hand, so it is not wrapped in DDP.
-        self.outer_params = [p for p in self.reuser.parameters() if p.requires_grad]
+        # Reuse strength s in (0, 1) scales the distillation term; the outer problem can turn it toward 0
+        # when distilling the reuser raises the labeled loss (a pool that cannot help).
+        self.reuse_gate = _ReuseGate(cfg.reuse_strength_init, trainable=cfg.learn_reuse_strength)
+        self.reuse_gate.to(self.accelerator.device)
+        self.outer_params = [p for p in (*self.reuser.parameters(), *self.reuse_gate.parameters()) if p.requires_grad]
         self.outer_optimizer = torch.optim.Adam(self.outer_params, lr=cfg.outer_lr)
-        self.accelerator.register_for_checkpointing(self.reuser, self.outer_optimizer)
+        self.accelerator.register_for_checkpointing(self.reuser, self.reuse_gate, self.outer_optimizer)
+
+    @property
+    def reuse_strength(self) -> float:
+        """The current reuse strength s (1.0 when the method has no reuser)."""
+        return self.reuse_gate().item() if self.reuser is not None else 1.0
 
     # -- batches ---------------------------------------------------------------------------------
     def _batch_indices(self, step: int, stream: int = 0) -> tuple[torch.Generator, torch.Tensor, torch.Tensor]:
@@ -247,7 +269,8 @@ class MRLTrainer:
             x_u = self._inputs(self.data.unlabeled_images[idx_u], gen)
             logits = call(theta, torch.cat([x_l, x_u]))
             ce = F.cross_entropy(logits[: len(x_l)], self.data.labeled_labels[idx_l].to(dev))
-            return ce + cfg.kd_lambda * kd_loss(logits[len(x_l) :], self._reuse_targets(idx_u), cfg.kd_temperature)
+            kd = kd_loss(logits[len(x_l) :], self._reuse_targets(idx_u), cfg.kd_temperature)
+            return ce + cfg.kd_lambda * self.reuse_gate() * kd
 
         gen, idx_l, _ = batches[-1]
         y_l = self.data.labeled_labels[idx_l].to(dev)

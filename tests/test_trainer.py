@@ -76,14 +76,15 @@ def test_mrl_steps_return_finite_losses_and_update_prototypes_on_outer_steps():
     student0 = _student_state(trainer)
 
     logs = trainer.training_step(0)  # not an outer step (outer_every=2)
-    assert set(logs) == {"loss", "ce_loss", "kd_loss"}
+    assert set(logs) == {"loss", "ce_loss", "kd_loss", "reuse_strength"}
     assert all(math.isfinite(v) for v in logs.values())
-    assert logs["loss"] == pytest.approx(logs["ce_loss"] + trainer.config.kd_lambda * logs["kd_loss"], rel=1e-5)
+    distill = trainer.config.kd_lambda * logs["reuse_strength"] * logs["kd_loss"]
+    assert logs["loss"] == pytest.approx(logs["ce_loss"] + distill, rel=1e-5)
     assert torch.equal(trainer.reuser.prototypes.detach(), protos0)
     assert any(not torch.equal(student0[n], t) for n, t in _student_state(trainer).items())
 
     logs = trainer.training_step(1)  # an outer step
-    assert set(logs) == {"loss", "ce_loss", "kd_loss", "outer_loss"}
+    assert set(logs) == {"loss", "ce_loss", "kd_loss", "reuse_strength", "outer_loss"}
     assert all(math.isfinite(v) for v in logs.values())
     assert not torch.allclose(trainer.reuser.prototypes.detach(), protos0)
     assert torch.isfinite(trainer.reuser.prototypes).all()
@@ -282,3 +283,32 @@ def test_latest_checkpoint_ignores_unfinished_and_foreign_folders(tmp_path):
         (tmp_path / name).mkdir()
     (tmp_path / "step_0000099").write_text("a file, not a checkpoint")
     assert latest_checkpoint(tmp_path).name == "step_0000010"
+
+
+def _misleading_reuse(data: TargetData) -> ReuseInputs:
+    """Every teacher confidently predicts the next class: distilling them can only hurt."""
+
+    def probs(labels):
+        p = torch.full((len(labels), len(TEACHERS), len(LABELS)), 0.01)
+        p[torch.arange(len(labels)), :, (labels + 1) % len(LABELS)] = 0.98
+        return p
+
+    y_u = torch.arange(len(data.unlabeled_images)) % 3  # the unlabeled images' true classes (see _data)
+    p_l, p_u, p_t = probs(data.labeled_labels), probs(y_u), probs(data.test_labels)
+    emb = Embedding("teacher-outputs")
+    return ReuseInputs(p_l, p_u, p_t, emb(None, p_l), emb(None, p_u), emb(None, p_t))
+
+
+def test_reuse_strength_turns_down_when_the_pool_misleads():
+    data = _data()
+    config = _config(max_steps=80, outer_every=1, outer_lr=0.1, direct_weight=0.0)
+    trainer = _trainer(config, data, _misleading_reuse(data))
+    assert trainer.reuse_strength == pytest.approx(0.95)
+    trainer.train(progress=False)
+    assert trainer.reuse_strength < 0.5
+
+
+def test_reuse_strength_stays_fixed_when_not_learned():
+    trainer = _trainer(_config(learn_reuse_strength=False, reuse_strength_init=0.5))
+    trainer.train(progress=False)
+    assert trainer.reuse_strength == pytest.approx(0.5)

@@ -19,6 +19,11 @@ class AttentionReuse(DistillStrategy):
     def targets(self, idx_u: torch.Tensor) -> torch.Tensor:
         return self.trainer._reuse_targets(idx_u)
 
+    def unlabeled_loss(self, logits_u, idx_u, images_u, gen, step):
+        loss, logs = super().unlabeled_loss(logits_u, idx_u, images_u, gen, step)
+        strength = self.trainer.reuse_strength
+        return strength * loss, {**logs, "reuse_strength": strength}
+
     def after_step(self, step):
         if (step + 1) % self.config.outer_every == 0:
             return self.trainer.outer_step(step)
