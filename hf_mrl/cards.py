@@ -107,7 +107,8 @@ class RunSummary:
     Accuracies are fractions in [0, 1] on the target test split. `per_domain` maps a latent domain to
     `{"student", "supervised", "reuse"}` accuracies, `worst_domain` holds the worst of each, and
     `attention_by_domain` maps a domain to the reuser's mean weight per teacher (pool order); all three only when
-    the test data carry domain labels (used for evaluation only).
+    the test data carry domain labels (used for evaluation only). `trust_remote_code` and `allow_pickle` record
+    whether the teachers were loaded with their repositories' own code, or from pickle weights.
 
     >>> RunSummary(teachers=[TeacherSummary("org/a@0123abc")], label_names=["0", "1"], dataset="my data")
     ... # doctest: +ELLIPSIS
@@ -133,6 +134,11 @@ class RunSummary:
     per_domain: dict[str, dict[str, float]] | None = None
     worst_domain: dict[str, float] | None = None
     attention_by_domain: dict[str, list[float]] | None = None
+    trust_remote_code: bool = False
+    allow_pickle: bool = False
+    guard: dict | None = None
+    screening: list[dict] | None = None
+    reuse_strength: float | None = None
 
     def __post_init__(self):
         self.teachers = [t if isinstance(t, TeacherSummary) else TeacherSummary(**t) for t in self.teachers]
@@ -390,6 +396,11 @@ def reuser_card(
         "training": _training(summary) if summary else None,
         "results": _results(summary) if summary else None,
         "attention": _attention(summary) if summary else None,
+        "guard": summary.guard if summary else None,
+        "screening": summary.screening if summary else None,
+        "reuse_strength": None if not summary or summary.reuse_strength is None else f"{summary.reuse_strength:.3f}",
+        "trust_remote_code": bool(config.get("trust_remote_code") or (summary and summary.trust_remote_code)),
+        "allow_pickle": bool(config.get("allow_pickle") or (summary and summary.allow_pickle)),
     }
     return render_card("reuser", {"card_data": meta, **context})
 
@@ -445,6 +456,9 @@ def student_card(
         "training": _training(summary) if summary else None,
         "results": _results(summary) if summary else None,
         "uncovered_labels": _uncovered(teachers, labels),
+        "guard": summary.guard if summary else None,
+        "trust_remote_code": bool(summary and summary.trust_remote_code),
+        "allow_pickle": bool(summary and summary.allow_pickle),
     }
     return render_card("student", {"card_data": meta, **context})
 

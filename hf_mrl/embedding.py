@@ -27,9 +27,15 @@ class Embedding:
     Args:
         spec: `{"type": ...}` plus the options of that type (see the module docstring). A bare string
             is accepted for `teacher-outputs` and `pixels`, and `encoder:<model id>` for an encoder.
+        cache_dir: where encoder features persist across runs.
+        load_options: for an encoder, `token`, `allow_pickle` and `trust_remote_code` (both off by default),
+            as for `Teacher.load`.
     """
 
-    def __init__(self, spec: dict | str = "teacher-outputs", cache_dir: str | os.PathLike | None = None):
+    def __init__(
+        self, spec: dict | str = "teacher-outputs", cache_dir: str | os.PathLike | None = None, **load_options
+    ):
+        given = spec
         if isinstance(spec, str):
             spec = (
                 {"type": "encoder", "model_id": spec.split(":", 1)[1]}
@@ -37,14 +43,23 @@ class Embedding:
                 else {"type": spec}
             )
         if not isinstance(spec, dict) or spec.get("type") not in EMBEDDING_TYPES:
-            raise ValueError(f"Unknown embedding {spec!r}: use one of {EMBEDDING_TYPES} (e.g. 'encoder:org/name').")
+            raise ValueError(f"Unknown embedding {given!r}: use one of {EMBEDDING_TYPES} (e.g. 'encoder:org/name').")
         if spec["type"] == "pixels":
-            spec = {"type": "pixels", "dim": int(spec.get("dim", 64)), "seed": int(spec.get("seed", 0))}
+            try:
+                spec = {"type": "pixels", "dim": int(spec.get("dim", 64)), "seed": int(spec.get("seed", 0))}
+            except (TypeError, ValueError):
+                raise ValueError(f"The pixels embedding needs integer `dim` and `seed`; got {given!r}.") from None
             if spec["dim"] < 1:
                 raise ValueError(f"pixels embedding dim must be >= 1; got {spec['dim']}.")
         if spec["type"] == "encoder" and not spec.get("model_id"):
             raise ValueError("The encoder embedding needs a `model_id` (a timm or transformers backbone).")
+        unknown = set(load_options) - {"token", "allow_pickle", "trust_remote_code"}
+        if unknown:
+            raise TypeError(
+                f"Unknown Embedding options {sorted(unknown)}: use token, allow_pickle, trust_remote_code."
+            )
         self.spec = spec
+        self._load_options = load_options
         self._encoder = None
         self._cache = LogitCache(cache_dir)
 
@@ -55,6 +70,12 @@ class Embedding:
         if self.spec["type"] == "pixels":
             return self.spec["dim"]
         return None
+
+    def prepare(self) -> Embedding:
+        """Load the encoder now (a no-op for the other types), so a bad `model_id` fails before any long work."""
+        if self.spec["type"] == "encoder" and self._encoder is None:
+            self._encoder = _load_encoder(self.spec["model_id"], **self._load_options)
+        return self
 
     def __call__(self, images: torch.Tensor | None, probs: torch.Tensor) -> torch.Tensor:
         """Raw features (N, p) from uint8 images (N, 3, H, W) and teacher probabilities (N, K, C)."""
@@ -77,33 +98,83 @@ class Embedding:
         fp = fingerprint(images)
         feats = self._cache.get(key, fp)
         if feats is None:
-            if self._encoder is None:
-                self._encoder = _load_encoder(self.spec["model_id"])
-            model, preprocess = self._encoder
+            model, preprocess = self.prepare()._encoder
             with torch.inference_mode():
                 feats = torch.cat([model(preprocess(images[i : i + 256])) for i in range(0, len(images), 256)])
             self._cache.put(key, fp, feats)
         return feats
 
 
-def _load_encoder(model_id: str):
-    """A frozen backbone returning pooled features, from a timm or transformers checkpoint."""
-    import json
+def _load_encoder(
+    model_id: str, token: str | bool | None = None, allow_pickle: bool = False, trust_remote_code: bool = False
+):
+    """A frozen backbone returning pooled features, from a timm or transformers checkpoint.
 
-    from .pool import _resolve, _timm_preprocess, parse_teacher_id
+    Loaded under the same rules as a teacher: safetensors weights only unless `allow_pickle`, no repository code
+    unless `trust_remote_code`; every failure is a `TeacherLoadError` (a `ValueError`) naming the encoder.
+    """
+    from .pool import (
+        _PICKLE_WEIGHTS,
+        TeacherLoadError,
+        _check_finite,
+        _check_safetensors,
+        _detect_library,
+        _resolve,
+        _timm_preprocess,
+        _weight_files,
+        parse_teacher_id,
+    )
+
+    def fail(reason: str, message: str) -> TeacherLoadError:
+        return TeacherLoadError(model_id, reason, message, what="Encoder")
 
     name, revision = parse_teacher_id(model_id)
-    folder, _ = _resolve(name, revision, None)
-    config = json.loads((folder / "config.json").read_text())
-    if "architecture" in config and "pretrained_cfg" in config:
-        import timm
+    folder, _ = _resolve(
+        name,
+        revision,
+        token,
+        allow_pickle=allow_pickle,
+        trust_remote_code=trust_remote_code,
+        what="Encoder",
+    )
+    library, config = _detect_library(folder, model_id, what="Encoder")
+    if config.get("auto_map") and not trust_remote_code:
+        raise fail(
+            "remote_code",
+            "ships its own modelling code (`auto_map` in config.json): it is only loaded with trust_remote_code=True "
+            "(`--trust_remote_code`). Review the repository first.",
+        )
+    weights = _weight_files(folder)
+    if not weights:
+        pickles = [p for p in _PICKLE_WEIGHTS if (folder / p).is_file()]
+        if not pickles:
+            raise fail("no_weights", "has no weights: expected model.safetensors.")
+        if not allow_pickle:
+            raise fail(
+                "unsafe_weights",
+                f"only has pickle weights ({pickles[0]}), which can run arbitrary code when loaded. Convert it to "
+                "safetensors, or pass allow_pickle=True (`--allow_pickle`) if you trust it.",
+            )
+    _check_safetensors(weights, model_id, what="Encoder")
+    try:
+        if library == "timm":
+            import timm
 
-        model = timm.create_model(f"local-dir:{folder}", pretrained=True, num_classes=0).eval()
-        return model, _timm_preprocess(model.pretrained_cfg)
-    from transformers import AutoImageProcessor, AutoModel
+            model = timm.create_model(f"local-dir:{folder}", pretrained=True, num_classes=0).eval()
+            preprocess = _timm_preprocess(model.pretrained_cfg)
+        else:
+            from transformers import AutoImageProcessor, AutoModel
 
-    backbone = AutoModel.from_pretrained(folder, use_safetensors=True).eval()
-    processor = AutoImageProcessor.from_pretrained(folder)
+            backbone = AutoModel.from_pretrained(
+                folder, use_safetensors=None if allow_pickle else True, trust_remote_code=trust_remote_code
+            ).eval()
+            processor = AutoImageProcessor.from_pretrained(folder, trust_remote_code=trust_remote_code)
+    except Exception as err:  # the libraries raise many types for a broken checkpoint
+        raise fail("load_failed", f"could not be loaded by {library} ({err}).") from err
+    if library == "timm":
+        _check_finite(model, model_id, what="Encoder")
+        return model, preprocess
+    _check_finite(backbone, model_id, what="Encoder")
 
     def model(pixel_values: torch.Tensor) -> torch.Tensor:
         out = backbone(pixel_values=pixel_values)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import re
 
 import torch
 
-__all__ = ["LabelMapping", "map_labels", "normalize_label"]
+__all__ = ["LabelMapping", "is_generic", "map_labels", "normalize_label"]
+
+logger = logging.getLogger(__name__)
 
 _GENERIC = re.compile(r"^label_?\d+$")
 
@@ -14,6 +17,11 @@ _GENERIC = re.compile(r"^label_?\d+$")
 def normalize_label(name: str) -> str:
     """Canonical form used to match label names across models (case, spaces, `-`/`_` ignored)."""
     return re.sub(r"[\s_\-]+", " ", str(name).strip().lower())
+
+
+def is_generic(names: list[str]) -> bool:
+    """Whether label names are the placeholders transformers writes when none are given (`LABEL_0`, `LABEL_1`...)."""
+    return bool(names) and all(_GENERIC.match(normalize_label(n).replace(" ", "_")) for n in names)
 
 
 class LabelMapping:
@@ -53,7 +61,12 @@ class LabelMapping:
 
 
 def map_labels(teacher_labels: list[str], target_labels: list[str], teacher_name: str = "teacher") -> LabelMapping:
-    """Match label names; raise `ValueError` when the teacher shares no label with the target.
+    """Match label names; raise `ValueError` when there is no meaningful mapping.
+
+    Names match after `normalize_label` (case, spaces, `-` and `_` ignored). There is no mapping, and so an error,
+    when the teacher shares no label with the target, or when both sides only have placeholder names (`LABEL_0`,
+    ...): those would pair classes by output position, not by meaning. A teacher whose labels cover only part of
+    the target is fine (its missing classes get probability 0).
 
     Args:
         teacher_labels: the teacher's label names in output order (its `id2label`).
@@ -63,22 +76,46 @@ def map_labels(teacher_labels: list[str], target_labels: list[str], teacher_name
     >>> map_labels(["cat", "dog", "0"], ["0", "Dog"]).index
     [2, 1]
     """
+    target_labels = [str(t) for t in target_labels]
+    teacher_labels = [str(t) for t in teacher_labels]
     if not target_labels:
         raise ValueError("The target task has no label names; pass the class names of the target dataset.")
     norm_target = [normalize_label(t) for t in target_labels]
+    if any(not t for t in norm_target):
+        raise ValueError(f"Target label names must be non-empty; got {target_labels[:8]}.")
     if len(set(norm_target)) != len(norm_target):
         raise ValueError(f"Target label names are not unique after normalisation: {target_labels}.")
+    if not teacher_labels:
+        raise ValueError(
+            f"{teacher_name} has no label names: give the checkpoint an `id2label` (or timm label_names)."
+        )
+    if is_generic(teacher_labels) and is_generic(target_labels):
+        raise ValueError(
+            f"{teacher_name} and the target task both have placeholder label names ({teacher_labels[0]}, ...): "
+            "matching them would pair classes by output position, not by meaning. Give the checkpoint real "
+            "`id2label` names and the dataset real ClassLabel names."
+        )
     lookup: dict[str, int] = {}
     for i, name in enumerate(teacher_labels):
-        lookup.setdefault(normalize_label(name), i)
+        key = normalize_label(name)
+        if key in lookup and key in norm_target:
+            logger.warning(
+                "%s has two outputs named like target class %r (%r and %r): using the first, output %d.",
+                teacher_name,
+                key,
+                teacher_labels[lookup[key]],
+                name,
+                lookup[key],
+            )
+        lookup.setdefault(key, i)
     index = [lookup.get(t, -1) for t in norm_target]
     if all(i < 0 for i in index):
-        generic = all(_GENERIC.match(normalize_label(n).replace(" ", "_")) for n in teacher_labels)
-        hint = (
-            " Its labels are generic (LABEL_0, ...): give the checkpoint real `id2label` names."
-            if generic
-            else " Check that it was trained for the same classes, or drop it from the pool."
-        )
+        if is_generic(teacher_labels):
+            hint = " Its labels are generic (LABEL_0, ...): give the checkpoint real `id2label` names."
+        elif is_generic(target_labels):
+            hint = " The target's labels are generic (LABEL_0, ...): give the dataset's ClassLabel real names."
+        else:
+            hint = " Check that it was trained for the same classes, or drop it from the pool."
         shown = list(teacher_labels[:8]) + (["..."] if len(teacher_labels) > 8 else [])
         raise ValueError(
             f"{teacher_name} shares no label with the target task: its labels are {shown}, "

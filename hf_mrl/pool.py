@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .cache import LogitCache, fingerprint
+from .cache import LogitCache, row_keys
 from .labels import LabelMapping, map_labels
 
 __all__ = ["ModelPool", "Teacher", "TeacherLoadError", "parse_pool_file", "parse_teacher_id"]
@@ -32,7 +32,7 @@ def parse_teacher_id(entry: str) -> tuple[str, str | None]:
     entry = entry.strip()
     if not entry:
         raise ValueError("Empty teacher id.")
-    if os.path.exists(entry):
+    if _is_local(entry):
         return entry, None
     name, sep, revision = entry.rpartition("@")
     if not sep:
@@ -42,28 +42,69 @@ def parse_teacher_id(entry: str) -> tuple[str, str | None]:
     return name, revision
 
 
+def _is_local(path: str | os.PathLike) -> bool:
+    """Whether `path` exists on this machine; False for names no file system accepts (too long, NUL bytes)."""
+    try:
+        return os.path.exists(path)
+    except (OSError, ValueError):
+        return False
+
+
+def _looks_like_hub_id(name: str) -> bool:
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(name)
+    except ValueError:
+        return False
+    return True
+
+
 def parse_pool_file(path: str | os.PathLike) -> list[str]:
     """Read a pool file: one teacher a line (`repo_id[@revision]` or a local path), `#` starts a comment.
 
-    Relative local paths are resolved against the pool file's folder.
+    Relative local paths are resolved against the pool file's folder. Every problem is a `ValueError` (or
+    `FileNotFoundError`) naming the file and line: no teacher, an entry with spaces, a malformed `@revision`, an
+    entry that is neither an existing path nor a Hub id, the same teacher twice.
+
+    >>> parse_pool_file("hub-ids.txt")  # doctest: +SKIP
+    ['org/mnist-classifier@3f2a1c9', 'org/svhn-classifier', '/abs/path/my-local-teacher']
     """
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"Pool file {str(path)!r} is a folder: pass a text file with one teacher id a line.")
     if not path.is_file():
         raise FileNotFoundError(f"Pool file {str(path)!r} does not exist.")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(
+            f"Pool file {str(path)!r} is not a UTF-8 text file ({err.reason} at byte {err.start}): "
+            "write one `repo_id[@revision]` or path a line."
+        ) from None
     entries: list[str] = []
     seen: dict[str, int] = {}
-    for lineno, raw in enumerate(path.read_text().splitlines(), start=1):
+    for lineno, raw in enumerate(text.splitlines(), start=1):
         line = raw.split("#", 1)[0].strip()
         if not line:
             continue
-        if any(c.isspace() for c in line):
-            raise ValueError(f"{path}:{lineno}: malformed entry {raw.strip()!r}: one teacher id per line, no spaces.")
+        where = f"{path}:{lineno}"
+        if any(c.isspace() or not c.isprintable() for c in line):
+            raise ValueError(f"{where}: malformed entry {raw.strip()!r}: one teacher id per line, no spaces.")
         local = path.parent / line
-        if not os.path.isabs(line) and local.exists():
+        if not os.path.isabs(line) and _is_local(local):
             line = str(local.resolve())
-        parse_teacher_id(line)
+        try:
+            name, _ = parse_teacher_id(line)
+        except ValueError as err:
+            raise ValueError(f"{where}: {err}") from None
+        if not _is_local(name) and not _looks_like_hub_id(name):
+            raise ValueError(
+                f"{where}: {raw.strip()!r} is neither an existing folder nor a Hub id `org/name[@revision]` "
+                f"(relative paths are read from {str(path.parent)!r})."
+            )
         if line in seen:
-            raise ValueError(f"{path}:{lineno}: duplicate teacher {line!r} (first on line {seen[line]}).")
+            raise ValueError(f"{where}: duplicate teacher {line!r} (first on line {seen[line]}).")
         seen[line] = lineno
         entries.append(line)
     if not entries:
@@ -86,11 +127,13 @@ class TeacherLoadError(ValueError):
         "no_labels",
         "no_weights",
         "unsafe_weights",  # pickle only
+        "corrupted_weights",  # unreadable safetensors, or NaN / inf values in the weights
+        "remote_code",  # needs its repository's own code, and trust_remote_code is off
         "load_failed",
     )
 
-    def __init__(self, teacher: str, reason: str, message: str):
-        super().__init__(f"Teacher {teacher!r} {message}")
+    def __init__(self, teacher: str, reason: str, message: str, what: str = "Teacher"):
+        super().__init__(f"{what} {teacher!r} {message}")
         self.teacher, self.reason = teacher, reason
 
 
@@ -108,18 +151,31 @@ _OTHER_FORMATS = {
 
 
 def _resolve(
-    name: str, revision: str | None, token: str | bool | None, *, allow_pickle: bool = False
+    name: str,
+    revision: str | None,
+    token: str | bool | None,
+    *,
+    allow_pickle: bool = False,
+    trust_remote_code: bool = False,
+    what: str = "Teacher",
 ) -> tuple[Path, str | None]:
     """Local folder of a teacher and its resolved commit (None for a local path).
 
     Hub ids go through huggingface_hub's cache (`snapshot_download`), so a repo fetched once online is found again
-    with HF_HUB_OFFLINE=1, by branch, tag, or the commit recorded in `Teacher.id`.
+    with HF_HUB_OFFLINE=1, by branch, tag, or the commit recorded in `Teacher.id`. Python files are only fetched
+    with `trust_remote_code`, pickle weights only with `allow_pickle`.
     """
     shown = f"{name}@{revision}" if revision else name
+
+    def fail(reason: str, message: str) -> TeacherLoadError:
+        return TeacherLoadError(shown, reason, message, what=what)
+
     if os.path.isdir(name):
         if revision is not None:
-            raise TeacherLoadError(shown, "not_found", "is a local folder; a revision only applies to Hub ids.")
+            raise fail("not_found", "is a local folder; a revision only applies to Hub ids.")
         return Path(name), None
+    if _is_local(name):
+        raise fail("not_found", "is a file, not a checkpoint folder or a Hub id.")
     from huggingface_hub import constants, snapshot_download
     from huggingface_hub.errors import (
         GatedRepoError,
@@ -134,44 +190,40 @@ def _resolve(
     try:
         validate_repo_id(name)
     except HFValidationError:
-        raise TeacherLoadError(
-            shown, "not_found", "was not found: no such local folder, and not a Hub repo id (`org/name[@revision]`)."
+        raise fail(
+            "not_found", "was not found: no such local folder, and not a Hub repo id (`org/name[@revision]`)."
         ) from None
-    patterns = [*_HUB_PATTERNS, *(_PICKLE_WEIGHTS if allow_pickle else ())]
+    patterns = [*_HUB_PATTERNS, *(_PICKLE_WEIGHTS if allow_pickle else ()), *(("*.py",) if trust_remote_code else ())]
     try:
         folder = snapshot_download(name, revision=revision, token=token, allow_patterns=patterns)
     except GatedRepoError as err:
-        raise TeacherLoadError(
-            shown,
+        raise fail(
             "gated",
             "is gated on the Hub: request access on its page, then log in (`hf auth login` or HF_TOKEN).",
         ) from err
     except RevisionNotFoundError as err:
-        raise TeacherLoadError(
-            shown, "revision_not_found", f"was not found: the Hub repo {name!r} has no revision {revision!r}."
+        raise fail(
+            "revision_not_found", f"was not found: the Hub repo {name!r} has no revision {revision!r}."
         ) from err
     except RepositoryNotFoundError as err:
-        raise TeacherLoadError(
-            shown,
+        raise fail(
             "not_found",
             "was not found: no such local folder, and no Hub repository by that id that you can access "
             "(check the id; a private repo needs a token).",
         ) from err
     except LocalEntryNotFoundError as err:
         if constants.HF_HUB_OFFLINE:
-            raise TeacherLoadError(
-                shown,
+            raise fail(
                 "offline",
                 f"is not in the Hub cache ({constants.HF_HUB_CACHE}) and HF_HUB_OFFLINE=1: run once online to cache "
                 "it (a revision is found offline only if that same revision was fetched online).",
             ) from err
-        raise TeacherLoadError(
-            shown,
+        raise fail(
             "unreachable",
             f"is not in the Hub cache and the Hub ({constants.ENDPOINT}) cannot be reached: {err.__cause__ or err}",
         ) from err
     except HfHubHTTPError as err:
-        raise TeacherLoadError(shown, "hub_error", f"could not be fetched from the Hub: {err}") from err
+        raise fail("hub_error", f"could not be fetched from the Hub: {err}") from err
     return Path(folder), Path(folder).name
 
 
@@ -188,38 +240,34 @@ def _remote_pickle_weights(name: str, commit: str, token: str | bool | None) -> 
     return [f for f in files if f in _PICKLE_WEIGHTS]
 
 
-def _detect_library(folder: Path, shown: str) -> tuple[str, dict]:
+def _detect_library(folder: Path, shown: str, what: str = "Teacher") -> tuple[str, dict]:
     """`timm` or `transformers` and the parsed config.json, from the checkpoint's files; raise for anything else."""
+
+    def fail(message: str) -> TeacherLoadError:
+        return TeacherLoadError(shown, "unknown_format", message, what=what)
+
     config_file = folder / "config.json"
     config: dict | None = None
     if config_file.is_file():
         try:
-            config = json.loads(config_file.read_text())
-        except json.JSONDecodeError as err:
-            raise TeacherLoadError(
-                shown, "unknown_format", f"has a config.json that is not valid JSON ({err})."
-            ) from err
+            config = json.loads(config_file.read_text(encoding="utf-8"))
+        except ValueError as err:  # invalid JSON or not UTF-8 text
+            raise fail(f"has a config.json that is not valid JSON ({err}).") from err
         if not isinstance(config, dict):
-            raise TeacherLoadError(shown, "unknown_format", "has a config.json that is not a JSON object.")
+            raise fail("has a config.json that is not a JSON object.")
     if config is not None and "architecture" in config and "pretrained_cfg" in config:
         return "timm", config
     if config is not None and ("model_type" in config or "architectures" in config):
         return "transformers", config
-    for marker, what in _OTHER_FORMATS.items():
+    for marker, kind in _OTHER_FORMATS.items():
         if (folder / marker).is_file():
-            raise TeacherLoadError(
-                shown,
-                "unknown_format",
-                f"looks like {what} ({marker}), not a transformers or timm checkpoint: unknown format for the pool.",
+            raise fail(
+                f"looks like {kind} ({marker}), not a transformers or timm checkpoint: unknown format for the pool.",
             )
     if config is None:
         files = sorted(p.name for p in folder.iterdir())[:12]
-        raise TeacherLoadError(
-            shown, "unknown_format", f"has no config.json (files: {files}): not a transformers or timm checkpoint."
-        )
-    raise TeacherLoadError(
-        shown,
-        "unknown_format",
+        raise fail(f"has no config.json (files: {files}): not a transformers or timm checkpoint.")
+    raise fail(
         "has a config.json that is neither timm's (`architecture` + `pretrained_cfg`) nor transformers' "
         "(`model_type`): unknown format.",
     )
@@ -297,14 +345,24 @@ class Teacher:
             token: Hub token for private repositories (never logged).
             allow_pickle: accept a checkpoint that only has pickle weights (`pytorch_model.bin`);
                 pickle can run arbitrary code, so this is off by default.
-            trust_remote_code: let transformers run the repository's own modelling code.
+            trust_remote_code: let transformers run the repository's own modelling code; a checkpoint that needs
+                it (`auto_map` in config.json) is refused without it, before any of its code is imported.
         """
         if not isinstance(source, (str, os.PathLike)):
             raise TypeError(f"A teacher source must be a Hub id or a path; got {type(source).__name__}.")
         shown = str(source).strip()
         name, revision = parse_teacher_id(shown)
-        folder, commit = _resolve(name, revision, token, allow_pickle=allow_pickle)
+        folder, commit = _resolve(
+            name, revision, token, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code
+        )
         library, config = _detect_library(folder, shown)
+        if config.get("auto_map") and not trust_remote_code:
+            raise TeacherLoadError(
+                shown,
+                "remote_code",
+                "ships its own modelling code (`auto_map` in config.json), which would run on this machine: it is "
+                "only loaded with trust_remote_code=True (`--trust_remote_code`). Review the repository first.",
+            )
         weights = _weight_files(folder)
         if not weights:
             pickles = [p for p in _PICKLE_WEIGHTS if (folder / p).is_file()]
@@ -315,15 +373,17 @@ class Teacher:
                     shown,
                     "unsafe_weights",
                     f"only has pickle weights ({pickles[0]}), which can run arbitrary code when loaded. "
-                    "Convert it to safetensors, or pass allow_pickle=True if you trust it.",
+                    "Convert it to safetensors, or pass allow_pickle=True (`--allow_pickle`) if you trust it.",
                 )
             if not pickles:
                 raise TeacherLoadError(shown, "no_weights", f"has no weights: expected {_WEIGHTS}.")
             weights = [folder / p for p in pickles]
+        _check_safetensors(weights, shown)
         if library == "timm":
             model, labels, preprocess = _load_timm(folder, config, shown)
         else:
             model, labels, preprocess = _load_transformers(folder, config, shown, allow_pickle, trust_remote_code)
+        _check_finite(model, shown)
         logger.info(
             "Loaded %s teacher %s (%d labels)", library, name if commit is None else f"{name}@{commit}", len(labels)
         )
@@ -340,15 +400,50 @@ class Teacher:
         )
 
     @torch.inference_mode()
-    def logits(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 images (B, 3, H, W) -> logits (B, C_teacher)."""
+    def logits(self, images: torch.Tensor, precision: str = "fp32") -> torch.Tensor:
+        """uint8 images (B, 3, H, W) -> float32 logits (B, C_teacher) on the CPU.
+
+        Runs under `torch.inference_mode`, in channels-last memory format where the model accepts it (faster
+        convolutions and pooling, the same values), and, for `precision` "bf16" or "fp16", under `torch.autocast`
+        on the model's device: CUDA, or the CPU, where it pays off on processors with bf16 instructions only.
+        """
+        dtype = autocast_dtype(precision)
         device = next(self.model.parameters()).device
-        out = self.model(self.preprocess(images).to(device))
+        x = self.preprocess(images).to(device)
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            out = self._forward(x)
         out = getattr(out, "logits", out)
         self.samples_seen += images.shape[0]
         if not torch.isfinite(out).all():
             raise ValueError(f"Teacher {self.id!r} produced NaN or infinite logits; its weights may be corrupted.")
         return out.float().cpu()
+
+    def _forward(self, x: torch.Tensor):
+        """The model on a batch, channels-last when it accepts it (decided on the first batch)."""
+        fmt = getattr(self, "_memory_format", None)
+        if fmt is None and not any(isinstance(m, torch.nn.Conv2d) for m in self.model.modules()):
+            fmt = self._memory_format = torch.contiguous_format  # no convolution: nothing to gain
+        if fmt is None and x.ndim == 4:
+            try:
+                out = self.model.to(memory_format=torch.channels_last)(x.contiguous(memory_format=torch.channels_last))
+                self._memory_format = torch.channels_last
+                return out
+            except RuntimeError:  # a model that views its activations as NCHW
+                self.model.to(memory_format=torch.contiguous_format)
+                self._memory_format = torch.contiguous_format
+        if fmt is torch.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.model(x)
+
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast_dtype(precision: str) -> torch.dtype | None:
+    """The autocast dtype of a teacher-inference precision ("fp32": None, no autocast)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision={precision!r} is unknown; choose one of {sorted(PRECISIONS)}.")
+    return PRECISIONS[precision]
 
 
 def _weight_files(folder: Path) -> list[Path]:
@@ -363,6 +458,38 @@ def _weight_files(folder: Path) -> list[Path]:
             return []
         return [index, *(folder / s for s in shards)] if all((folder / s).is_file() for s in shards) else []
     return []
+
+
+def _check_safetensors(weights: Sequence[Path], shown: str, what: str = "Teacher") -> None:
+    """Read the header of each safetensors file: a truncated or corrupted file fails here, naming the file."""
+    from safetensors import safe_open
+
+    for path in weights:
+        if path.suffix != ".safetensors":
+            continue
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                f.keys()
+        except Exception as err:  # SafetensorError is no built-in subclass; any failure means an unusable file
+            raise TeacherLoadError(
+                shown,
+                "corrupted_weights",
+                f"has a corrupted {path.name} ({err}): the file is truncated or not safetensors. Download it again "
+                "(delete it from the Hub cache or pass force_download) or re-save the checkpoint.",
+                what=what,
+            ) from None
+
+
+def _check_finite(model: torch.nn.Module, shown: str, what: str = "Teacher") -> None:
+    """NaN or inf in the weights would poison every output: refuse the checkpoint, naming the first bad tensor."""
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise TeacherLoadError(
+                shown,
+                "corrupted_weights",
+                f"has NaN or infinite values in its weights ({name}): the checkpoint is corrupted or diverged.",
+                what=what,
+            )
 
 
 def _files_hash(paths: Sequence[Path]) -> str:
@@ -424,15 +551,32 @@ def _load_transformers(folder: Path, config: dict, shown: str, allow_pickle: boo
     return model, labels, preprocess
 
 
+def _warn_uncovered(teachers: Sequence[Teacher], mappings: Sequence[LabelMapping], label_names: list[str]) -> None:
+    """Teachers with partial label spaces are fine; a target class that no teacher has deserves a warning."""
+    for t, m in zip(teachers, mappings, strict=True):
+        if m.num_covered < len(label_names):
+            missing = [n for n, c in zip(label_names, m.coverage, strict=True) if not c]
+            logger.info("Teacher %s lacks %d target class(es): %s", t.id, len(missing), missing[:10])
+    uncovered = [n for c, n in enumerate(label_names) if not any(m.coverage[c] for m in mappings)]
+    if uncovered:
+        logger.warning(
+            "No teacher in the pool predicts target class(es) %s: the reuser gives them probability 0, so the "
+            "student learns them from their labeled samples only. Add a teacher that knows them for better results.",
+            uncovered[:20],
+        )
+
+
 class ModelPool:
     """K frozen teachers whose probabilities over the target classes are computed once and cached.
 
     Args:
         teachers: `Teacher` objects, Hub ids (`org/name[@revision]`) or local folders.
         label_names: the target task's class names; each teacher's labels are mapped onto them.
-        cache_dir: where teacher probabilities persist across runs (keyed by teacher commit and weights
-            hash and by an input fingerprint); in memory only when None.
+        cache_dir: where teacher logits persist across runs, seeds and processes, memory-mapped (keyed by teacher
+            commit, weights hash and precision, and by a content hash of each input sample); in memory only when None.
         batch_size: teacher inference batch size.
+        precision: teacher inference precision, "fp32", "bf16" or "fp16" (autocast on the teachers' device);
+            part of the cache key, so logits of different precisions never mix.
 
     >>> pool = ModelPool.from_file("hub-ids.txt", label_names=[str(d) for d in range(10)])  # doctest: +SKIP
     >>> H = pool.probs(images)  # (N, K, C), each row a distribution  # doctest: +SKIP
@@ -445,8 +589,10 @@ class ModelPool:
         *,
         cache_dir: str | os.PathLike | None = None,
         batch_size: int = 256,
+        precision: str = "fp32",
         **load_kwargs,
     ):
+        autocast_dtype(precision)  # raises ValueError for an unknown precision
         if isinstance(teachers, (str, os.PathLike)) or not len(teachers):
             raise ValueError(
                 "A ModelPool needs a non-empty list of teachers (use ModelPool.from_file for a pool file)."
@@ -459,8 +605,10 @@ class ModelPool:
         self.mappings: list[LabelMapping] = [
             map_labels(t.label_names, self.label_names, teacher_name=f"Teacher {t.id!r}") for t in self.teachers
         ]
+        _warn_uncovered(self.teachers, self.mappings, self.label_names)
         self.cache = LogitCache(cache_dir)
         self.batch_size = batch_size
+        self.precision = precision
 
     @classmethod
     def from_file(cls, path: str | os.PathLike, label_names: Sequence[str], **kwargs) -> ModelPool:
@@ -483,25 +631,86 @@ class ModelPool:
             t.model.to(device)
         return self
 
-    def probs(self, images: torch.Tensor, progress: bool = False) -> torch.Tensor:
+    def probs(self, images: torch.Tensor, progress: bool = False, accelerator=None) -> torch.Tensor:
         """Teacher probabilities over the target classes for uint8 images (N, 3, H, W) -> (N, K, C).
 
-        Each teacher runs at most once per distinct input set: results are cached in memory and, with
-        `cache_dir`, on disk.
+        Each teacher runs at most once per distinct input sample: its logits are cached per sample (in memory and,
+        with `cache_dir`, on disk), so another run, seed, subset or order of the same samples runs no teacher.
+
+        Args:
+            images: uint8 (N, 3, H, W).
+            progress: show a progress bar per teacher.
+            accelerator: an `accelerate.Accelerator` (or `PartialState`) to shard the work: with several processes,
+                each runs the teachers on 1/world of the samples no cache holds, and every process gets all the
+                results. Every process must then call `probs` with the same images (it is a collective call).
         """
         if images.dtype != torch.uint8 or images.ndim != 4:
             raise TypeError(f"Expected uint8 images of shape (N, 3, H, W); got {images.dtype} {tuple(images.shape)}.")
-        fp = fingerprint(images)
-        return torch.stack([self._teacher_probs(k, images, fp, progress) for k in range(len(self))], dim=1)
+        keys = row_keys(images)
+        out = torch.empty(len(images), len(self), len(self.label_names))  # (N, K, C)
+        for k in range(len(self)):
+            out[:, k] = self._teacher_probs(k, images, keys, progress, accelerator)
+        return out
 
-    def _teacher_probs(self, k: int, images: torch.Tensor, fp: str, progress: bool) -> torch.Tensor:
+    def _cache_key(self, teacher: Teacher) -> str:
+        return teacher.cache_key if self.precision == "fp32" else f"{teacher.cache_key}-{self.precision}"
+
+    def _teacher_probs(self, k: int, images: torch.Tensor, keys, progress: bool, accelerator=None) -> torch.Tensor:
         teacher, mapping = self.teachers[k], self.mappings[k]
-        logits = self.cache.get(teacher.cache_key, fp)
-        if logits is None:
-            from tqdm.auto import tqdm
+        width = len(teacher.label_names)
+        logits, hit = self.cache.lookup(self._cache_key(teacher), keys, width)
+        world = accelerator.num_processes if accelerator is not None else 1
+        if world > 1:  # every process must agree on the rows to compute
+            from accelerate.utils import reduce
 
-            chunks = range(0, images.shape[0], self.batch_size)
-            bar = tqdm(chunks, desc=f"teacher {k + 1}/{len(self)}", disable=not progress, leave=False)
-            logits = torch.cat([teacher.logits(images[i : i + self.batch_size]) for i in bar])
-            self.cache.put(teacher.cache_key, fp, logits)
+            miss = torch.from_numpy((~hit).astype("uint8")).to(accelerator.device)
+            hit = reduce(miss, reduction="sum").cpu().numpy() == 0
+        missing = (~hit).nonzero()[0]
+        if len(missing):
+            if world > 1:
+                new = self._compute_sharded(k, images, keys, missing, progress, accelerator)
+            else:
+                new = self._compute(k, images, keys, missing, progress)
+            if logits is None:
+                logits = torch.zeros(len(images), width)
+            logits[torch.from_numpy(missing)] = new
         return mapping.probs(logits)
+
+    def _run(self, k: int, images: torch.Tensor, rows, progress: bool, write=None) -> torch.Tensor:
+        """Teacher k on images[rows] in batches -> logits (len(rows), C_teacher); each batch also goes to `write`."""
+        from tqdm.auto import tqdm
+
+        teacher = self.teachers[k]
+        chunks = range(0, len(rows), self.batch_size)
+        parts = [torch.empty(0, len(teacher.label_names))]
+        for i in tqdm(chunks, desc=f"teacher {k + 1}/{len(self)}", disable=not progress, leave=False):
+            part = teacher.logits(images[torch.from_numpy(rows[i : i + self.batch_size])], self.precision)
+            if write is not None:
+                write(part)
+            parts.append(part)
+        return torch.cat(parts)
+
+    def _compute(self, k: int, images: torch.Tensor, keys, missing, progress: bool) -> torch.Tensor:
+        teacher = self.teachers[k]
+        with self.cache.writer(self._cache_key(teacher), keys[missing], teacher=teacher.id) as writer:
+            return self._run(k, images, missing, progress, writer.write)
+
+    def _compute_sharded(self, k: int, images: torch.Tensor, keys, missing, progress: bool, accelerator):
+        """Each process runs 1/world of `missing`; all get every row; one process per machine writes the cache."""
+        from accelerate.utils import gather
+
+        rank, world = accelerator.process_index, accelerator.num_processes
+        teacher = self.teachers[k]
+        width, per = len(teacher.label_names), -(-len(missing) // world)
+        local = self._run(k, images, missing[rank::world], progress and accelerator.is_local_main_process)
+        padded = torch.zeros(per, width)
+        padded[: len(local)] = local
+        everyone = gather(padded.to(accelerator.device)).cpu().view(world, per, width)
+        new = torch.empty(len(missing), width)
+        for r in range(world):
+            new[r::world] = everyone[r, : len(range(r, len(missing), world))]
+        if accelerator.is_local_main_process or self.cache.cache_dir is None:
+            with self.cache.writer(self._cache_key(teacher), keys[missing], teacher=teacher.id) as writer:
+                writer.write(new)
+        accelerator.wait_for_everyone()  # the entry is on disk before anyone looks again
+        return new

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -41,6 +42,9 @@ class AttentionReuser(
         temperature: tau; defaults to sqrt(p), the usual scale of a dot-product attention.
         use_bias: a per-teacher bias b, a global prior that lets the router prefer one teacher everywhere.
         format_version: the config format; loading a newer one than this library knows fails clearly.
+        trust_remote_code: whether the teachers were loaded with their repositories' own code. Recorded in
+            config.json and the card; a reloaded reuser runs no remote code unless `from_pretrained` is told so again.
+        allow_pickle: whether pickle-only teacher checkpoints were accepted (recorded, like `trust_remote_code`).
 
     >>> reuser = AttentionReuser(["org/a@1", "org/b@2"], ["0", "1"], embed_dim=4)
     >>> out = reuser(torch.randn(3, 4), torch.softmax(torch.randn(3, 2, 2), -1))
@@ -57,19 +61,15 @@ class AttentionReuser(
         temperature: float | None = None,
         use_bias: bool = True,
         format_version: int = FORMAT_VERSION,
+        trust_remote_code: bool = False,
+        allow_pickle: bool = False,
     ):
         super().__init__()
-        if format_version > FORMAT_VERSION:
-            raise ValueError(
-                f"This reuser was saved with format version {format_version}, newer than this hf_mrl "
-                f"understands ({FORMAT_VERSION}): upgrade hf_mrl."
-            )
-        if not teachers:
-            raise ValueError("An AttentionReuser needs at least one teacher.")
-        if embed_dim < 1:
-            raise ValueError(f"embed_dim must be >= 1; got {embed_dim}.")
+        _check_init_args(teachers, label_names, embed_dim, format_version)
         self.teachers = list(teachers)
         self.label_names = [str(n) for n in label_names]
+        self.trust_remote_code = bool(trust_remote_code)
+        self.allow_pickle = bool(allow_pickle)
         self.embedding_spec = Embedding(embedding or "teacher-outputs").spec
         self.temperature = float(temperature) if temperature else math.sqrt(embed_dim)
         if isinstance(self._hub_mixin_config, dict):  # record resolved values (config.json, card), not None
@@ -80,7 +80,9 @@ class AttentionReuser(
         self.register_buffer("psi_mean", torch.zeros(embed_dim))
         self.register_buffer("psi_std", torch.ones(embed_dim))
         self.card_summary: RunSummary | None = None  # filled after training; rendered into the model card
-        self._load_kwargs: dict = {}  # how to fetch the teachers (a token), never saved
+        # How to fetch the teachers (token, trust_remote_code, allow_pickle), never saved: a reloaded reuser gets
+        # them from the `from_pretrained` call only, whatever its config records.
+        self._load_kwargs: dict = {"trust_remote_code": self.trust_remote_code, "allow_pickle": self.allow_pickle}
         self._pool: ModelPool | None = None
         self._embedding: Embedding | None = None
 
@@ -161,8 +163,14 @@ class AttentionReuser(
     @torch.no_grad()
     def predict(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """uint8 images (N, 3, H, W) -> `probs` (N, C), `weights` (N, K), `predictions` (N,)."""
+        expected = Embedding(self.embedding_spec).dim(self.num_teachers, len(self.label_names))
+        if expected is not None and expected != self.embed_dim:
+            raise ValueError(
+                f"The {self.embedding_spec['type']!r} embedding gives {expected} features but the prototypes have "
+                f"{self.embed_dim}: this reuser's embedding and weights do not belong together."
+            )
         if self._embedding is None:
-            self._embedding = Embedding(self.embedding_spec)
+            self._embedding = Embedding(self.embedding_spec, **self._load_kwargs)
         probs = self.pool.probs(images)
         out = self(self._embedding(images, probs), probs)
         out["predictions"] = out["probs"].argmax(-1)
@@ -180,7 +188,14 @@ class AttentionReuser(
             "temperature": self.temperature,
             "use_bias": self.bias.requires_grad,
             "format_version": FORMAT_VERSION,
+            "trust_remote_code": self.trust_remote_code,
+            "allow_pickle": self.allow_pickle,
         }
+
+    def _save_pretrained(self, save_directory: Path) -> None:
+        """model.safetensors, and config.json from `config` (so options recorded after construction are saved)."""
+        super()._save_pretrained(save_directory)
+        (Path(save_directory) / "config.json").write_text(json.dumps(self.config, sort_keys=True, indent=2))
 
     def generate_model_card(self, *args, repo_id: str | None = None, student_repo_id: str | None = None, **kwargs):
         """The model card: `model_cards/reuser.md` rendered with the config and `card_summary` (if trained)."""
@@ -199,6 +214,41 @@ class AttentionReuser(
             )
         model_card_kwargs = {"repo_id": repo_id, **(model_card_kwargs or {})}
         return super().push_to_hub(repo_id, model_card_kwargs=model_card_kwargs, **kwargs)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | Path,
+        *,
+        trust_remote_code: bool = False,
+        allow_pickle: bool = False,
+        **kwargs,
+    ) -> AttentionReuser:
+        """Load a saved reuser from a local folder or a Hub repo; its pool is rebuilt on first use.
+
+        Args:
+            pretrained_model_name_or_path: a folder written by `save_pretrained`, or a Hub repo id.
+            trust_remote_code: let teachers run their repositories' own code when the pool is rebuilt. Off by
+                default, even when the reuser was trained with it (its config records that; a warning says so).
+            allow_pickle: accept pickle-only teacher checkpoints when the pool is rebuilt (off by default).
+            kwargs: `revision`, `token`, `cache_dir`, `force_download`, `local_files_only`, `map_location`,
+                `strict`, as for `huggingface_hub.PyTorchModelHubMixin.from_pretrained`.
+
+        Raises `ValueError` naming the problem for anything that is not a loadable reuser: a missing or unreadable
+        config.json, a config format from another hf_mrl version, weights that are corrupted, contain NaN, or do
+        not match the config's shapes.
+        """
+        model_id = str(pretrained_model_name_or_path)
+        _check_config(_read_config(model_id, kwargs), model_id)
+        model = super().from_pretrained(model_id, **kwargs)
+        model._load_kwargs.update(trust_remote_code=bool(trust_remote_code), allow_pickle=bool(allow_pickle))
+        if model.trust_remote_code and not trust_remote_code:
+            logger.warning(
+                "Reuser %s was trained with teachers that run their repositories' own code (trust_remote_code=True). "
+                "Its pool will not run that code: pass trust_remote_code=True to from_pretrained if you trust them.",
+                model_id,
+            )
+        return model
 
     @classmethod
     def _from_pretrained(
@@ -234,10 +284,173 @@ class AttentionReuser(
                 token=token,
                 local_files_only=local_files_only,
             )
+        _check_embedding_dim(model, model_id)
+        _check_weights(model, model_file, model_id, strict)
         try:
             load_model(model, model_file, strict=strict, device=map_location)
-        except (RuntimeError, OSError, ValueError) as err:
+        except Exception as err:  # SafetensorError is no built-in subclass
             raise ValueError(f"Could not load the reuser weights from {model_id!r}: {err}") from err
+        _check_loaded(model, model_id)
+        # The recorded trust_remote_code / allow_pickle are history, not permission: `from_pretrained` decides.
+        model._load_kwargs = {"trust_remote_code": False, "allow_pickle": False}
         if token is not None:
             model._load_kwargs["token"] = token  # private teachers are fetched with the same token
         return model.eval()
+
+
+# ------------------------------------------------------------------------------------------------ validation
+
+
+def _check_init_args(teachers, label_names, embed_dim, format_version) -> None:
+    if isinstance(format_version, bool) or not isinstance(format_version, int) or format_version < 1:
+        raise ValueError(
+            f"format_version must be a positive integer; got {format_version!r}: this config was not written by "
+            "hf_mrl (or by an incompatible version)."
+        )
+    if format_version > FORMAT_VERSION:
+        raise ValueError(
+            f"This reuser was saved with format version {format_version}, newer than this hf_mrl "
+            f"understands ({FORMAT_VERSION}): upgrade hf_mrl."
+        )
+    if isinstance(teachers, (str, bytes)) or not all(isinstance(t, str) for t in teachers or []):
+        raise TypeError(f"teachers must be a list of teacher ids (str); got {teachers!r}.")
+    if not teachers:
+        raise ValueError("An AttentionReuser needs at least one teacher.")
+    if isinstance(label_names, (str, bytes)) or not isinstance(label_names, (list, tuple)) or not label_names:
+        raise TypeError(f"label_names must be a non-empty list of class names; got {label_names!r}.")
+    if isinstance(embed_dim, bool) or not isinstance(embed_dim, int):
+        raise TypeError(f"embed_dim must be an int; got {embed_dim!r}.")
+    if embed_dim < 1:
+        raise ValueError(f"embed_dim must be >= 1; got {embed_dim}.")
+
+
+def _read_config(model_id: str, kwargs: dict) -> dict:
+    """The raw config.json of a saved reuser (a folder or a Hub repo), as a dict; `ValueError` for anything else."""
+    if os.path.isdir(model_id):
+        path = os.path.join(model_id, "config.json")
+        if not os.path.isfile(path):
+            raise ValueError(f"{model_id!r} has no config.json: not a saved AttentionReuser.")
+    else:
+        from huggingface_hub.errors import (
+            EntryNotFoundError,
+            HfHubHTTPError,
+            LocalEntryNotFoundError,
+            RepositoryNotFoundError,
+            RevisionNotFoundError,
+        )
+
+        fetch = {
+            k: kwargs[k]
+            for k in ("revision", "cache_dir", "force_download", "token", "local_files_only")
+            if k in kwargs
+        }
+        try:
+            path = hf_hub_download(model_id, "config.json", **fetch)
+        except RevisionNotFoundError as err:
+            raise ValueError(f"Reuser repo {model_id!r} has no revision {fetch.get('revision')!r}.") from err
+        except RepositoryNotFoundError as err:
+            raise ValueError(
+                f"Reuser {model_id!r} was not found: no such local folder, and no Hub repository by that id that you "
+                "can access (a private repo needs a token)."
+            ) from err
+        except EntryNotFoundError as err:
+            raise ValueError(f"Hub repo {model_id!r} has no config.json: not a saved AttentionReuser.") from err
+        except LocalEntryNotFoundError as err:
+            raise ValueError(
+                f"Reuser {model_id!r} is not in the Hub cache and the Hub cannot be reached (or HF_HUB_OFFLINE=1)."
+            ) from err
+        except HfHubHTTPError as err:
+            raise ValueError(f"Reuser {model_id!r} could not be fetched from the Hub: {err}") from err
+        except ValueError as err:  # HFValidationError: neither a folder nor a repo id
+            raise ValueError(
+                f"Reuser {model_id!r} was not found: no such local folder, and not a Hub repo id ({err})."
+            ) from None
+    try:
+        with open(path, encoding="utf-8") as f:
+            config = json.load(f)
+    except ValueError as err:  # invalid JSON, or not UTF-8 text
+        raise ValueError(
+            f"The config.json of {model_id!r} is not valid JSON ({err}): not a saved AttentionReuser."
+        ) from None
+    if not isinstance(config, dict):
+        raise ValueError(f"The config.json of {model_id!r} is not a JSON object: not a saved AttentionReuser.")
+    return config
+
+
+def _check_config(config: dict, model_id: str) -> None:
+    """A saved config this version can rebuild, with an embedding whose size matches `embed_dim`."""
+    if "teachers" not in config:
+        keys = sorted(config)[:8]
+        raise ValueError(
+            f"The config.json of {model_id!r} lists no teachers (keys: {keys}): not a saved AttentionReuser "
+            "(a teacher or a student checkpoint?)."
+        )
+    try:
+        _check_init_args(
+            config["teachers"],
+            config.get("label_names"),
+            config.get("embed_dim"),
+            config.get("format_version", FORMAT_VERSION),
+        )
+        Embedding(config.get("embedding") or "teacher-outputs")  # a known embedding spec
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"The config.json of {model_id!r} is not a usable AttentionReuser config: {err}") from None
+
+
+def _check_embedding_dim(model: AttentionReuser, model_id: str) -> None:
+    """The embedding named in the config must produce `embed_dim` features, or the reuser can never predict."""
+    spec = model.embedding_spec
+    expected = Embedding(spec).dim(model.num_teachers, len(model.label_names))
+    if expected is not None and expected != model.embed_dim:
+        why = (
+            f"{model.num_teachers} teachers x {len(model.label_names)} labels"
+            if spec["type"] == "teacher-outputs"
+            else f"dim={spec.get('dim')}"
+        )
+        raise ValueError(
+            f"Could not load the reuser weights from {model_id!r}: config.json says embed_dim={model.embed_dim}, but "
+            f"its {spec['type']!r} embedding gives {expected} features ({why}): the embedding and the prototypes do "
+            "not belong together."
+        )
+
+
+def _check_weights(model: AttentionReuser, model_file: str, model_id: str, strict: bool) -> None:
+    """Open model.safetensors and compare its tensors with the config's shapes before loading anything."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(model_file, framework="pt") as f:
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except Exception as err:  # SafetensorError: truncated or not safetensors
+        raise ValueError(
+            f"The model.safetensors of {model_id!r} is corrupted ({err}): the file is truncated or not "
+            "safetensors. Download or save the reuser again."
+        ) from None
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    if strict:
+        missing, unexpected = sorted(set(expected) - set(shapes)), sorted(set(shapes) - set(expected))
+        if missing or unexpected:
+            raise ValueError(
+                f"Could not load the reuser weights from {model_id!r}: model.safetensors lacks {missing} and has "
+                f"unexpected {unexpected}: not the weights of this AttentionReuser."
+            )
+    for name, shape in shapes.items():
+        if name in expected and expected[name] != shape:
+            raise ValueError(
+                f"Could not load the reuser weights from {model_id!r}: {name} has shape {list(shape)} in "
+                f"model.safetensors but {list(expected[name])} from config.json ({model.num_teachers} teachers, "
+                f"embed_dim={model.embed_dim}): the config and the weights do not belong together."
+            )
+
+
+def _check_loaded(model: AttentionReuser, model_id: str) -> None:
+    for name, tensor in model.state_dict().items():
+        if not torch.isfinite(tensor).all():
+            raise ValueError(
+                f"The reuser weights in {model_id!r} contain NaN or infinite values ({name}): the checkpoint is "
+                "corrupted."
+            )
+    if not (model.psi_std > 0).all():
+        raise ValueError(
+            f"The reuser weights in {model_id!r} have a non-positive psi_std: the checkpoint is corrupted."
+        )

@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import re
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -344,14 +345,17 @@ class MRLTrainer:
         acc = self.accelerator
         final = Path(checkpoint_dir) / f"step_{self.step.value:07d}"
         tmp = final.with_name(final.name + ".tmp")
+        if acc.is_main_process and tmp.exists():
+            shutil.rmtree(tmp)  # a leftover of a crash mid-save
+        acc.wait_for_everyone()
         acc.save_state(str(tmp))
         acc.wait_for_everyone()
         if acc.is_main_process:
+            old = final.with_name(final.name + ".old")
             if final.exists():
-                import shutil
-
-                shutil.rmtree(final)
+                os.replace(final, old)  # never a moment without a complete checkpoint of this step
             os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
         acc.wait_for_everyone()
         return final
 

@@ -24,11 +24,14 @@ from accelerate.utils import set_seed
 
 from hf_mrl import AttentionReuser, Embedding, ModelPool, MRLConfig, MRLTrainer, compute_reuse_inputs
 from hf_mrl.cards import RunSummary, TeacherSummary, student_card
+from hf_mrl.guard import cross_validate_reuse
 from hf_mrl.hub import PushError, check_hub_model_id, push_run, student_repo_id
 from hf_mrl.metrics import accuracy_report
+from hf_mrl.pool import parse_pool_file
+from hf_mrl.screening import screen_teachers
 from hf_mrl.student import save_student
-from hf_mrl.target import load_target
-from hf_mrl.trainer import make_accelerator
+from hf_mrl.target import check_target, load_target
+from hf_mrl.trainer import latest_checkpoint, make_accelerator
 
 logger = logging.getLogger("train_mrl")
 
@@ -40,9 +43,28 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--output_dir", required=True)
     p.add_argument("--max_steps", type=int, default=MRLConfig.max_steps)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--labeled_per_class", type=int, default=10)
+    p.add_argument(
+        "--labeled_per_class",
+        type=int,
+        help="labeled samples per class: drawn from Digits-LD (default 10) or from the dataset's labeled split "
+        "(default: all of it)",
+    )
     p.add_argument("--resume_from_checkpoint", action="store_true", help="continue from DIR/checkpoints")
     p.add_argument("--checkpointing_steps", type=int, default=0, help="save the training state every N steps")
+    p.add_argument(
+        "--trust_remote_code",
+        action="store_true",
+        help="let teachers run their repositories' own modelling code (off: such teachers are refused)",
+    )
+    p.add_argument(
+        "--allow_pickle", action="store_true", help="accept pickle-only teacher weights, which can run code on load"
+    )
+    p.add_argument(
+        "--guard_folds",
+        type=int,
+        default=3,
+        help="cross-validation folds of the never-worse check against supervised-only (0: off)",
+    )
     p.add_argument("--embedding", default=MRLConfig.embedding, help="teacher-outputs | pixels | encoder:<model id>")
     p.add_argument("--outer_every", type=int, default=MRLConfig.outer_every)
     p.add_argument("--batch_size", type=int, default=MRLConfig.batch_size)
@@ -58,6 +80,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     hub.add_argument("--hub_private", action="store_true", help="create the repos private")
     hub.add_argument("--hub_token", help="Hub token (prefer HF_TOKEN or `hf auth login`: arguments show in `ps`)")
     args = p.parse_args(argv)
+    bounds = (
+        ("labeled_per_class", 1),
+        ("max_steps", 1),
+        ("checkpointing_steps", 0),
+        ("image_size", 1),
+        ("guard_folds", 0),
+    )
+    for name, low in bounds:
+        value = getattr(args, name)
+        if value is not None and value < low:
+            p.error(f"--{name} must be >= {low}; got {value}.")
     if args.push_to_hub and not args.hub_model_id:
         p.error("--push_to_hub needs --hub_model_id ORG/NAME.")
     if args.hub_model_id:
@@ -73,15 +106,94 @@ def _cache_root() -> Path:
 
 
 def _save_dir_atomically(write, final: Path) -> None:
-    """Write into a sibling temp folder, then swap it in: a crash never leaves a half-written model."""
+    """Write into a sibling temp folder, then swap it in: a crash never leaves a half-written model.
+
+    A crash while writing leaves `final` as it was (and a `.NAME.tmp` that the next save removes); a crash between
+    the two renames leaves the previous model in `.NAME.old`, which the next save puts back first.
+    """
     tmp = final.with_name(f".{final.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    write(tmp)
     old = final.with_name(f".{final.name}.old")
+    if old.exists() and not final.exists():
+        os.replace(old, final)
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(old, ignore_errors=True)
+    write(tmp)
     if final.exists():
         os.replace(final, old)
     os.replace(tmp, final)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_json_atomically(data: dict, final: Path) -> None:
+    tmp = final.with_name(f".{final.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, final)
+
+
+# Arguments that shape the training trajectory: a resumed run must use the same ones as the checkpoints.
+_RUN_KEYS = (
+    "dataset",
+    "seed",
+    "labeled_per_class",
+    "embedding",
+    "outer_every",
+    "batch_size",
+    "unlabeled_batch_size",
+    "image_column",
+    "label_column",
+    "image_size",
+    "trust_remote_code",
+    "allow_pickle",
+)
+
+
+def _run_identity(args: argparse.Namespace, pool: list[str] | None) -> dict:
+    return {"pool": pool, **{k: getattr(args, k) for k in _RUN_KEYS}}
+
+
+def preflight(args: argparse.Namespace) -> None:
+    """Every check that needs no model and no image decoding, so bad input fails in seconds, not after hours.
+
+    The pool file (empty, malformed, duplicates), the dataset (splits, columns, labels, labeled_per_class), and the
+    checkpoints: resuming needs the arguments of the run that wrote them; a run that does not resume removes an
+    earlier run's checkpoints, so that a later --resume_from_checkpoint can never pick up a stale one.
+    """
+    pool = parse_pool_file(args.pool) if args.pool else None
+    if pool is None and not args.dataset.startswith("digits-ld"):
+        raise ValueError("--pool is required unless --dataset is the embedded Digits-LD benchmark.")
+    check_target(args.dataset, args.labeled_per_class, args.image_column, args.label_column)
+    out = Path(args.output_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--output_dir {str(out)!r} is a file, not a folder.")
+    ckpt = out / "checkpoints"
+    found = [latest_checkpoint(ckpt / part) for part in ("supervised", "mrl")]
+    run_file = ckpt / "run.json"
+    identity = _run_identity(args, pool)
+    if args.resume_from_checkpoint:
+        if not any(found):
+            logger.warning("--resume_from_checkpoint: no checkpoint in %s yet; starting from scratch.", ckpt)
+        elif run_file.is_file():
+            recorded = json.loads(run_file.read_text())
+            changed = sorted(k for k in set(recorded) | set(identity) if recorded.get(k) != identity.get(k))
+            if changed:
+                was = ", ".join(f"--{k} {recorded.get(k)!r} (now {identity.get(k)!r})" for k in changed)
+                raise ValueError(
+                    f"--resume_from_checkpoint: the checkpoints in {ckpt} come from a run with {was}: resume with "
+                    "the same arguments, or start over without --resume_from_checkpoint."
+                )
+    state = PartialState(cpu=not torch.cuda.is_available())  # as make_accelerator: gloo on a CPU-only machine
+    if state.is_main_process:
+        if any(found) and not args.resume_from_checkpoint:
+            logger.warning(
+                "Starting over: removing the checkpoints of an earlier run in %s (pass --resume_from_checkpoint to "
+                "continue that run instead).",
+                ckpt,
+            )
+            shutil.rmtree(ckpt)
+        if not (args.resume_from_checkpoint and run_file.is_file()):
+            ckpt.mkdir(parents=True, exist_ok=True)
+            _write_json_atomically(identity, run_file)
+    state.wait_for_everyone()
 
 
 def training_function(args: argparse.Namespace) -> dict:
@@ -100,7 +212,18 @@ def training_function(args: argparse.Namespace) -> dict:
     progress = not args.no_progress and accelerator.is_local_main_process
     start = time.time()
 
+    load_options = {"trust_remote_code": args.trust_remote_code, "allow_pickle": args.allow_pickle}
     with accelerator.main_process_first():
+        # Teachers and encoder first: a teacher that cannot be used fails before any image is decoded.
+        label_names = check_target(args.dataset, args.labeled_per_class, args.image_column, args.label_column)
+        pool_file = args.pool
+        if pool_file is None:
+            from hf_mrl.pool_builder import build_digits_pool
+
+            pool_file = build_digits_pool()
+        cache_dir = args.cache_dir or _cache_root() / "logits"
+        pool = ModelPool.from_file(pool_file, label_names, cache_dir=cache_dir, **load_options)
+        embedding = Embedding(config.embedding, cache_dir=cache_dir, **load_options).prepare()
         data, dataset_desc = load_target(
             args.dataset,
             args.labeled_per_class,
@@ -109,18 +232,19 @@ def training_function(args: argparse.Namespace) -> dict:
             label_column=args.label_column,
             image_size=args.image_size,
         )
-        pool_file = args.pool
-        if pool_file is None:
-            if not args.dataset.startswith("digits-ld"):
-                raise SystemExit("error: --pool is required unless --dataset is the embedded Digits-LD benchmark.")
-            from hf_mrl.pool_builder import build_digits_pool
-
-            pool_file = build_digits_pool()
-        cache_dir = args.cache_dir or _cache_root() / "logits"
-        pool = ModelPool.from_file(pool_file, data.label_names, cache_dir=cache_dir)
-        embedding = Embedding(config.embedding, cache_dir=cache_dir)
         reuse = compute_reuse_inputs(pool, embedding, data, progress=progress)
     logger.info("Pool: %s", ", ".join(pool.ids))
+    screening = screen_teachers(reuse.probs_l, data.labeled_labels, pool.ids, pool.coverage)
+    for k, score in enumerate(screening, start=1):
+        flags = "; ".join(score.flags) or "ok"
+        logger.info(
+            "Teacher %d %s: labeled accuracy %.3f, LEEP %+.3f over the prior: %s",
+            k,
+            score.id,
+            score.accuracy,
+            score.leep_gain,
+            flags,
+        )
 
     ckpt = out / "checkpoints"
     baseline = MRLTrainer(dataclasses.replace(config, method="supervised"), data)
@@ -131,6 +255,11 @@ def training_function(args: argparse.Namespace) -> dict:
     student = trainer.train(ckpt / "mrl", resume=args.resume_from_checkpoint, progress=progress)
     student_pred = trainer.predict(data.test_images)
     reuse_out = trainer.reuse_predictions("t")
+    reuse_student_accuracy = accuracy_report(student_pred, data.test_labels)["accuracy"]
+    guard = _run_guard(args, config, data, reuse, pool)
+    if guard is not None and guard.decision == "fall_back":
+        logger.warning("Guard: reuse is significantly worse than supervised-only; delivering the supervised student.")
+        student, student_pred = accelerator.unwrap_model(baseline.student), supervised_pred
 
     def report(pred):
         return accuracy_report(pred, data.test_labels, data.test_domains, data.domain_names)
@@ -144,6 +273,11 @@ def training_function(args: argparse.Namespace) -> dict:
         "never_worse": student_r["accuracy"] >= supervised_r["accuracy"],
         "teacher_accuracy": dict(zip(pool.ids, teacher_acc, strict=True)),
         "teacher_forward_samples": {t.id: t.samples_seen for t in pool.teachers},
+        "screening": [score.to_dict() for score in screening],
+        "guard": None if guard is None else guard.to_dict(),
+        "delivered": "supervised" if guard is not None and guard.decision == "fall_back" else "reuse",
+        "reuse_student_accuracy": reuse_student_accuracy,
+        "reuse_strength": trainer.reuse_strength,
         "dataset": dataset_desc,
         "num_labeled": len(data.labeled_labels),
         "num_unlabeled": len(data.unlabeled_images),
@@ -178,6 +312,29 @@ def training_function(args: argparse.Namespace) -> dict:
     return metrics
 
 
+def _run_guard(args, config, data, reuse, pool):
+    """Cross-validate reuse against supervised-only on the labeled data; None when switched off or impossible."""
+    if args.guard_folds == 0:
+        return None
+    fewest = int(torch.bincount(data.labeled_labels).min())
+    folds = min(args.guard_folds, fewest)
+    if folds < 2:
+        logger.warning("Guard skipped: a class has %d labeled sample(s), too few for cross-validation.", fewest)
+        return None
+    report = cross_validate_reuse(config, data, reuse, pool.ids, folds=folds)
+    logger.info(
+        "Guard (%d folds, %d held out): reuse %.4f vs supervised %.4f, gain %+.4f +/- %.4f: %s",
+        report.folds,
+        report.held_out,
+        report.reuse_accuracy,
+        report.supervised_accuracy,
+        report.gain,
+        report.gain_stderr,
+        report.decision,
+    )
+    return report
+
+
 def _attention_by_domain(weights: torch.Tensor, data) -> dict:
     names = data.domain_names or [str(d) for d in sorted(set(data.test_domains.tolist()))]
     return {
@@ -195,7 +352,7 @@ def _dataset_ids(spec: str, description: str) -> tuple[str, str, str | None]:
     return f"local DatasetDict `{name}`", "custom", None
 
 
-def _run_summary(pool, weights, teacher_acc, metrics, dataset_spec: str) -> RunSummary:
+def _run_summary(pool, weights, teacher_acc, metrics, dataset_spec: str, args=None) -> RunSummary:
     """What the model cards show about this run."""
     mean_att = weights.mean(0).tolist()
     teachers = [
@@ -230,17 +387,28 @@ def _run_summary(pool, weights, teacher_acc, metrics, dataset_spec: str) -> RunS
         per_domain=metrics.get("per_domain"),
         worst_domain=metrics.get("worst_domain_accuracy"),
         attention_by_domain=metrics.get("attention_by_domain"),
+        trust_remote_code=bool(getattr(args, "trust_remote_code", False)),
+        allow_pickle=bool(getattr(args, "allow_pickle", False)),
+        guard=metrics.get("guard"),
+        screening=metrics.get("screening"),
+        reuse_strength=metrics.get("reuse_strength"),
     )
 
 
 def _write_outputs(out: Path, trainer, student, pool, weights, teacher_acc, metrics, args=None) -> None:
-    """DIR/reuser/, DIR/student/ (each with its model card) and DIR/metrics.json, each written atomically."""
+    """DIR/reuser/, DIR/student/ (each with its model card) and DIR/metrics.json, each written atomically.
+
+    metrics.json goes last and is removed first: when it exists, reuser/ and student/ come from the run it describes.
+    """
     out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").unlink(missing_ok=True)
     hub_model_id = getattr(args, "hub_model_id", None)
     student_id = student_repo_id(hub_model_id) if hub_model_id else None
-    summary = _run_summary(pool, weights, teacher_acc, metrics, getattr(args, "dataset", "") or "")
+    summary = _run_summary(pool, weights, teacher_acc, metrics, getattr(args, "dataset", "") or "", args)
     reuser: AttentionReuser = trainer.reuser.cpu()
     reuser.card_summary = summary
+    reuser.trust_remote_code = summary.trust_remote_code  # recorded in config.json and the card
+    reuser.allow_pickle = summary.allow_pickle
     card_kwargs = {"repo_id": hub_model_id, "student_repo_id": student_id}
     _save_dir_atomically(lambda d: reuser.save_pretrained(d, model_card_kwargs=card_kwargs), out / "reuser")
     model = getattr(student, "module", student)
@@ -261,9 +429,7 @@ def _write_outputs(out: Path, trainer, student, pool, weights, teacher_acc, metr
         reuser_repo_id=hub_model_id,
     )
     _save_dir_atomically(lambda d: save_student(student, d, card=str(card)), out / "student")
-    tmp = out / ".metrics.json.tmp"
-    tmp.write_text(json.dumps(metrics, indent=2))
-    os.replace(tmp, out / "metrics.json")
+    _write_json_atomically(metrics, out / "metrics.json")
 
 
 def _push(args: argparse.Namespace) -> None:
@@ -286,9 +452,10 @@ def main(argv=None) -> None:
         if get_token() is None:
             logger.warning("--push_to_hub: no Hub token (HF_TOKEN or `hf auth login`); the Hub may refuse the push.")
     try:
+        preflight(args)
         metrics = training_function(args)
-    except (ValueError, TypeError, FileNotFoundError) as err:
-        sys.exit(f"error: {err}")
+    except (ValueError, TypeError, OSError) as err:  # bad input (TeacherLoadError is a ValueError), unusable files
+        sys.exit("error: " + " ".join(str(err).split()))
     if PartialState().is_main_process:
         print(
             f"\n{metrics['dataset']} test accuracy -- MRL student: {metrics['student_accuracy']:.4f}   "

@@ -47,6 +47,21 @@ def _summary(**changes) -> RunSummary:
         },
         "worst_domain": {"student": 0.7, "supervised": 0.72, "reuse": 0.75},
         "attention_by_domain": {"M": [0.8, 0.2], "S": [0.1, 0.9]},
+        "guard": {
+            "folds": 3,
+            "held_out": 30,
+            "reuse_accuracy": 0.9,
+            "supervised_accuracy": 0.8,
+            "gain": 0.1,
+            "gain_stderr": 0.05,
+            "z": 2.0,
+            "decision": "keep",
+        },
+        "screening": [
+            {"id": f"org/mnist-teacher@{SHA}", "accuracy": 0.8, "leep_gain": 1.2, "flags": []},
+            {"id": "/home/someone/teachers/svhn", "accuracy": 0.1, "leep_gain": 0.01, "flags": ["noise"]},
+        ],
+        "reuse_strength": 0.93,
     }
     return RunSummary(**{**data, **changes})
 
@@ -77,10 +92,19 @@ REUSER_SECTIONS = [
     "## Embedding",
     "## Training",
     "## Results",
+    "## Never-worse guard",
+    "## Pool screening",
     "## Attention by latent domain",
     "## Limitations",
 ]
-STUDENT_SECTIONS = ["# mrl-digits-student", "## How to use", "## Training", "## Results", "## Limitations"]
+STUDENT_SECTIONS = [
+    "# mrl-digits-student",
+    "## How to use",
+    "## Training",
+    "## Results",
+    "## Never-worse guard",
+    "## Limitations",
+]
 
 
 def _headings(text: str) -> list[str]:
@@ -137,6 +161,9 @@ def check_reuser_card(text: str) -> None:
     assert "| latent domain | T1 | T2 | most attended |" in lines
     assert "| M | 0.80 `████████  ` | 0.20 `██        ` | T1 |" in lines
     assert "1 teacher(s) (local folder `svhn`) were local folders" in text
+    assert "Decision: **keep**" in text and "gain\n+0.1000 +/- 0.0500 (z = 2.00)" in text
+    assert "| T2 | `svhn` | 0.100 | +0.010 | noise |" in lines
+    assert "final reuse strength was 0.930" in text
     assert "\n\n\n" not in text
 
 

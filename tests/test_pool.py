@@ -175,11 +175,12 @@ def test_each_teacher_runs_once_per_sample_in_memory(teacher_dirs):
     torch.testing.assert_close(first, second, rtol=0, atol=0)
 
     other = images.clone()
-    other[0, 0, 0, 0] ^= 1  # one pixel changed: another input set
+    other[0, 0, 0, 0] ^= 1  # one pixel changed: that sample alone is new
     pool.probs(other)
-    assert [t.samples_seen for t in pool.teachers] == [20, 20]
-    pool.probs(images[:5])  # a subset is another input set too
-    assert [t.samples_seen for t in pool.teachers] == [25, 25]
+    assert [t.samples_seen for t in pool.teachers] == [11, 11]
+    # The cache is per sample: a subset, or another order, of samples already seen runs no teacher.
+    torch.testing.assert_close(pool.probs(images[[4, 0, 2]]), first[[4, 0, 2]], rtol=0, atol=0)
+    assert [t.samples_seen for t in pool.teachers] == [11, 11]
 
 
 def test_disk_cache_is_reused_by_a_new_pool(teacher_dirs, tmp_path):

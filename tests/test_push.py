@@ -62,7 +62,7 @@ def _fake_run(out: Path) -> Path:
 
 
 def test_reuser_push_to_hub_on_its_own(local_hub, tmp_path):
-    reuser = AttentionReuser([f"org/t{k}@{k:040x}" for k in range(3)], LABELS, embed_dim=5)
+    reuser = AttentionReuser([f"org/t{k}@{k:040x}" for k in range(3)], LABELS, embed_dim=9)
     with torch.no_grad():
         reuser.prototypes.normal_()
     url = reuser.push_to_hub("org/reuser-alone", commit_message="one commit")

@@ -425,7 +425,7 @@ def _setting_indices(codes: tuple[str, ...], labeled_per_class: int, seed: int) 
         if labeled_per_class > n:
             raise ValueError(
                 f"labeled_per_class={labeled_per_class} is too large for setting {''.join(codes)!r}: class "
-                f"{LABEL_NAMES[c]!r} has only {n} target-train examples available."
+                f"{LABEL_NAMES[c]!r} has only {n} target-train examples available: use at most {available.min()}."
             )
     rng = np.random.default_rng(seed)
     chosen = np.zeros(len(train), dtype=bool)

@@ -1,0 +1,233 @@
+"""The per-sample, memory-mapped teacher-logit cache: hits and misses, reuse across pools and seeds, corrupted
+entries, atomic writes, precision keys, and teacher inference sharded over processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from helpers import make_images, one_torch_thread
+from safetensors.torch import load_file
+
+from hf_mrl import ModelPool, Teacher
+from hf_mrl.cache import LogitCache, fingerprint, row_keys
+
+LABELS = ["a", "b", "c"]
+
+
+@pytest.fixture(autouse=True)
+def _single_thread():
+    with one_torch_thread():
+        yield
+
+
+def _teacher(seed: int = 0, name: str = "t0") -> Teacher:
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+    model.append(torch.nn.Linear(4, len(LABELS)))
+    return Teacher(model, LABELS, name=name, weights_hash=f"w{seed}")
+
+
+def _pool(cache_dir=None, seeds=(0, 1), **kwargs) -> ModelPool:
+    return ModelPool([_teacher(s, f"t{s}") for s in seeds], LABELS, cache_dir=cache_dir, batch_size=4, **kwargs)
+
+
+def _seen(pool: ModelPool) -> list[int]:
+    return [t.samples_seen for t in pool.teachers]
+
+
+def _entries(root: Path) -> list[Path]:
+    return sorted(root.rglob("rows-*.safetensors"))
+
+
+# ----------------------------------------------------------------------------------------------- keys
+
+
+def test_row_keys_depend_on_content_only():
+    images = make_images(6, seed=0)
+    keys = row_keys(images)
+    assert keys.shape == (6, 2) and keys.dtype == np.int64
+    assert len({tuple(k) for k in keys}) == 6
+    np.testing.assert_array_equal(row_keys(images.clone()[[3, 1]]), keys[[3, 1]])
+    changed = images.clone()
+    changed[2, 1, 0, 0] ^= 1
+    assert (row_keys(changed) != keys).any(axis=1).tolist() == [False, False, True, False, False, False]
+    assert fingerprint(images) == fingerprint(images.clone())
+
+
+# ----------------------------------------------------------------------------------------------- hits and misses
+
+
+def test_hit_and_miss_counts_and_values(tmp_path):
+    images = make_images(10, seed=1)
+    pool = _pool(tmp_path)
+    first = pool.probs(images)
+    assert _seen(pool) == [10, 10]
+    assert pool.cache.misses == 20 and pool.cache.hits == 0
+    again = pool.probs(images)
+    assert _seen(pool) == [10, 10] and pool.cache.hits == 20
+    torch.testing.assert_close(again, first, rtol=0, atol=0)
+    # Half old, half new samples: only the new half runs.
+    mixed = torch.cat([images[:5], make_images(5, seed=2)])
+    torch.testing.assert_close(pool.probs(mixed)[:5], first[:5], rtol=0, atol=0)
+    assert _seen(pool) == [15, 15]
+
+
+def test_disk_entries_are_memory_mapped_safetensors(tmp_path):
+    pool = _pool(tmp_path)
+    pool.probs(make_images(9, seed=3))
+    entries = _entries(tmp_path)
+    assert len(entries) == 2  # one per teacher
+    for entry in entries:
+        tensors = load_file(entry)  # readable by any safetensors reader
+        assert tensors["keys"].shape == (9, 2) and tensors["logits"].shape == (9, 3)
+    fresh = LogitCache(tmp_path)
+    key = pool._cache_key(pool.teachers[0])
+    values, hit = fresh.lookup(key, row_keys(make_images(9, seed=3)))
+    assert hit.all() and values.shape == (9, 3)
+    assert all(isinstance(s.values, np.memmap) for s in fresh._rows[key].shards)
+
+
+def test_reuse_across_pool_instances_and_seeds(tmp_path):
+    """Another run, another seed (another labeled / unlabeled split of the same samples): no teacher runs."""
+    data = make_images(24, seed=4)
+    pool = _pool(tmp_path)
+    perm0 = torch.randperm(24, generator=torch.Generator().manual_seed(0))
+    labeled, unlabeled = data[perm0[:6]], data[perm0[6:]]
+    ref = {"l": pool.probs(labeled), "u": pool.probs(unlabeled)}
+    assert _seen(pool) == [24, 24]
+
+    perm1 = torch.randperm(24, generator=torch.Generator().manual_seed(1))
+    fresh = _pool(tmp_path)  # a new run: new pool, new teacher objects, same cache folder
+    probs = fresh.probs(data[perm1])
+    assert _seen(fresh) == [0, 0]
+    inverse = torch.argsort(perm0)
+    torch.testing.assert_close(probs, torch.cat([ref["l"], ref["u"]])[inverse][perm1], rtol=0, atol=0)
+
+
+def test_teacher_weights_and_precision_are_part_of_the_key(tmp_path):
+    images = make_images(4, seed=5)
+    _pool(tmp_path, seeds=(0,)).probs(images)
+    other_weights = _pool(tmp_path, seeds=(7,))
+    other_weights.teachers[0].name = "t0"  # same id, other weights hash
+    other_weights.probs(images)
+    assert _seen(other_weights) == [4]
+    bf16 = _pool(tmp_path, seeds=(0,), precision="bf16")
+    out = bf16.probs(images)
+    assert _seen(bf16) == [4]  # bf16 logits are another entry, never mixed with fp32 ones
+    assert torch.allclose(out.sum(-1), torch.ones(4, 1))
+    with pytest.raises(ValueError, match="precision"):
+        _pool(precision="fp8")
+
+
+# ----------------------------------------------------------------------------------------------- corruption
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "nan"])
+def test_corrupted_entry_is_recomputed(tmp_path, damage):
+    images = make_images(6, seed=6)
+    ref = _pool(tmp_path, seeds=(0,)).probs(images)
+    (entry,) = _entries(tmp_path)
+    raw = entry.read_bytes()
+    if damage == "garbage":
+        entry.write_bytes(b"not a safetensors file")
+    elif damage == "truncated":
+        entry.write_bytes(raw[: len(raw) - 10])
+    else:  # a valid file whose logits were overwritten with NaN
+        tensors = load_file(entry)
+        tensors["logits"][2] = float("nan")
+        header_len = int.from_bytes(raw[:8], "little")
+        data = raw[8 + header_len :]
+        logits = tensors["logits"].numpy().astype("<f4").tobytes()
+        entry.write_bytes(raw[: 8 + header_len] + data[: len(data) - len(logits)] + logits)
+    fresh = _pool(tmp_path, seeds=(0,))
+    torch.testing.assert_close(fresh.probs(images), ref)
+    assert _seen(fresh) == [1 if damage == "nan" else 6]
+
+
+# ----------------------------------------------------------------------------------------------- atomic writes
+
+
+def test_an_interrupted_write_leaves_no_entry(tmp_path):
+    cache = LogitCache(tmp_path)
+    keys = row_keys(make_images(8, seed=7))
+    with pytest.raises(KeyboardInterrupt):
+        with cache.writer("t", keys) as writer:
+            writer.write(torch.ones(4, 3))
+            raise KeyboardInterrupt  # killed between two chunks
+    assert not list(tmp_path.rglob("rows-*")) and not list(tmp_path.rglob("*.tmp"))
+    values, hit = LogitCache(tmp_path).lookup("t", keys)
+    assert values is None and not hit.any()
+
+
+def test_writer_streams_chunks_and_checks_the_count(tmp_path):
+    cache = LogitCache(tmp_path)
+    keys = row_keys(make_images(10, seed=8))
+    rows = torch.randn(10, 5)
+    with cache.writer("t", keys) as writer:
+        for i in range(0, 10, 3):
+            writer.write(rows[i : i + 3])
+    values, hit = LogitCache(tmp_path).lookup("t", keys)
+    assert hit.all()
+    torch.testing.assert_close(values, rows, rtol=0, atol=0)
+    with pytest.raises(RuntimeError, match="rows"):
+        with cache.writer("t", keys) as writer:
+            writer.write(rows[:4])
+    assert len(_entries(tmp_path)) == 1 and not list(tmp_path.rglob("*.tmp"))
+
+
+def test_entries_written_by_another_process_are_found(tmp_path):
+    images = make_images(5, seed=9)
+    reader = _pool(tmp_path, seeds=(0,))
+    assert reader.cache.lookup(reader._cache_key(reader.teachers[0]), row_keys(images))[1].sum() == 0
+    _pool(tmp_path, seeds=(0,)).probs(images)  # another "process" fills the cache meanwhile
+    reader.probs(images)
+    assert _seen(reader) == [0]
+
+
+# ----------------------------------------------------------------------------------------------- processes
+
+SHARDED = textwrap.dedent(
+    """
+    import json, sys, torch
+    from accelerate import PartialState
+    sys.path.insert(0, {tests!r})
+    from test_cache import _pool
+    from helpers import make_images
+    state = PartialState(cpu=True)
+    images = make_images(21, seed=11)
+    pool = _pool({cache!r})
+    probs = pool.probs(images, accelerator=state)
+    first = [t.samples_seen for t in pool.teachers]
+    again = _pool({cache!r}).probs(images, accelerator=state)
+    ref = _pool().probs(images)  # one process, no cache
+    result = {{"rank": state.process_index, "first": first, "same": bool(torch.equal(again, probs)),
+              "close": bool(torch.allclose(probs, ref, atol=1e-6))}}
+    with open({out!r} + f"/rank{{state.process_index}}.json", "w") as f:  # not stdout: the processes interleave
+        json.dump(result, f)
+    """
+)
+
+
+@pytest.mark.slow
+def test_teacher_inference_is_sharded_over_processes(tmp_path):
+    script = tmp_path / "sharded.py"
+    tests = str(Path(__file__).parent)
+    script.write_text(SHARDED.format(tests=tests, cache=str(tmp_path / "cache"), out=str(tmp_path)))
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    cmd += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(script)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    results = [json.loads(p.read_text()) for p in sorted(tmp_path.glob("rank*.json"))]
+    assert len(results) == 2
+    assert sorted(r["first"][0] for r in results) == [10, 11]  # each process ran its half
+    assert all(r["same"] and r["close"] for r in results)
+    assert len(_entries(tmp_path / "cache")) == 2  # written once (by the local main process), read by both
