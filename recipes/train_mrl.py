@@ -443,7 +443,7 @@ def _push(args: argparse.Namespace) -> None:
 
 def main(argv=None) -> None:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    for noisy in ("httpx", "urllib3", "huggingface_hub", "timm"):
+    for noisy in ("httpx", "urllib3", "huggingface_hub", "timm", "accelerate"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     args = parse_args(argv)
     if args.push_to_hub and not args.hub_token:

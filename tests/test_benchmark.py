@@ -218,3 +218,33 @@ def test_quick_mode_on_digits_ld(tmp_path):
     )
     assert set(summary["main"]) == {"supervised", "mrl"} and summary["settings"] == ["U"]
     assert summary["teacher_domain_accuracy"]["U"]
+
+
+def test_rerun_accepts_a_moved_pool_and_refuses_other_weights(ran, tmp_path):
+    import shutil
+
+    root, results, _ = ran
+    path = next((results / RECORDS_DIR).glob("mr-bs__B__n2__s0__*.json"))
+    for name in ("teacher-hf", "teacher-timm"):
+        shutil.copytree(root / name, tmp_path / "moved" / name)
+    (tmp_path / "moved" / "pool.txt").write_text("teacher-hf\nteacher-timm\n")
+    cache = ["--cache_dir", str(tmp_path / "cache")]
+    out = recipe.main(["--rerun", str(path), "--pool", str(tmp_path / "moved" / "pool.txt"), *cache])
+    assert out["match"]
+    make_timm_teacher(tmp_path / "other" / "teacher-timm", ["a", "b", "c"], seed=7)
+    shutil.copytree(root / "teacher-hf", tmp_path / "other" / "teacher-hf")
+    (tmp_path / "other" / "pool.txt").write_text("teacher-hf\nteacher-timm\n")
+    with pytest.raises(ValueError, match="weights differ"):
+        recipe.main(["--rerun", str(path), "--pool", str(tmp_path / "other" / "pool.txt"), *cache])
+
+
+def test_tasks_keep_a_dataset_together_but_share_the_tail():
+    from hf_mrl.benchmark import make_tasks
+
+    keys = plan_runs(settings=["M", "U", "S", "MU", "MS", "US", "MUS"], seeds=[0, 1], budgets=[])
+    tasks = make_tasks(keys, workers=2)
+    assert sorted(k for t in tasks for k in t) == sorted(keys)
+    assert all(len({k.dataset_key for k in t}) == 1 for t in tasks)
+    assert [len(t) for t in tasks] == [9] * 12 + [5, 4, 5, 4]
+    assert [len(t) for t in make_tasks(keys[:18], workers=2)] == [5, 4, 5, 4]
+    assert len(make_tasks(keys, workers=1)) == 14
