@@ -29,12 +29,12 @@ test-all: $(STAMP)
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check hf_mrl recipes tests
-	$(VENV)/bin/ruff format --check hf_mrl recipes tests
+	$(VENV)/bin/ruff check hf_mrl recipes tests benchmarks
+	$(VENV)/bin/ruff format --check hf_mrl recipes tests benchmarks
 
 format: $(STAMP)
-	$(VENV)/bin/ruff format hf_mrl recipes tests
-	$(VENV)/bin/ruff check --fix hf_mrl recipes tests
+	$(VENV)/bin/ruff format hf_mrl recipes tests benchmarks
+	$(VENV)/bin/ruff check --fix hf_mrl recipes tests benchmarks
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
