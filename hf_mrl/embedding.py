@@ -113,49 +113,14 @@ def _load_encoder(
     Loaded under the same rules as a teacher: safetensors weights only unless `allow_pickle`, no repository code
     unless `trust_remote_code`; every failure is a `TeacherLoadError` (a `ValueError`) naming the encoder.
     """
-    from .pool import (
-        _PICKLE_WEIGHTS,
-        TeacherLoadError,
-        _check_finite,
-        _check_safetensors,
-        _detect_library,
-        _resolve,
-        _timm_preprocess,
-        _weight_files,
-        parse_teacher_id,
-    )
+    from .pool import TeacherLoadError, _check_finite, _checked_checkpoint, _timm_preprocess
 
     def fail(reason: str, message: str) -> TeacherLoadError:
         return TeacherLoadError(model_id, reason, message, what="Encoder")
 
-    name, revision = parse_teacher_id(model_id)
-    folder, _ = _resolve(
-        name,
-        revision,
-        token,
-        allow_pickle=allow_pickle,
-        trust_remote_code=trust_remote_code,
-        what="Encoder",
+    folder, _, library, _, _ = _checked_checkpoint(
+        model_id, token, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, what="Encoder"
     )
-    library, config = _detect_library(folder, model_id, what="Encoder")
-    if config.get("auto_map") and not trust_remote_code:
-        raise fail(
-            "remote_code",
-            "ships its own modelling code (`auto_map` in config.json): it is only loaded with trust_remote_code=True "
-            "(`--trust_remote_code`). Review the repository first.",
-        )
-    weights = _weight_files(folder)
-    if not weights:
-        pickles = [p for p in _PICKLE_WEIGHTS if (folder / p).is_file()]
-        if not pickles:
-            raise fail("no_weights", "has no weights: expected model.safetensors.")
-        if not allow_pickle:
-            raise fail(
-                "unsafe_weights",
-                f"only has pickle weights ({pickles[0]}), which can run arbitrary code when loaded. Convert it to "
-                "safetensors, or pass allow_pickle=True (`--allow_pickle`) if you trust it.",
-            )
-    _check_safetensors(weights, model_id, what="Encoder")
     try:
         if library == "timm":
             import timm

@@ -351,34 +351,10 @@ class Teacher:
         if not isinstance(source, (str, os.PathLike)):
             raise TypeError(f"A teacher source must be a Hub id or a path; got {type(source).__name__}.")
         shown = str(source).strip()
-        name, revision = parse_teacher_id(shown)
-        folder, commit = _resolve(
-            name, revision, token, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code
+        name, _ = parse_teacher_id(shown)
+        folder, commit, library, config, weights = _checked_checkpoint(
+            shown, token, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code
         )
-        library, config = _detect_library(folder, shown)
-        if config.get("auto_map") and not trust_remote_code:
-            raise TeacherLoadError(
-                shown,
-                "remote_code",
-                "ships its own modelling code (`auto_map` in config.json), which would run on this machine: it is "
-                "only loaded with trust_remote_code=True (`--trust_remote_code`). Review the repository first.",
-            )
-        weights = _weight_files(folder)
-        if not weights:
-            pickles = [p for p in _PICKLE_WEIGHTS if (folder / p).is_file()]
-            if not pickles and commit is not None and not allow_pickle:
-                pickles = _remote_pickle_weights(name, commit, token)
-            if pickles and not allow_pickle:
-                raise TeacherLoadError(
-                    shown,
-                    "unsafe_weights",
-                    f"only has pickle weights ({pickles[0]}), which can run arbitrary code when loaded. "
-                    "Convert it to safetensors, or pass allow_pickle=True (`--allow_pickle`) if you trust it.",
-                )
-            if not pickles:
-                raise TeacherLoadError(shown, "no_weights", f"has no weights: expected {_WEIGHTS}.")
-            weights = [folder / p for p in pickles]
-        _check_safetensors(weights, shown)
         if library == "timm":
             model, labels, preprocess = _load_timm(folder, config, shown)
         else:
@@ -444,6 +420,51 @@ def autocast_dtype(precision: str) -> torch.dtype | None:
     if precision not in PRECISIONS:
         raise ValueError(f"precision={precision!r} is unknown; choose one of {sorted(PRECISIONS)}.")
     return PRECISIONS[precision]
+
+
+def _checked_checkpoint(
+    shown: str,
+    token: str | bool | None,
+    allow_pickle: bool,
+    trust_remote_code: bool,
+    what: str = "Teacher",
+) -> tuple[Path, str | None, str, dict, list[Path]]:
+    """Resolve a checkpoint and apply the loading rules shared by teachers and encoders, before any library
+    loads it: no repository code unless trusted, safetensors unless pickle is allowed, weights readable.
+
+    Returns the folder, the resolved commit (None for a local folder), the library, config.json and the weights.
+    """
+    name, revision = parse_teacher_id(shown)
+    folder, commit = _resolve(
+        name, revision, token, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, what=what
+    )
+    library, config = _detect_library(folder, shown, what=what)
+    if config.get("auto_map") and not trust_remote_code:
+        raise TeacherLoadError(
+            shown,
+            "remote_code",
+            "ships its own modelling code (`auto_map` in config.json), which would run on this machine: it is "
+            "only loaded with trust_remote_code=True (`--trust_remote_code`). Review the repository first.",
+            what=what,
+        )
+    weights = _weight_files(folder)
+    if not weights:
+        pickles = [p for p in _PICKLE_WEIGHTS if (folder / p).is_file()]
+        if not pickles and commit is not None and not allow_pickle:
+            pickles = _remote_pickle_weights(name, commit, token)
+        if pickles and not allow_pickle:
+            raise TeacherLoadError(
+                shown,
+                "unsafe_weights",
+                f"only has pickle weights ({pickles[0]}), which can run arbitrary code when loaded. "
+                "Convert it to safetensors, or pass allow_pickle=True (`--allow_pickle`) if you trust it.",
+                what=what,
+            )
+        if not pickles:
+            raise TeacherLoadError(shown, "no_weights", f"has no weights: expected {_WEIGHTS}.", what=what)
+        weights = [folder / p for p in pickles]
+    _check_safetensors(weights, shown, what=what)
+    return folder, commit, library, config, weights
 
 
 def _weight_files(folder: Path) -> list[Path]:

@@ -107,3 +107,24 @@ def tiny(tmp_path_factory):
     pool.write_text(f"# two tiny teachers\n{t1}\n{t2.name}  # relative to this file\n")
     data = make_target_dataset(root / "data", n_labeled_per_class=2, n_unlabeled=24, n_test=12, label_names=labels)
     return {"root": root, "pool": pool, "data": data, "sizes": {"labeled": 6, "unlabeled": 24, "test": 12}}
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Tests run torch on one thread: on 2 shared cores, two threads per process thrash."""
+    from helpers import one_torch_thread
+
+    with one_torch_thread():
+        yield
+
+
+@pytest.fixture(scope="module")
+def recipe():
+    """`recipes/train_mrl.py` imported as a module (one instance per test module)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "recipes" / "train_mrl.py"
+    spec = importlib.util.spec_from_file_location("train_mrl_recipe", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -7,7 +7,6 @@ test; `test_cli_errors_are_one_line_without_traceback` runs two of them as real 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import os
@@ -19,7 +18,7 @@ from pathlib import Path
 import datasets
 import pytest
 import torch
-from helpers import make_target_dataset, make_timm_teacher, make_transformers_teacher, one_torch_thread
+from helpers import make_target_dataset, make_timm_teacher, make_transformers_teacher
 from huggingface_hub import HfApi
 from safetensors.torch import load_file, save_file
 
@@ -31,20 +30,6 @@ from hf_mrl.target import check_dataset, load_target, target_from_datasets
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "train_mrl.py"
 LABELS = ["a", "b", "c"]
-
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    with one_torch_thread():
-        yield
-
-
-@pytest.fixture(scope="module")
-def recipe():
-    spec = importlib.util.spec_from_file_location("train_mrl_bad_inputs", RECIPE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _copy(src: Path, dst: Path) -> Path:

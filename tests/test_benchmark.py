@@ -21,12 +21,6 @@ TINY_STUDENT = {"architecture": "resnet10t", "model_args": {"channels": [8, 8, 1
 METHODS = ["supervised", "mr-bs", "mrl", "oracle"]
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    with one_torch_thread():
-        yield
-
-
 @pytest.fixture(scope="module")
 def slice_(tmp_path_factory):
     """Two tiny teachers and two tiny 'settings' (A, B: dataset folders with two latent domains each)."""

@@ -13,19 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import make_images, one_torch_thread
+from helpers import make_images
 from safetensors.torch import load_file
 
 from hf_mrl import ModelPool, Teacher
 from hf_mrl.cache import LogitCache, fingerprint, row_keys
 
 LABELS = ["a", "b", "c"]
-
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    with one_torch_thread():
-        yield
 
 
 def _teacher(seed: int = 0, name: str = "t0") -> Teacher:

@@ -4,17 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import one_torch_thread
 from test_trainer import TEACHERS, TINY_STUDENT, _data, _misleading_reuse
 
 from hf_mrl import MRLConfig
 from hf_mrl.guard import cross_validate_reuse, decide, stratified_folds
-
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    with one_torch_thread():
-        yield
 
 
 def test_stratified_folds_spread_every_class():

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import make_images, make_timm_teacher, make_transformers_teacher, one_torch_thread
+from helpers import make_images, make_timm_teacher, make_transformers_teacher
 from huggingface_hub import HfApi
 from safetensors.torch import load_file
 
@@ -16,12 +16,6 @@ from hf_mrl.pool import TeacherLoadError
 from hf_mrl.testing import LocalHub
 
 TARGET = ["a", "b", "c"]
-
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    with one_torch_thread():
-        yield
 
 
 def _push(folder: Path, repo_id: str, message: str = "upload") -> str:

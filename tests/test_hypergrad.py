@@ -5,19 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import one_torch_thread
 
 from hf_mrl.hypergrad import functional_student, unrolled_hypergradient
 from hf_mrl.trainer import kd_loss
 
 K, PDIM, C, D = 3, 2, 3, 4  # teachers, embedding dim, classes, input features
 LAMBDA, T, ALPHA, TAU = 0.7, 2.0, 0.5, 1.3
-
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    with one_torch_thread():
-        yield
 
 
 def _problem(seed: int = 0):

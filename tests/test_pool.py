@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import make_images, make_timm_teacher, make_transformers_teacher, one_torch_thread
+from helpers import make_images, make_timm_teacher, make_transformers_teacher
 from safetensors.torch import load_file
 
 from hf_mrl import ModelPool, Teacher
@@ -16,12 +16,6 @@ from hf_mrl.pool import parse_pool_file, parse_teacher_id
 TARGET = ["a", "b", "c"]
 TRANSFORMERS_LABELS = ["c", "extra", "a", "b"]  # permuted, with one class the target lacks
 TIMM_LABELS = ["a", "c"]  # covers part of the target
-
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    with one_torch_thread():
-        yield
 
 
 @pytest.fixture(scope="module")

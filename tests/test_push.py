@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import make_target_dataset, make_timm_teacher, make_transformers_teacher, one_torch_thread
+from helpers import make_target_dataset, make_timm_teacher, make_transformers_teacher
 from huggingface_hub import HfApi, ModelCard
 
 from hf_mrl import AttentionReuser
@@ -26,12 +26,6 @@ ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "train_mrl.py"
 TOKEN = "hf_test_SECRET_do_not_leak_0123456789"
 LABELS = ["a", "b", "c"]
-
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    with one_torch_thread():
-        yield
 
 
 @pytest.fixture

@@ -11,18 +11,12 @@ import textwrap
 
 import pytest
 import torch
-from helpers import make_images, make_timm_teacher, make_transformers_teacher, one_torch_thread
+from helpers import make_images, make_timm_teacher, make_transformers_teacher
 from safetensors.torch import load_file, save_file
 
 from hf_mrl import AttentionReuser, Embedding, ModelPool
 
 K, C, P = 3, 4, 5
-
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    with one_torch_thread():
-        yield
 
 
 def _random_inputs(n: int, seed: int = 0):

@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import os
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import make_labeled_images, make_transformers_teacher, one_torch_thread
+from helpers import make_labeled_images, make_transformers_teacher
 from safetensors.torch import load_file, save_file
 
 from hf_mrl import AttentionReuser, Embedding, ModelPool, MRLConfig, MRLTrainer, TargetData, Teacher
@@ -32,20 +31,6 @@ RECIPE = ROOT / "recipes" / "train_mrl.py"
 LABELS = ["a", "b", "c"]
 ENV_TOKEN = "hf_ENVtokenMUSTnotLEAK_0123456789abcdef"
 ARG_TOKEN = "hf_ARGtokenMUSTnotLEAK_fedcba9876543210"
-
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    with one_torch_thread():
-        yield
-
-
-@pytest.fixture(scope="module")
-def recipe():
-    spec = importlib.util.spec_from_file_location("train_mrl_safety", RECIPE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 REMOTE_CONFIG = """

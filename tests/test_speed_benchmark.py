@@ -8,18 +8,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import one_torch_thread
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import speed  # noqa: E402
-
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    with one_torch_thread():
-        yield
 
 
 def test_quick_run_in_process(tmp_path):

@@ -7,7 +7,6 @@ import math
 
 import pytest
 import torch
-from helpers import one_torch_thread
 from test_trainer import LABELS, TEACHERS, TINY_STUDENT, _data, _reuse
 
 from hf_mrl import MRLConfig, MRLTrainer
@@ -27,12 +26,6 @@ UNLABELED_KEY = {
     "mrl": "kd_loss",
     "oracle": "kd_loss",
 }
-
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    with one_torch_thread():
-        yield
 
 
 def _domain_data():

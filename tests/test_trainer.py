@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 import torch
-from helpers import make_labeled_images, make_timm_teacher, make_transformers_teacher, one_torch_thread
+from helpers import make_labeled_images, make_timm_teacher, make_transformers_teacher
 
 from hf_mrl import Embedding, ModelPool, MRLConfig, MRLTrainer, TargetData, compute_reuse_inputs
 from hf_mrl.trainer import ReuseInputs, _translate, kd_loss, latest_checkpoint
@@ -16,12 +16,6 @@ LABELS = ["a", "b", "c"]
 TEACHERS = ["org/t0@c0", "org/t1@c1"]
 # A narrow ResNet-10 keeps a step in the tens of milliseconds on 2 cores.
 TINY_STUDENT = {"architecture": "resnet10t", "model_args": {"channels": [8, 8, 16, 16], "stem_width": 8}}
-
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    with one_torch_thread():
-        yield
 
 
 def _data(n_per_class: int = 3, n_unlabeled: int = 30, n_test: int = 12) -> TargetData:
