@@ -17,6 +17,8 @@ from importlib import resources
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 __all__ = [
+    "METHOD_TEXT",
+    "MethodText",
     "RunSummary",
     "TeacherSummary",
     "card_template",
@@ -30,6 +32,112 @@ REPO_URL = "https://github.com/hf-mrl/hf_mrl"
 PAPER = '"Towards Robust Model Reuse in the Presence of Latent Domains" (Shao, Cheng, Li and Pu, IJCAI 2021)'
 _TASK = "image-classification"
 _MAX_LABELS_SHOWN = 20
+
+
+@dataclass(frozen=True)
+class MethodText:
+    """How the cards describe a training method (`MRLConfig.method`).
+
+    Args:
+        name: the method's short name in prose (`how` spells it out).
+        teachers: whether it learns from the pool's teachers (kept in step with the strategies' `needs_teachers`).
+        unlabeled: whether it learns from the unlabeled images.
+        source: what, besides the labels, its student learnt from (`{k}`: the number of teachers).
+        how: one sentence on how its student learns, for the Training section.
+    """
+
+    name: str
+    teachers: bool
+    unlabeled: bool
+    source: str
+    how: str
+
+
+METHOD_TEXT: dict[str, MethodText] = {
+    "supervised": MethodText(
+        "supervised-only",
+        False,
+        False,
+        "the labeled images alone",
+        "supervised-only: cross-entropy on the labeled images; no unlabeled image and no teacher model.",
+    ),
+    "pl": MethodText(
+        "pseudo-labelling",
+        False,
+        True,
+        "its own confident predictions on the unlabeled images",
+        "pseudo-labelling (Lee, 2013): the student learns from the labels and from its own confident predictions on "
+        "the unlabeled images, used as targets. No pretrained model was reused.",
+    ),
+    "mean-teacher": MethodText(
+        "mean teacher",
+        False,
+        True,
+        "consistency with a moving average of its own weights on the unlabeled images",
+        "mean teacher (Tarvainen & Valpola, 2017): the student learns from the labels and keeps its predictions on "
+        "the unlabeled images close to those of an exponential moving average of its own weights. No pretrained model "
+        "was reused.",
+    ),
+    "vat": MethodText(
+        "VAT",
+        False,
+        True,
+        "smoothness of its predictions around the unlabeled images",
+        "virtual adversarial training (VAT, Miyato et al., 2018): the student learns from the labels and keeps its "
+        "predictions on the unlabeled images stable under the small input perturbation that changes them most. No "
+        "pretrained model was reused.",
+    ),
+    "fixmatch": MethodText(
+        "FixMatch",
+        False,
+        True,
+        "its own confident predictions on weakly augmented unlabeled images",
+        "FixMatch (Sohn et al., 2020): the student learns from the labels and, on the unlabeled images, its confident "
+        "predictions on a weakly augmented view become the targets of a strongly augmented view. No pretrained model "
+        "was reused.",
+    ),
+    "mr-bs": MethodText(
+        "MR-BS",
+        True,
+        True,
+        "the one teacher of a pool of {k} most accurate on the labeled images",
+        "MR-BS (best single teacher): the teacher most accurate on the labeled images is picked; the student distils "
+        "its predicted probabilities on the unlabeled images and learns from the labels.",
+    ),
+    "mr-cr": MethodText(
+        "MR-CR",
+        True,
+        True,
+        "a pool of {k} teacher(s) mixed with one fixed weighting fitted on the labeled images",
+        "MR-CR (consistent reuse): one weighting of the teachers, the same for every input, is fitted on the labeled "
+        "images; the student distils the weighted teacher mixture on the unlabeled images and learns from the labels.",
+    ),
+    "mrl": MethodText(
+        "MRL",
+        True,
+        True,
+        "an attention-weighted pool of {k} teacher(s)",
+        "an attention reuser weights the teachers per input; the student distils the weighted teacher mixture on the "
+        "unlabeled images and learns from the labels, while the reuser's prototypes follow the hypergradient of the "
+        "student's labeled loss (bi-level).",
+    ),
+    "oracle": MethodText(
+        "oracle routing",
+        True,
+        True,
+        "a pool of {k} teacher(s), each unlabeled image routed to the teacher of its true latent domain",
+        "oracle routing, a reference rather than a method: each unlabeled image is distilled from the teacher most "
+        "accurate on the labeled images of its true latent domain, read from the domain labels of the training data "
+        "(which real data do not have); the student also learns from the labels.",
+    ),
+}
+
+
+def method_text(method: str) -> MethodText:
+    try:
+        return METHOD_TEXT[method]
+    except KeyError:
+        raise ValueError(f"No card text for method {method!r}; known: {sorted(METHOD_TEXT)}.") from None
 
 
 def card_template(kind: str) -> str:
@@ -110,6 +218,11 @@ class RunSummary:
     the test data carry domain labels (used for evaluation only). `trust_remote_code` and `allow_pickle` record
     whether the teachers were loaded with their repositories' own code, or from pickle weights.
 
+    `method` names the training method (`MRLConfig.method`); `delivered` is `"supervised"` when the supervised-only
+    student was delivered (the never-worse guard fell back, or the method is `supervised`), and
+    `method_student_accuracy` the test accuracy of the method's own student, delivered or not. A method without a
+    reuser has no `reuse_accuracy`, `reuse_strength` or `attention_by_domain`; one without teachers has no `teachers`.
+
     >>> RunSummary(teachers=[TeacherSummary("org/a@0123abc")], label_names=["0", "1"], dataset="my data")
     ... # doctest: +ELLIPSIS
     RunSummary(...)
@@ -139,9 +252,22 @@ class RunSummary:
     guard: dict | None = None
     screening: list[dict] | None = None
     reuse_strength: float | None = None
+    method: str = "mrl"
+    delivered: str | None = None
+    method_student_accuracy: float | None = None
 
     def __post_init__(self):
         self.teachers = [t if isinstance(t, TeacherSummary) else TeacherSummary(**t) for t in self.teachers]
+        method_text(self.method)  # an unknown method fails here, not half-way through a template
+
+    @property
+    def fell_back(self) -> bool:
+        """Whether the never-worse guard replaced the method's student by the supervised-only one."""
+        if self.method == "supervised":
+            return False
+        if self.delivered is not None:
+            return self.delivered == "supervised"
+        return bool(self.guard and self.guard.get("decision") == "fall_back")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -205,7 +331,44 @@ def _teacher_rows(teachers: list[TeacherSummary], num_labels: int) -> list[dict]
     return rows
 
 
-def _training(s: RunSummary) -> dict:
+_SSL = ("pl", "mean-teacher", "vat", "fixmatch")
+_REUSE = ("mr-bs", "mr-cr", "mrl", "oracle")
+# `MRLConfig` fields that only some methods read; the others apply to every method.
+_FIELD_METHODS = {
+    **dict.fromkeys(
+        (
+            "outer_every",
+            "outer_lr",
+            "inner_lr",
+            "unroll_steps",
+            "hypergradient",
+            "direct_weight",
+            "attention_temperature",
+            "use_bias",
+            "learn_reuse_strength",
+            "reuse_strength_init",
+            "embedding",
+        ),
+        ("mrl",),
+    ),
+    "kd_lambda": _REUSE,
+    "kd_temperature": _REUSE,
+    "unlabeled_batch_size": _SSL + _REUSE,
+    "unlabeled_weight": _SSL,
+    "confidence_threshold": ("pl", "fixmatch"),
+    "ema_decay": ("mean-teacher",),
+    "vat_epsilon": ("vat",),
+    "rampup_fraction": ("pl", "mean-teacher", "vat"),
+}
+
+
+def _hyperparameters(hp: dict, method: str) -> dict:
+    """The hyperparameters that `method` reads (a supervised student's card shows no attention temperature)."""
+    return {k: v for k, v in hp.items() if k != "method" and method in _FIELD_METHODS.get(k, (method,))}
+
+
+def _training(s: RunSummary, method: str | None = None) -> dict:
+    """The Training section; `method`: the method whose hyperparameters to list (default: the run's)."""
     hp = {k: v for k, v in s.hyperparameters.items() if k not in ("method",)}
     return {
         "dataset": s.dataset,
@@ -219,7 +382,7 @@ def _training(s: RunSummary) -> dict:
         "unlabeled_batch_size": hp.get("unlabeled_batch_size"),
         "num_processes": s.num_processes,
         "wall_time": None if s.wall_time_s is None else f"{s.wall_time_s / 60:.1f} min",
-        "hyperparameters_json": json.dumps(hp, indent=2, sort_keys=True),
+        "hyperparameters_json": json.dumps(_hyperparameters(hp, method or s.method), indent=2, sort_keys=True),
         "has_domains": s.per_domain is not None,
     }
 
@@ -229,28 +392,54 @@ def _results(s: RunSummary) -> dict | None:
         return None
     worst = s.worst_domain or {}
     best = max((t for t in s.teachers if t.test_accuracy is not None), key=lambda t: t.test_accuracy, default=None)
-    rows = [
-        {"model": "MRL student", "key": "student", "accuracy": s.student_accuracy},
-        {
-            "model": "supervised-only student (same labels, architecture, steps, seed)",
-            "key": "supervised",
-            "accuracy": s.supervised_accuracy,
-        },
-        {"model": "attention reuser (weighted teachers)", "key": "reuse", "accuracy": s.reuse_accuracy},
-    ]
+    name = method_text(s.method).name
+    # `model`: the row as the reuser card names it; `this`: the student card's name for the student it describes.
+    if s.method == "supervised":
+        rows = [{"model": "supervised-only student", "this": "**this student** (supervised-only)", "key": "student"}]
+        rows[0]["accuracy"] = s.student_accuracy
+    elif s.fell_back:
+        rows = [
+            {
+                "model": "delivered student: the supervised-only one (the guard fell back)",
+                "this": "**this student** (supervised-only, delivered by the guard)",
+                "key": "student",
+                "accuracy": s.student_accuracy,
+            },
+        ]
+        if s.method_student_accuracy is not None:
+            rows.append(
+                {"model": f"{name} student (not delivered)", "key": "method", "accuracy": s.method_student_accuracy}
+            )
+    else:
+        rows = [
+            {"model": f"{name} student", "this": "**this student**", "key": "student", "accuracy": s.student_accuracy},
+            {
+                "model": "supervised-only student (same labels, architecture, steps, seed)",
+                "key": "supervised",
+                "accuracy": s.supervised_accuracy,
+            },
+        ]
+    if s.reuse_accuracy is not None:
+        rows.append({"model": "attention reuser (weighted teachers)", "key": "reuse", "accuracy": s.reuse_accuracy})
     for row in rows:
+        row.setdefault("this", row["model"])
         row["worst"] = _pct(worst.get(row["key"])) if s.per_domain else None
         row["accuracy"] = _pct(row["accuracy"])
     if best is not None:
+        label = f"best single teacher (T{s.teachers.index(best) + 1})"
         rows.append(
             {
-                "model": f"best single teacher (T{s.teachers.index(best) + 1})",
+                "model": label,
+                "this": label,
                 "key": "teacher",
                 "accuracy": _pct(best.test_accuracy),
                 "worst": "n/a" if s.per_domain else None,
             }
         )
     delta = s.student_accuracy - s.supervised_accuracy
+    method_delta = None
+    if s.fell_back and s.method_student_accuracy is not None:
+        method_delta = f"{s.method_student_accuracy - s.supervised_accuracy:+.4f}"
     domains = []
     for d, v in (s.per_domain or {}).items():
         domains.append(
@@ -267,6 +456,7 @@ def _results(s: RunSummary) -> dict | None:
         "never_worse": delta >= 0,
         "tie": abs(delta) < 1e-12,
         "delta": f"{delta:+.4f}",
+        "method_delta": method_delta,
         "domains": domains,
         "domains_never_worse": sum(d["never_worse"] for d in domains),
         "margin": _margin(s.student_accuracy, s.num_test),
@@ -399,6 +589,7 @@ def reuser_card(
         "guard": summary.guard if summary else None,
         "screening": summary.screening if summary else None,
         "reuse_strength": None if not summary or summary.reuse_strength is None else f"{summary.reuse_strength:.3f}",
+        "fell_back": bool(summary and summary.fell_back),
         "trust_remote_code": bool(config.get("trust_remote_code") or (summary and summary.trust_remote_code)),
         "allow_pickle": bool(config.get("allow_pickle") or (summary and summary.allow_pickle)),
     }
@@ -413,25 +604,37 @@ def student_card(
     reuser_repo_id: str | None = None,
     tags: list[str] | None = None,
 ) -> ModelCard:
-    """The distilled student's card (a timm model: it loads without hf_mrl).
+    """The student's card (a timm model: it loads without hf_mrl).
+
+    The card says which method trained the student (`summary.method`) and tells apart a delivered method student from
+    the supervised-only student that the never-worse guard delivered in its place (`summary.fell_back`): only a
+    student that learnt from teachers lists them as its base models and speaks of distillation.
 
     Args:
         student_config: `architecture`, `num_params`, `label_names`, `input_size` (C, H, W), `mean`, `std`,
             `interpolation`, `crop_pct`.
         summary: the run that trained it.
         repo_id: the student's Hub repo (used in the loading snippet).
-        reuser_repo_id: the attention reuser it was distilled from.
+        reuser_repo_id: the attention reuser of the run (MRL only), linked from the card.
         tags: extra Hub tags.
     """
     labels = [str(n) for n in student_config["label_names"]]
     teachers = summary.teachers if summary else []
-    model_name = _repo_name(repo_id, "mrl-student")
-    base_tags = ["hf_mrl", "timm", _TASK, "knowledge-distillation", "model-reuse"]
+    method = summary.method if summary else "mrl"
+    text = method_text(method)
+    fell_back = bool(summary and summary.fell_back)
+    from_teachers = text.teachers and not fell_back  # this student learnt from the teachers' predictions
+    model_name = _repo_name(repo_id, f"{method}-student")
+    base_tags = ["hf_mrl", "timm", _TASK]
+    if from_teachers:
+        base_tags += ["knowledge-distillation", "model-reuse"]
+    elif text.unlabeled and not fell_back:
+        base_tags += ["semi-supervised"]
     meta = _metadata(
         "timm",
         base_tags + [t for t in tags or [] if t not in base_tags],
         summary,
-        [t.id for t in teachers],
+        [t.id for t in teachers] if from_teachers else [],
         model_name,
         _eval_results(summary, summary and summary.student_accuracy, "student"),
     )
@@ -440,9 +643,17 @@ def student_card(
     context = {
         "model_name": model_name,
         "repo_id": repo_id,
-        "reuser_repo_id": reuser_repo_id,
+        "reuser_repo_id": reuser_repo_id if method == "mrl" else None,
         "repo_url": REPO_URL,
         "paper": PAPER,
+        "method": method,
+        "method_name": text.name,
+        "method_how": text.how,
+        "method_source": text.source.format(k=len(teachers)),
+        "uses_teachers": text.teachers,
+        "uses_unlabeled": text.unlabeled,
+        "fell_back": fell_back,
+        "from_teachers": from_teachers,
         "architecture": student_config.get("architecture", "unknown"),
         "num_params": None if num_params is None else f"{num_params / 1e6:.2f}M",
         "num_labels": len(labels),
@@ -453,7 +664,7 @@ def student_card(
         "interpolation": student_config.get("interpolation", "bilinear"),
         "crop_pct": student_config.get("crop_pct", 1.0),
         "teachers": _teacher_rows(teachers, len(labels)),
-        "training": _training(summary) if summary else None,
+        "training": _training(summary, "supervised" if fell_back else method) if summary else None,
         "results": _results(summary) if summary else None,
         "uncovered_labels": _uncovered(teachers, labels),
         "guard": summary.guard if summary else None,

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
-__all__ = ["MRLConfig", "METHODS"]
+__all__ = ["MRLConfig", "METHODS", "HYPERGRADIENTS"]
 
 # Kept in step with hf_mrl.strategies.STRATEGIES (a test checks it); "oracle" reads domain labels: a reference only.
 METHODS = ("supervised", "pl", "mean-teacher", "vat", "fixmatch", "mr-bs", "mr-cr", "mrl", "oracle")
+HYPERGRADIENTS = ("fd", "jvp", "unrolled")
 
 
 @dataclass
@@ -28,6 +29,10 @@ class MRLConfig:
         outer_lr: Adam learning rate of the prototypes and bias (the outer variables phi).
         inner_lr: alpha, the step size of the differentiable unrolled student step.
         unroll_steps: s, the number of unrolled student steps in a hypergradient.
+        hypergradient: how the one-step hypergradient is computed: `fd` (default) reuses the training step's
+            batch and gradient and takes the Jacobian-vector product it needs by a central finite difference
+            (two gradient-free forwards); `jvp` the same with exact forward-mode AD; `unrolled` differentiates
+            through the unrolled step(s) with its own batches (second order; needed for unroll_steps > 1).
         direct_weight: beta, the weight of the direct labeled term CE(R_phi(x), y) in the outer loss.
         attention_temperature: tau; None means sqrt(p).
         use_bias: a per-teacher attention bias (a global prior over teachers).
@@ -57,6 +62,7 @@ class MRLConfig:
     outer_lr: float = 1e-2
     inner_lr: float = 0.1
     unroll_steps: int = 1
+    hypergradient: str = "fd"
     direct_weight: float = 1.0
     attention_temperature: float | None = None
     use_bias: bool = True
@@ -96,6 +102,13 @@ class MRLConfig:
         for name in ("confidence_threshold", "ema_decay", "rampup_fraction"):
             if not 0.0 <= float(getattr(self, name)) <= 1.0:
                 raise ValueError(f"{name} must lie in [0, 1]; got {getattr(self, name)!r}.")
+        if self.hypergradient not in HYPERGRADIENTS:
+            raise ValueError(f"hypergradient={self.hypergradient!r} is unknown; choose one of {HYPERGRADIENTS}.")
+        if int(self.unroll_steps) > 1 and self.hypergradient != "unrolled":
+            raise ValueError(
+                f"unroll_steps={self.unroll_steps} needs hypergradient='unrolled' (the first-order "
+                f"{self.hypergradient!r} hypergradient unrolls one step)."
+            )
         from .embedding import Embedding
 
         Embedding(self.embedding)  # raises ValueError on an unknown spec

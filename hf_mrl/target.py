@@ -36,6 +36,14 @@ def _domains(split, column: str | None) -> torch.Tensor | None:
     return torch.as_tensor(np.asarray(split[column], dtype=np.int64))
 
 
+def _hidden_labels(split, column: str, num_classes: int) -> torch.Tensor | None:
+    """The unlabeled split's true labels, when it carries valid ones (evaluation only, never training)."""
+    if column not in split.column_names:
+        return None
+    y = torch.as_tensor(np.asarray(split[column], dtype=np.int64))
+    return y if len(y) and int(y.min()) >= 0 and int(y.max()) < num_classes else None
+
+
 def target_from_datasets(
     dataset,
     image_column: str = "image",
@@ -75,6 +83,7 @@ def target_from_datasets(
         test_domains=test_domains,
         labeled_domains=_domains(dataset["labeled"], domain_column),
         unlabeled_domains=_domains(dataset["unlabeled"], domain_column),
+        unlabeled_labels=_hidden_labels(dataset["unlabeled"], label_column, len(feature.names)),
         domain_names=domain_names,
     )
 

@@ -2,7 +2,10 @@
 
 Inner problem: student steps on CE(labeled) + lambda * Omega_phi(unlabeled), Omega a soft distillation
 toward the attention reuser's prediction R_phi. Outer problem: every `outer_every` steps, one Adam
-step on the prototypes phi along the gradient of the labeled loss of an unrolled student step.
+step on the prototypes phi along the gradient of the labeled loss of an unrolled student step. By
+default the unrolled step is the training step itself (its batch and gradient), and the hypergradient is
+first order in the student (`hf_mrl.hypergrad.first_order_hypergradient`), so an outer step costs about
+one labeled forward/backward and two forwards.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from accelerate import Accelerator
 from .augment import translate as _translate
 from .config import MRLConfig
 from .embedding import Embedding
-from .hypergrad import functional_student, unrolled_hypergradient
+from .hypergrad import first_order_hypergradient, functional_student, unrolled_hypergradient
 from .losses import kd_loss
 from .pool import ModelPool
 from .reuser import AttentionReuser
@@ -60,6 +63,8 @@ class TargetData:
     # Latent-domain labels of the training data: read only by oracle routing, a reference, never by a method.
     labeled_domains: torch.Tensor | None = None
     unlabeled_domains: torch.Tensor | None = None
+    # True labels of the unlabeled set, when the data have them: validation for benchmarks and ablations only.
+    unlabeled_labels: torch.Tensor | None = None
 
     def __post_init__(self):
         c = len(self.label_names)
@@ -92,11 +97,15 @@ class ReuseInputs:
 
 
 def compute_reuse_inputs(
-    pool: ModelPool, embedding: Embedding, data: TargetData, progress: bool = False
+    pool: ModelPool, embedding: Embedding, data: TargetData, progress: bool = False, accelerator=None
 ) -> ReuseInputs:
-    """Run every teacher once over each set (cached), and the embedding on top."""
+    """Run every teacher once over each set (cached), and the embedding on top.
+
+    With a multi-process `accelerator`, every process must call this (a collective call): each runs the teachers
+    on its share of the samples that no cache holds, and all get every result.
+    """
     sets = {"l": data.labeled_images, "u": data.unlabeled_images, "t": data.test_images}
-    probs = {k: pool.probs(v, progress=progress) for k, v in sets.items()}
+    probs = {k: pool.probs(v, progress=progress, accelerator=accelerator) for k, v in sets.items()}
     feats = {k: embedding(sets[k], probs[k]) for k in sets}
     return ReuseInputs(**{f"probs_{k}": v for k, v in probs.items()}, **{f"feats_{k}": v for k, v in feats.items()})
 
@@ -175,6 +184,7 @@ class MRLTrainer:
         self.reuser: AttentionReuser | None = None
         self.strategy = strategy_cls(self)
         self.history: list[dict[str, float]] = []
+        self._pending_outer = None
         self.replicas_in_sync = True
 
     def _init_reuser(self) -> None:
@@ -251,21 +261,71 @@ class MRLTrainer:
             logs["ce_loss"] = loss.item()
         self.optimizer.zero_grad(set_to_none=True)
         acc.backward(loss)
+        if self.strategy.uses_unlabeled:
+            self.strategy.before_update(step, torch.cat([x_l, x_u]), logits.detach(), len(x_l), idx_u)
         self.optimizer.step()
         logs["loss"] = loss.item()
         logs.update(self.strategy.after_step(step))
         return logs
 
     def outer_step(self, step: int) -> dict[str, float]:
-        """One hypergradient step on the prototypes (and bias), averaged over processes."""
+        """One hypergradient step on the prototypes, bias and reuse strength, averaged over processes.
+
+        Uses the hypergradient that the training step of `step` prepared (`prepare_outer_step`) if there is
+        one, and computes it on batches of its own otherwise.
+        """
+        acc = self.accelerator
+        pending, self._pending_outer = getattr(self, "_pending_outer", None), None
+        if pending is not None and pending[0] == step:
+            grads, outer = pending[1]
+        else:
+            grads, outer = self.hypergradient(step)
+        for p, g in zip(self.outer_params, grads, strict=True):
+            p.grad = acc.reduce(g.contiguous(), reduction="mean") if acc.num_processes > 1 else g
+        self.outer_optimizer.step()
+        self.outer_optimizer.zero_grad(set_to_none=True)
+        return {"outer_loss": outer.item()}
+
+    def prepare_outer_step(self, step: int, x: torch.Tensor, logits: torch.Tensor, n_labeled: int, idx_u) -> None:
+        """Between the backward and the update of training step `step`: the hypergradient through this very
+        step (its batch, its logits and its gradient, already reduced over processes), for `outer_step`."""
+        if self.config.hypergradient == "unrolled":
+            return
+        model = self.accelerator.unwrap_model(self.student)
+        grad = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+        if any(g is None for g in grad.values()):
+            return
+        scaler = getattr(self.accelerator, "scaler", None)
+        if scaler is not None:  # fp16: the gradients are still multiplied by the loss scale
+            scale = scaler.get_scale()
+            grad = {n: g / scale for n, g in grad.items()}
+        if not all(torch.isfinite(g).all() for g in grad.values()):
+            return  # an overflowing fp16 step: the scaler skips it, and so does the outer step
+        self._pending_outer = (step, self.hypergradient(step, (x, logits, n_labeled, idx_u, grad)))
+
+    def hypergradient(self, step: int, inner: tuple | None = None) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """d outer / d (prototypes, bias, reuse strength) for the outer step after `step`, and the outer loss.
+
+        `inner` = (inputs, logits, number labeled, unlabeled indices, gradient) of the training step to unroll;
+        without it the unrolled step draws its own batch (stream 1) and computes its gradient here.
+        """
         cfg, acc = self.config, self.accelerator
         model = acc.unwrap_model(self.student)
+        model.train()
         params, call = functional_student(model)
-        batches = [self._batch_indices(step, stream=1 + t) for t in range(cfg.unroll_steps + 1)]
         dev = acc.device
+        gen_o, idx_lo, _ = self._batch_indices(step, stream=1 + cfg.unroll_steps)
+        x_lo = self._inputs(self.data.labeled_images[idx_lo], gen_o)
+        y_lo = self.data.labeled_labels[idx_lo].to(dev)
 
-        def inner_loss(theta, t):
-            gen, idx_l, idx_u = batches[t]
+        def outer_loss(theta):
+            loss = F.cross_entropy(call(theta, x_lo), y_lo)
+            if cfg.direct_weight > 0:
+                r = self._reuse_targets(idx_lo, labeled=True)
+                loss = loss + cfg.direct_weight * F.nll_loss(r.clamp_min(1e-8).log(), y_lo)
+            return loss
+
+        def inner_loss_on(theta, gen, idx_l, idx_u):
             x_l = self._inputs(self.data.labeled_images[idx_l], gen)
             x_u = self._inputs(self.data.unlabeled_images[idx_u], gen)
             logits = call(theta, torch.cat([x_l, x_u]))
@@ -273,25 +333,45 @@ class MRLTrainer:
             kd = kd_loss(logits[len(x_l) :], self._reuse_targets(idx_u), cfg.kd_temperature)
             return ce + cfg.kd_lambda * self.reuse_gate() * kd
 
-        gen, idx_l, _ = batches[-1]
-        y_l = self.data.labeled_labels[idx_l].to(dev)
+        if cfg.hypergradient == "unrolled":
+            batches = [self._batch_indices(step, stream=1 + t) for t in range(cfg.unroll_steps)]
+            return unrolled_hypergradient(
+                params,
+                lambda theta, t: inner_loss_on(theta, *batches[t]),
+                outer_loss,
+                self.outer_params,
+                cfg.inner_lr,
+                cfg.unroll_steps,
+            )
+        if inner is None:
+            gen, idx_l, idx_u = self._batch_indices(step, stream=1)
+            x = torch.cat(
+                [
+                    self._inputs(self.data.labeled_images[idx_l], gen),
+                    self._inputs(self.data.unlabeled_images[idx_u], gen),
+                ]
+            )
+            theta = {n: p.detach().requires_grad_(True) for n, p in params.items()}
+            logits = call(theta, x)
+            with torch.no_grad():
+                target = self._reuse_targets(idx_u)
+            loss = F.cross_entropy(logits[: len(idx_l)], self.data.labeled_labels[idx_l].to(dev))
+            loss = loss + cfg.kd_lambda * self.reuse_strength * kd_loss(
+                logits[len(idx_l) :], target, cfg.kd_temperature
+            )
+            grad = dict(zip(theta, torch.autograd.grad(loss, list(theta.values())), strict=True))
+            inner = (x, logits.detach(), len(idx_l), idx_u, grad)
+        x, logits, n_labeled, idx_u, grad = inner
 
-        def outer_loss(theta):
-            loss = F.cross_entropy(call(theta, self._inputs(self.data.labeled_images[idx_l], gen)), y_l)
-            if cfg.direct_weight > 0:
-                r = self._reuse_targets(idx_l, labeled=True)
-                loss = loss + cfg.direct_weight * F.nll_loss(r.clamp_min(1e-8).log(), y_l)
-            return loss
+        def inner_term(z):
+            kd = kd_loss(z[n_labeled:], self._reuse_targets(idx_u), cfg.kd_temperature)
+            return cfg.kd_lambda * self.reuse_gate() * kd
 
-        model.train()
-        grads, outer = unrolled_hypergradient(
-            params, inner_loss, outer_loss, self.outer_params, cfg.inner_lr, cfg.unroll_steps
+        # Finite differences of low-precision forwards are noise: under mixed precision the JVP is exact.
+        mode = "jvp" if acc.mixed_precision != "no" else cfg.hypergradient
+        return first_order_hypergradient(
+            params, call, grad, x, inner_term, outer_loss, self.outer_params, cfg.inner_lr, mode, inner_logits=logits
         )
-        for p, g in zip(self.outer_params, grads, strict=True):
-            p.grad = acc.reduce(g.contiguous(), reduction="mean") if acc.num_processes > 1 else g
-        self.outer_optimizer.step()
-        self.outer_optimizer.zero_grad(set_to_none=True)
-        return {"outer_loss": outer.item()}
 
     # -- the loop ----------------------------------------------------------------------------------
     def train(self, checkpoint_dir: str | os.PathLike | None = None, resume: bool = False, progress: bool = True):

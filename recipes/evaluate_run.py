@@ -4,7 +4,7 @@
 
 Loads DIR/reuser with `AttentionReuser.from_pretrained` (rebuilding the teacher pool from the recorded
 ids) and DIR/student with timm alone, predicts on the run's test split, and prints the accuracies next to
-those in DIR/metrics.json.
+those in DIR/metrics.json. A run of a --method other than mrl has no reuser: only its student is re-measured.
 """
 
 import argparse
@@ -33,16 +33,19 @@ def main(argv=None) -> int:
         label_column=args["label_column"],
         image_size=args["image_size"],
     )
-    reuser = AttentionReuser.from_pretrained(str(run / "reuser"))
-    reuse_pred = reuser.predict(data.test_images)["predictions"]
+    rows = {}
+    if metrics.get("reuse_accuracy") is not None:  # an MRL run: its reuser rebuilds the pool
+        reuser = AttentionReuser.from_pretrained(str(run / "reuser"))
+        reuse_pred = reuser.predict(data.test_images)["predictions"]
+        rows["reuse_accuracy"] = (reuse_pred == data.test_labels).float().mean().item()
     student = load_student(str(run / "student"))
     with torch.no_grad():
         student_pred = student(student_preprocess(student)(data.test_images)).argmax(-1)
-    rows = {
-        "reuse_accuracy": (reuse_pred == data.test_labels).float().mean().item(),
-        "student_accuracy": (student_pred == data.test_labels).float().mean().item(),
-    }
-    print(f"{desc}: {len(data.test_labels)} test samples")
+    rows["student_accuracy"] = (student_pred == data.test_labels).float().mean().item()
+    method = metrics.get("method", "mrl")
+    print(f"{desc}: {len(data.test_labels)} test samples; method {method}, delivered {metrics.get('delivered')}")
+    if "reuse_accuracy" not in rows:
+        print(f"no reuser: --method {method} trains none")
     ok = True
     for key, value in rows.items():
         same = abs(value - metrics[key]) < 1e-6

@@ -2,8 +2,11 @@
 
     accelerate launch recipes/train_mrl.py --pool hub-ids.txt --output_dir runs/mus
     python recipes/train_mrl.py --output_dir runs/mus          # the embedded Digits-LD default
+    python recipes/train_mrl.py --method mr-cr --output_dir runs/mus-cr   # a baseline method instead of MRL
 
-Writes DIR/reuser/, DIR/student/ (config.json + model.safetensors + README.md) and DIR/metrics.json.
+Writes DIR/reuser/, DIR/student/ (config.json + model.safetensors + README.md) and DIR/metrics.json. A --method other
+than mrl trains no attention reuser: it writes DIR/student/ and DIR/metrics.json only. Methods that need no teachers
+(supervised, pl, mean-teacher, vat, fixmatch) never load the pool.
 """
 
 from __future__ import annotations
@@ -24,14 +27,16 @@ from accelerate.utils import set_seed
 
 from hf_mrl import AttentionReuser, Embedding, ModelPool, MRLConfig, MRLTrainer, compute_reuse_inputs
 from hf_mrl.cards import RunSummary, TeacherSummary, student_card
+from hf_mrl.config import METHODS
 from hf_mrl.guard import cross_validate_reuse
-from hf_mrl.hub import PushError, check_hub_model_id, push_run, student_repo_id
+from hf_mrl.hub import PushError, check_hub_model_id, push_folder, push_run, student_repo_id
 from hf_mrl.metrics import accuracy_report
 from hf_mrl.pool import parse_pool_file
 from hf_mrl.screening import screen_teachers
+from hf_mrl.strategies import get_strategy
 from hf_mrl.student import save_student
 from hf_mrl.target import check_target, load_target
-from hf_mrl.trainer import latest_checkpoint, make_accelerator
+from hf_mrl.trainer import ReuseInputs, latest_checkpoint, make_accelerator
 
 logger = logging.getLogger("train_mrl")
 
@@ -39,6 +44,14 @@ logger = logging.getLogger("train_mrl")
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--pool", help="pool file: one `repo_id[@revision]` or local path a line (default: Digits-LD pool)")
+    p.add_argument(
+        "--method",
+        choices=METHODS,
+        default="mrl",
+        help="mrl (attention reuse; the default), a baseline, or oracle (a reference that reads the training data's "
+        "latent-domain labels). Only mrl trains a reuser; supervised, pl, mean-teacher, vat and fixmatch use no "
+        "teachers (--pool is then ignored)",
+    )
     p.add_argument("--dataset", default="digits-ld:MUS", help="`digits-ld[:SETTING]` or a save_to_disk DatasetDict")
     p.add_argument("--output_dir", required=True)
     p.add_argument("--max_steps", type=int, default=MRLConfig.max_steps)
@@ -75,7 +88,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--cache_dir", help="teacher-output cache (default: $HF_MRL_CACHE/logits)")
     p.add_argument("--no_progress", action="store_true")
     hub = p.add_argument_group("Hub (see README, Hub): the reuser goes to ORG/NAME, the student to ORG/NAME-student")
-    hub.add_argument("--push_to_hub", action="store_true", help="push reuser and student after training")
+    hub.add_argument(
+        "--push_to_hub",
+        action="store_true",
+        help="push reuser and student after training (a --method other than mrl has no reuser: the student only)",
+    )
     hub.add_argument("--hub_model_id", help="ORG/NAME; also names the repos in the model cards without a push")
     hub.add_argument("--hub_private", action="store_true", help="create the repos private")
     hub.add_argument("--hub_token", help="Hub token (prefer HF_TOKEN or `hf auth login`: arguments show in `ps`)")
@@ -132,6 +149,7 @@ def _write_json_atomically(data: dict, final: Path) -> None:
 
 # Arguments that shape the training trajectory: a resumed run must use the same ones as the checkpoints.
 _RUN_KEYS = (
+    "method",
     "dataset",
     "seed",
     "labeled_per_class",
@@ -151,29 +169,59 @@ def _run_identity(args: argparse.Namespace, pool: list[str] | None) -> dict:
     return {"pool": pool, **{k: getattr(args, k) for k in _RUN_KEYS}}
 
 
+def _uses_teachers(method: str) -> bool:
+    """Whether `method` reads the pool's outputs (otherwise the pool is never loaded nor run)."""
+    return get_strategy(method).needs_teachers
+
+
+def _check_training_domains(args: argparse.Namespace) -> None:
+    """--method oracle reads the latent-domain labels of the labeled and unlabeled data: they must exist."""
+    if args.dataset.startswith("digits-ld"):
+        return  # every Digits-LD split carries its `domain` column
+    import datasets
+
+    dataset = datasets.load_from_disk(args.dataset)  # check_target has read it already: it loads
+    lacking = [s for s in ("labeled", "unlabeled") if "domain" not in dataset[s].column_names]
+    if lacking:
+        raise ValueError(
+            f"--method oracle reads the latent-domain labels of the training data, but split(s) {lacking} of "
+            f"{args.dataset!r} have no 'domain' column; oracle routing is a reference for data with known domains."
+        )
+
+
 def preflight(args: argparse.Namespace) -> None:
     """Every check that needs no model and no image decoding, so bad input fails in seconds, not after hours.
 
-    The pool file (empty, malformed, duplicates), the dataset (splits, columns, labels, labeled_per_class), and the
-    checkpoints: resuming needs the arguments of the run that wrote them; a run that does not resume removes an
-    earlier run's checkpoints, so that a later --resume_from_checkpoint can never pick up a stale one.
+    The pool file (empty, malformed, duplicates), the dataset (splits, columns, labels, labeled_per_class; the
+    training data's domain labels for --method oracle), and the checkpoints: resuming needs the arguments of the run
+    that wrote them; a run that does not resume removes an earlier run's checkpoints, so that a later
+    --resume_from_checkpoint can never pick up a stale one.
     """
-    pool = parse_pool_file(args.pool) if args.pool else None
-    if pool is None and not args.dataset.startswith("digits-ld"):
-        raise ValueError("--pool is required unless --dataset is the embedded Digits-LD benchmark.")
+    pool = None
+    if _uses_teachers(args.method):
+        pool = parse_pool_file(args.pool) if args.pool else None
+        if pool is None and not args.dataset.startswith("digits-ld"):
+            raise ValueError(
+                f"--pool is required unless --dataset is the embedded Digits-LD benchmark (--method {args.method} "
+                "reuses teachers)."
+            )
+    elif args.pool:
+        logger.warning("--method %s uses no teachers: ignoring --pool %s.", args.method, args.pool)
     check_target(args.dataset, args.labeled_per_class, args.image_column, args.label_column)
+    if args.method == "oracle":
+        _check_training_domains(args)
     out = Path(args.output_dir)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--output_dir {str(out)!r} is a file, not a folder.")
     ckpt = out / "checkpoints"
-    found = [latest_checkpoint(ckpt / part) for part in ("supervised", "mrl")]
+    found = [latest_checkpoint(ckpt / part) for part in METHODS]
     run_file = ckpt / "run.json"
     identity = _run_identity(args, pool)
     if args.resume_from_checkpoint:
         if not any(found):
             logger.warning("--resume_from_checkpoint: no checkpoint in %s yet; starting from scratch.", ckpt)
         elif run_file.is_file():
-            recorded = json.loads(run_file.read_text())
+            recorded = {"method": "mrl", **json.loads(run_file.read_text())}  # runs from before --method were mrl
             changed = sorted(k for k in set(recorded) | set(identity) if recorded.get(k) != identity.get(k))
             if changed:
                 was = ", ".join(f"--{k} {recorded.get(k)!r} (now {identity.get(k)!r})" for k in changed)
@@ -201,6 +249,7 @@ def training_function(args: argparse.Namespace) -> dict:
     set_seed(args.seed)
     out = Path(args.output_dir)
     config = MRLConfig(
+        method=args.method,
         max_steps=args.max_steps,
         seed=args.seed,
         embedding=args.embedding,
@@ -209,21 +258,28 @@ def training_function(args: argparse.Namespace) -> dict:
         unlabeled_batch_size=args.unlabeled_batch_size,
         checkpoint_every=args.checkpointing_steps,
     )
+    method = config.method
+    uses_teachers = _uses_teachers(method)
     progress = not args.no_progress and accelerator.is_local_main_process
     start = time.time()
 
     load_options = {"trust_remote_code": args.trust_remote_code, "allow_pickle": args.allow_pickle}
+    pool, reuse = None, None
     with accelerator.main_process_first():
         # Teachers and encoder first: a teacher that cannot be used fails before any image is decoded.
         label_names = check_target(args.dataset, args.labeled_per_class, args.image_column, args.label_column)
-        pool_file = args.pool
-        if pool_file is None:
-            from hf_mrl.pool_builder import build_digits_pool
+        if uses_teachers:
+            pool_file = args.pool
+            if pool_file is None:
+                from hf_mrl.pool_builder import build_digits_pool
 
-            pool_file = build_digits_pool()
-        cache_dir = args.cache_dir or _cache_root() / "logits"
-        pool = ModelPool.from_file(pool_file, label_names, cache_dir=cache_dir, **load_options)
-        embedding = Embedding(config.embedding, cache_dir=cache_dir, **load_options).prepare()
+                pool_file = build_digits_pool()
+            cache_dir = args.cache_dir or _cache_root() / "logits"
+            pool = ModelPool.from_file(pool_file, label_names, cache_dir=cache_dir, **load_options)
+            # Only the attention reuser reads psi(x): the other reuse methods get the free teacher-output features
+            # (never an encoder to load).
+            spec = config.embedding if method == "mrl" else "teacher-outputs"
+            embedding = Embedding(spec, cache_dir=cache_dir, **load_options).prepare()
         data, dataset_desc = load_target(
             args.dataset,
             args.labeled_per_class,
@@ -232,88 +288,114 @@ def training_function(args: argparse.Namespace) -> dict:
             label_column=args.label_column,
             image_size=args.image_size,
         )
-        reuse = compute_reuse_inputs(pool, embedding, data, progress=progress)
-    logger.info("Pool: %s", ", ".join(pool.ids))
-    screening = screen_teachers(reuse.probs_l, data.labeled_labels, pool.ids, pool.coverage)
-    for k, score in enumerate(screening, start=1):
-        flags = "; ".join(score.flags) or "ok"
-        logger.info(
-            "Teacher %d %s: labeled accuracy %.3f, LEEP %+.3f over the prior: %s",
-            k,
-            score.id,
-            score.accuracy,
-            score.leep_gain,
-            flags,
-        )
+        if uses_teachers:
+            reuse = compute_reuse_inputs(pool, embedding, data, progress=progress)
+    screening = []
+    if pool is not None:
+        logger.info("Pool: %s", ", ".join(pool.ids))
+        screening = screen_teachers(reuse.probs_l, data.labeled_labels, pool.ids, pool.coverage)
+        for k, score in enumerate(screening, start=1):
+            flags = "; ".join(score.flags) or "ok"
+            logger.info(
+                "Teacher %d %s: labeled accuracy %.3f, LEEP %+.3f over the prior: %s",
+                k,
+                score.id,
+                score.accuracy,
+                score.leep_gain,
+                flags,
+            )
+    else:
+        logger.info("--method %s uses no teachers: no pool is loaded.", method)
 
     ckpt = out / "checkpoints"
+    resume = args.resume_from_checkpoint
     baseline = MRLTrainer(dataclasses.replace(config, method="supervised"), data)
-    baseline.train(ckpt / "supervised", resume=args.resume_from_checkpoint, progress=progress)
+    supervised_student = baseline.train(ckpt / "supervised", resume=resume, progress=progress)
     supervised_pred = baseline.predict(data.test_images)
-
-    trainer = MRLTrainer(config, data, reuse, teacher_ids=pool.ids)
-    student = trainer.train(ckpt / "mrl", resume=args.resume_from_checkpoint, progress=progress)
-    student_pred = trainer.predict(data.test_images)
-    reuse_out = trainer.reuse_predictions("t")
-    reuse_student_accuracy = accuracy_report(student_pred, data.test_labels)["accuracy"]
-    guard = _run_guard(args, config, data, reuse, pool)
-    if guard is not None and guard.decision == "fall_back":
-        logger.warning("Guard: reuse is significantly worse than supervised-only; delivering the supervised student.")
-        student, student_pred = accelerator.unwrap_model(baseline.student), supervised_pred
+    if method == "supervised":
+        # The supervised-only student is this run's student: trained once, and no guard against itself.
+        trainer, student, student_pred = baseline, supervised_student, supervised_pred
+    else:
+        trainer = MRLTrainer(config, data, reuse, teacher_ids=None if pool is None else pool.ids)
+        student = trainer.train(ckpt / method, resume=resume, progress=progress)
+        student_pred = trainer.predict(data.test_images)
+    reuse_out = trainer.reuse_predictions("t") if method == "mrl" else None
+    method_student_accuracy = accuracy_report(student_pred, data.test_labels)["accuracy"]
+    guard = None if method == "supervised" else _run_guard(args, config, data, reuse, pool)
+    fell_back = guard is not None and guard.decision == "fall_back"
+    if fell_back:
+        logger.warning(
+            "Guard: %s is significantly worse than supervised-only; delivering the supervised student.", method
+        )
+        student, student_pred = supervised_student, supervised_pred
 
     def report(pred):
         return accuracy_report(pred, data.test_labels, data.test_domains, data.domain_names)
 
-    student_r, supervised_r, reuse_r = report(student_pred), report(supervised_pred), report(reuse_out["predictions"])
-    teacher_acc = [report(reuse.probs_t[:, k].argmax(-1))["accuracy"] for k in range(len(pool))]
+    reports = {"student": report(student_pred), "supervised": report(supervised_pred)}
+    if reuse_out is not None:
+        reports["reuse"] = report(reuse_out["predictions"])
+    teacher_ids = [] if pool is None else pool.ids
+    teacher_acc = [report(reuse.probs_t[:, k].argmax(-1))["accuracy"] for k in range(len(teacher_ids))]
+    if method == "supervised" or fell_back:
+        delivered = "supervised"
+    else:
+        delivered = "reuse" if method == "mrl" else method
+    is_mrl = method == "mrl"
     metrics = {
-        "student_accuracy": student_r["accuracy"],
-        "supervised_accuracy": supervised_r["accuracy"],
-        "reuse_accuracy": reuse_r["accuracy"],
-        "never_worse": student_r["accuracy"] >= supervised_r["accuracy"],
-        "teacher_accuracy": dict(zip(pool.ids, teacher_acc, strict=True)),
-        "teacher_forward_samples": {t.id: t.samples_seen for t in pool.teachers},
+        "method": method,
+        "student_accuracy": reports["student"]["accuracy"],
+        "supervised_accuracy": reports["supervised"]["accuracy"],
+        "reuse_accuracy": reports["reuse"]["accuracy"] if is_mrl else None,
+        "never_worse": reports["student"]["accuracy"] >= reports["supervised"]["accuracy"],
+        "teacher_accuracy": dict(zip(teacher_ids, teacher_acc, strict=True)),
+        "teacher_forward_samples": {} if pool is None else {t.id: t.samples_seen for t in pool.teachers},
         "screening": [score.to_dict() for score in screening],
         "guard": None if guard is None else guard.to_dict(),
-        "delivered": "supervised" if guard is not None and guard.decision == "fall_back" else "reuse",
-        "reuse_student_accuracy": reuse_student_accuracy,
-        "reuse_strength": trainer.reuse_strength,
+        "delivered": delivered,
+        "method_student_accuracy": method_student_accuracy,
+        "reuse_student_accuracy": method_student_accuracy if is_mrl else None,
+        "reuse_strength": trainer.reuse_strength if is_mrl else None,
         "dataset": dataset_desc,
         "num_labeled": len(data.labeled_labels),
         "num_unlabeled": len(data.unlabeled_images),
         "num_test": len(data.test_labels),
         "config": config.to_dict(),
         "args": {k: v for k, v in vars(args).items() if "token" not in k},
-        "pool": pool.ids,
+        "pool": teacher_ids,
         "num_processes": accelerator.num_processes,
-        "prototypes_in_sync": trainer.replicas_in_sync,
+        "prototypes_in_sync": trainer.replicas_in_sync if is_mrl else None,
         "wall_time_s": round(time.time() - start, 1),
     }
-    if "per_domain" in student_r:
+    if "per_domain" in reports["student"]:
         metrics["per_domain"] = {
-            d: {
-                "student": student_r["per_domain"][d],
-                "supervised": supervised_r["per_domain"][d],
-                "reuse": reuse_r["per_domain"][d],
-            }
-            for d in student_r["per_domain"]
+            d: {key: r["per_domain"][d] for key, r in reports.items()} for d in reports["student"]["per_domain"]
         }
-        metrics["worst_domain_accuracy"] = {
-            "student": student_r["worst_domain_accuracy"],
-            "supervised": supervised_r["worst_domain_accuracy"],
-            "reuse": reuse_r["worst_domain_accuracy"],
-        }
-        metrics["attention_by_domain"] = _attention_by_domain(reuse_out["weights"], data)
+        metrics["worst_domain_accuracy"] = {key: r["worst_domain_accuracy"] for key, r in reports.items()}
+        if reuse_out is not None:
+            metrics["attention_by_domain"] = _attention_by_domain(reuse_out["weights"], data)
 
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        _write_outputs(out, trainer, student, pool, reuse_out["weights"], teacher_acc, metrics, args)
+        weights = None if reuse_out is None else reuse_out["weights"]
+        summary = _run_summary(pool, weights, teacher_acc, metrics, args.dataset, args, label_names=data.label_names)
+        _write_outputs(out, trainer.reuser if is_mrl else None, student, summary, metrics, args)
     accelerator.wait_for_everyone()
     return metrics
 
 
+def _no_teacher_inputs(data) -> ReuseInputs:
+    """Zero-teacher stand-ins for a method without teachers: `cross_validate_reuse` slices reuse inputs per fold."""
+    c = len(data.label_names)
+    sizes = {"l": len(data.labeled_labels), "u": len(data.unlabeled_images), "t": len(data.test_labels)}
+    return ReuseInputs(
+        **{f"probs_{k}": torch.zeros(n, 0, c) for k, n in sizes.items()},
+        **{f"feats_{k}": torch.zeros(n, 0) for k, n in sizes.items()},
+    )
+
+
 def _run_guard(args, config, data, reuse, pool):
-    """Cross-validate reuse against supervised-only on the labeled data; None when switched off or impossible."""
+    """Cross-validate the method against supervised-only on the labeled data; None when switched off or impossible."""
     if args.guard_folds == 0:
         return None
     fewest = int(torch.bincount(data.labeled_labels).min())
@@ -321,11 +403,14 @@ def _run_guard(args, config, data, reuse, pool):
     if folds < 2:
         logger.warning("Guard skipped: a class has %d labeled sample(s), too few for cross-validation.", fewest)
         return None
-    report = cross_validate_reuse(config, data, reuse, pool.ids, folds=folds)
+    if reuse is None:
+        reuse = _no_teacher_inputs(data)
+    report = cross_validate_reuse(config, data, reuse, [] if pool is None else pool.ids, folds=folds)
     logger.info(
-        "Guard (%d folds, %d held out): reuse %.4f vs supervised %.4f, gain %+.4f +/- %.4f: %s",
+        "Guard (%d folds, %d held out): %s %.4f vs supervised %.4f, gain %+.4f +/- %.4f: %s",
         report.folds,
         report.held_out,
+        config.method,
         report.reuse_accuracy,
         report.supervised_accuracy,
         report.gain,
@@ -352,24 +437,27 @@ def _dataset_ids(spec: str, description: str) -> tuple[str, str, str | None]:
     return f"local DatasetDict `{name}`", "custom", None
 
 
-def _run_summary(pool, weights, teacher_acc, metrics, dataset_spec: str, args=None) -> RunSummary:
-    """What the model cards show about this run."""
-    mean_att = weights.mean(0).tolist()
-    teachers = [
-        TeacherSummary(
-            id=t.id,
-            library=t.library,
-            labels_covered=m.num_covered,
-            missing_labels=[n for n, covered in zip(pool.label_names, m.coverage, strict=True) if not covered],
-            mean_attention=a,
-            test_accuracy=acc,
-        )
-        for t, m, a, acc in zip(pool.teachers, pool.mappings, mean_att, teacher_acc, strict=True)
-    ]
+def _run_summary(pool, weights, teacher_acc, metrics, dataset_spec: str, args=None, label_names=None) -> RunSummary:
+    """What the model cards show about this run (`pool` None: a method without teachers; `weights` None: no reuser)."""
+    teachers = []
+    if pool is not None:
+        mean_att = [None] * len(pool) if weights is None else weights.mean(0).tolist()
+        teachers = [
+            TeacherSummary(
+                id=t.id,
+                library=t.library,
+                labels_covered=m.num_covered,
+                missing_labels=[n for n, covered in zip(pool.label_names, m.coverage, strict=True) if not covered],
+                mean_attention=a,
+                test_accuracy=acc,
+            )
+            for t, m, a, acc in zip(pool.teachers, pool.mappings, mean_att, teacher_acc, strict=True)
+        ]
+        label_names = pool.label_names
     dataset, dataset_id, dataset_config = _dataset_ids(dataset_spec, metrics["dataset"])
     return RunSummary(
         teachers=teachers,
-        label_names=pool.label_names,
+        label_names=list(label_names),
         dataset=dataset,
         dataset_id=dataset_id,
         dataset_config=dataset_config,
@@ -383,7 +471,7 @@ def _run_summary(pool, weights, teacher_acc, metrics, dataset_spec: str, args=No
         wall_time_s=metrics["wall_time_s"],
         student_accuracy=metrics["student_accuracy"],
         supervised_accuracy=metrics["supervised_accuracy"],
-        reuse_accuracy=metrics["reuse_accuracy"],
+        reuse_accuracy=metrics.get("reuse_accuracy"),
         per_domain=metrics.get("per_domain"),
         worst_domain=metrics.get("worst_domain_accuracy"),
         attention_by_domain=metrics.get("attention_by_domain"),
@@ -392,25 +480,43 @@ def _run_summary(pool, weights, teacher_acc, metrics, dataset_spec: str, args=No
         guard=metrics.get("guard"),
         screening=metrics.get("screening"),
         reuse_strength=metrics.get("reuse_strength"),
+        method=metrics.get("method", "mrl"),
+        delivered=metrics.get("delivered"),
+        method_student_accuracy=metrics.get("method_student_accuracy"),
     )
 
 
-def _write_outputs(out: Path, trainer, student, pool, weights, teacher_acc, metrics, args=None) -> None:
-    """DIR/reuser/, DIR/student/ (each with its model card) and DIR/metrics.json, each written atomically.
+def _remove_stale_reuser(out: Path) -> None:
+    """A run without a reuser must not leave an earlier run's DIR/reuser next to its own student and metrics."""
+    for name in ("reuser", ".reuser.tmp", ".reuser.old"):
+        folder = out / name
+        if folder.exists():
+            if name == "reuser":
+                logger.warning("Removing %s: it comes from an earlier run (this method trains no reuser).", folder)
+            shutil.rmtree(folder)
+
+
+def _write_outputs(
+    out: Path, reuser: AttentionReuser | None, student, summary: RunSummary, metrics: dict, args=None
+) -> None:
+    """DIR/reuser/ (MRL only), DIR/student/ (each with its model card) and DIR/metrics.json, each written atomically.
 
     metrics.json goes last and is removed first: when it exists, reuser/ and student/ come from the run it describes.
+    A run without a reuser (`reuser` None: a --method other than mrl) removes any DIR/reuser of an earlier run.
     """
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").unlink(missing_ok=True)
     hub_model_id = getattr(args, "hub_model_id", None)
     student_id = student_repo_id(hub_model_id) if hub_model_id else None
-    summary = _run_summary(pool, weights, teacher_acc, metrics, getattr(args, "dataset", "") or "", args)
-    reuser: AttentionReuser = trainer.reuser.cpu()
-    reuser.card_summary = summary
-    reuser.trust_remote_code = summary.trust_remote_code  # recorded in config.json and the card
-    reuser.allow_pickle = summary.allow_pickle
-    card_kwargs = {"repo_id": hub_model_id, "student_repo_id": student_id}
-    _save_dir_atomically(lambda d: reuser.save_pretrained(d, model_card_kwargs=card_kwargs), out / "reuser")
+    if reuser is not None:
+        reuser = reuser.cpu()
+        reuser.card_summary = summary
+        reuser.trust_remote_code = summary.trust_remote_code  # recorded in config.json and the card
+        reuser.allow_pickle = summary.allow_pickle
+        card_kwargs = {"repo_id": hub_model_id, "student_repo_id": student_id}
+        _save_dir_atomically(lambda d: reuser.save_pretrained(d, model_card_kwargs=card_kwargs), out / "reuser")
+    else:
+        _remove_stale_reuser(out)
     model = getattr(student, "module", student)
     cfg = model.pretrained_cfg
     card = student_card(
@@ -426,19 +532,74 @@ def _write_outputs(out: Path, trainer, student, pool, weights, teacher_acc, metr
         },
         summary,
         repo_id=student_id,
-        reuser_repo_id=hub_model_id,
+        reuser_repo_id=hub_model_id if reuser is not None else None,
     )
     _save_dir_atomically(lambda d: save_student(student, d, card=str(card)), out / "student")
     _write_json_atomically(metrics, out / "metrics.json")
 
 
 def _push(args: argparse.Namespace) -> None:
-    """Push DIR/reuser and DIR/student (main process only, after training); exit with a retry hint on failure."""
+    """Push DIR/reuser and DIR/student (main process only, after training); exit with a retry hint on failure.
+
+    A --method other than mrl has no reuser: only DIR/student goes, to ORG/NAME-student as for MRL.
+    """
+    if args.method != "mrl":
+        _push_student(args)
+        return
     try:
         result = push_run(args.output_dir, args.hub_model_id, token=args.hub_token, private=args.hub_private or None)
     except PushError as err:
         sys.exit(f"error: {err}")
     print(f"pushed the reuser to {result.reuser_repo_id} and the student to {result.student_repo_id}")
+
+
+def _push_student(args: argparse.Namespace) -> None:
+    folder, repo_id = Path(args.output_dir) / "student", student_repo_id(args.hub_model_id)
+    private = args.hub_private or None
+    try:
+        info = push_folder(
+            folder,
+            repo_id,
+            token=args.hub_token,
+            private=private,
+            commit_message=f"Upload {args.method} student (hf_mrl)",
+        )
+    except Exception as err:  # any failure (network included) ends in the retry hint
+        call = f"push_folder({str(folder)!r}, {repo_id!r}{', private=True' if private else ''})"
+        sys.exit(
+            f"error: pushing the student to {repo_id} failed: {err}\n"
+            f"The local output in {args.output_dir} is intact. Retry the push with:\n"
+            f'    python -c "from hf_mrl.hub import push_folder; {call}"\n'
+            "(log in first with `hf auth login` or set HF_TOKEN if the Hub refused the credentials)."
+        )
+    logger.info("Pushed the student to %s: %s", repo_id, info.commit_url)
+    print(f"pushed the student to {repo_id} (--method {args.method} trains no reuser)")
+
+
+def _summary_line(metrics: dict) -> str:
+    """The accuracies printed at the end: the delivered student, supervised-only, and the reuser where there is one."""
+    method = metrics.get("method", "mrl")
+    name = "MRL" if method == "mrl" else method
+    if method == "supervised":
+        parts = [f"supervised-only student: {metrics['student_accuracy']:.4f}"]
+    else:
+        if metrics.get("delivered") == "supervised":
+            parts = [
+                f"{name} student: {metrics['method_student_accuracy']:.4f} (not delivered: the guard fell back)",
+                f"delivered supervised-only student: {metrics['student_accuracy']:.4f}",
+            ]
+        else:
+            parts = [
+                f"{name} student: {metrics['student_accuracy']:.4f}",
+                f"supervised-only: {metrics['supervised_accuracy']:.4f}",
+            ]
+        if metrics.get("reuse_accuracy") is not None:
+            parts.append(f"reuser: {metrics['reuse_accuracy']:.4f}")
+    return f"\n{metrics['dataset']} test accuracy -- " + "   ".join(parts)
+
+
+def _outputs_listed(metrics: dict) -> str:
+    return ("reuser/, " if metrics.get("method", "mrl") == "mrl" else "") + "student/, metrics.json"
 
 
 def main(argv=None) -> None:
@@ -457,11 +618,7 @@ def main(argv=None) -> None:
     except (ValueError, TypeError, OSError) as err:  # bad input (TeacherLoadError is a ValueError), unusable files
         sys.exit("error: " + " ".join(str(err).split()))
     if PartialState().is_main_process:
-        print(
-            f"\n{metrics['dataset']} test accuracy -- MRL student: {metrics['student_accuracy']:.4f}   "
-            f"supervised-only: {metrics['supervised_accuracy']:.4f}   reuser: {metrics['reuse_accuracy']:.4f}\n"
-            f"outputs in {args.output_dir} (reuser/, student/, metrics.json)"
-        )
+        print(_summary_line(metrics) + f"\noutputs in {args.output_dir} ({_outputs_listed(metrics)})")
         if args.push_to_hub:
             _push(args)
 

@@ -339,3 +339,119 @@ def test_cards_and_metric_work_from_an_installed_wheel(tmp_path):
     check_reuser_card(out["reuser"])
     check_student_card(out["student"])
     assert out["accuracy"] == 0.5
+
+
+# ----------------------------------------------------------------------------------------------- methods, fallback
+
+FALL_BACK = {
+    "delivered": "supervised",
+    "student_accuracy": 0.75,  # the delivered student is the supervised-only one
+    "method_student_accuracy": 0.7,
+    "guard": {**_summary().guard, "gain": -0.2, "z": -4.0, "decision": "fall_back"},
+    "per_domain": {
+        "M": {"student": 0.8, "supervised": 0.8, "reuse": 0.95},
+        "S": {"student": 0.72, "supervised": 0.72},
+    },
+    "worst_domain": {"student": 0.72, "supervised": 0.72, "reuse": 0.75},
+}
+
+
+def _no_reuser(method: str, **changes) -> RunSummary:
+    """A run of a method without reuser (and, for `teachers=[]`, without pool)."""
+    base = {"reuse_accuracy": None, "attention_by_domain": None, "reuse_strength": None, "per_domain": None}
+    return _summary(method=method, delivered=method, worst_domain=None, **{**base, **changes})
+
+
+def test_student_card_of_a_fallback_run_does_not_say_distilled():
+    text = str(student_card(STUDENT, _summary(**FALL_BACK), repo_id="org/mrl-digits-student"))
+    meta, body = _metadata(text), text.split("\n---\n", 1)[1]
+    intro = body.split("## How to use")[0]
+    assert "distilled" not in body and "distil" not in intro
+    assert "trained with [hf_mrl](https://github.com/hf-mrl/hf_mrl) on the labeled images alone" in intro
+    assert "**supervised-only**" in intro and "never-worse guard" in intro and "student by MRL" in intro
+    assert "accuracy 0.7500, that of the supervised-only\nstudent; the MRL student it replaced scored 0.7000" in intro
+    lines = body.splitlines()
+    assert "| **this student** (supervised-only, delivered by the guard) | 0.7500 | 0.7200 |" in lines
+    assert "| MRL student (not delivered) | 0.7000 | n/a |" in lines
+    assert "Never worse than supervised-only" not in body
+    assert "this student did not learn from them" in body and "Teachers (frozen" not in body
+    assert "- Budget: 100 steps (batches of 16 labeled images)" in body
+    assert "Decision: **fall_back**" in body
+    # Hub metadata: the delivered student derives from no teacher.
+    assert "base_model" not in meta and not {"knowledge-distillation", "model-reuse"} & set(meta["tags"])
+    assert _model_index(meta)[("accuracy", "MUS")] == 0.75
+    validate_card(text)
+
+    # The same run delivering the reuse student says distilled, as before.
+    kept = str(student_card(STUDENT, _summary(delivered="reuse", method_student_accuracy=0.8125)))
+    assert "distilled with [hf_mrl]" in kept.split("## How to use")[0]
+    # A summary without `delivered` (older callers) falls back on the guard's decision.
+    assert _summary(**{**FALL_BACK, "delivered": None}).fell_back
+    assert str(student_card(STUDENT, _summary(**{**FALL_BACK, "delivered": None}))) == str(
+        student_card(STUDENT, _summary(**FALL_BACK))
+    )
+
+
+def test_reuser_card_of_a_fallback_run_says_its_student_is_supervised_only():
+    text = str(reuser_card(CONFIG, _summary(**FALL_BACK), student_repo_id="org/mrl-digits-student"))
+    assert "A small student distilled from it" not in text
+    assert (
+        "[`org/mrl-digits-student`](https://huggingface.co/org/mrl-digits-student), is the\nsupervised-only one"
+        in text
+    )
+    assert "- Delivered: **the supervised-only student**" in text
+    assert "| delivered student: the supervised-only one (the guard fell back) | 0.7500 | 0.7200 |" in text
+    assert "| MRL student (not delivered) | 0.7000 | n/a |" in text.splitlines()
+    assert "| latent domain | delivered (supervised-only) | reuser |" in text
+    assert "Never worse than supervised-only" not in text
+    validate_card(text)
+
+
+def test_reuser_card_keeps_guard_and_screening_without_domain_labels():
+    summary = _summary(per_domain=None, worst_domain=None, attention_by_domain=None)
+    text = str(reuser_card(CONFIG, summary, repo_id="org/mrl-digits"))
+    assert _headings(text) == [h for h in REUSER_SECTIONS if h != "## Attention by latent domain"]
+    assert "Decision: **keep**" in text and "| T2 | `svhn` | 0.100 | +0.010 | noise |" in text
+
+
+@pytest.mark.parametrize("method", ["supervised", "pl", "mean-teacher", "vat", "fixmatch", "mr-bs", "mr-cr", "oracle"])
+def test_student_card_of_every_method_without_reuser(method):
+    from hf_mrl.cards import METHOD_TEXT
+
+    info = METHOD_TEXT[method]
+    changes = {} if info.teachers else {"teachers": [], "screening": []}
+    if method == "supervised":
+        changes.update(guard=None, student_accuracy=0.75)
+    summary = _no_reuser(
+        method,
+        hyperparameters={"max_steps": 100, "outer_lr": 0.01, "unlabeled_weight": 1.0, "kd_lambda": 1.0},
+        **changes,
+    )
+    text = str(student_card(STUDENT, summary, repo_id="org/s-student", reuser_repo_id="org/s"))
+    meta, body = _metadata(text), text.split("\n---\n", 1)[1]
+    intro = body.split("## How to use")[0]
+    validate_card(text)
+    assert _headings(text) == ["# s-student", *STUDENT_SECTIONS[1:]]
+    assert info.name in intro
+    assert "reuser" not in body and "attention" not in body and "org/s)" not in body and "outer_lr" not in body
+    assert ('"kd_lambda"' in body) == info.teachers
+    assert ('"unlabeled_weight"' in body) == (method in ("pl", "mean-teacher", "vat", "fixmatch"))
+    if info.teachers:
+        assert "distilled with [hf_mrl]" in intro and meta["base_model"] == ["org/mnist-teacher"]
+        assert "Teachers (frozen" in body and "knowledge-distillation" in meta["tags"]
+    else:
+        assert "distil" not in body and "base_model" not in meta and "| T1 |" not in body
+        assert "knowledge-distillation" not in meta["tags"]
+    if method == "supervised":
+        assert "Not applicable: this is the supervised-only student itself." in body
+        assert "| **this student** (supervised-only) | 0.7500 |" in body.splitlines()
+        assert "supervised-only student (same labels" not in body
+    else:
+        assert "**Never worse than supervised-only: yes** (+0.0625)." in body
+        assert f"compared the {info.name} student with the" in body
+    assert ("**A reference, not a method:**" in intro) == (method == "oracle")
+
+
+def test_run_summary_rejects_an_unknown_method():
+    with pytest.raises(ValueError, match="No card text for method 'nope'"):
+        _summary(method="nope")

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from test_trainer import TEACHERS, TINY_STUDENT, _data, _misleading_reuse
 
 from hf_mrl import MRLConfig
-from hf_mrl.guard import cross_validate_reuse, decide, stratified_folds
+from hf_mrl.guard import GUARD_DECISIONS, cross_validate_reuse, decide, fold_correctness, stratified_folds
 
 
 def test_stratified_folds_spread_every_class():
@@ -61,3 +63,18 @@ def test_cross_validation_keeps_a_helpful_pool():
     assert report.reuse_accuracy >= report.supervised_accuracy
     assert report.decision == "keep"
     assert report.to_dict()["decision"] == "keep"
+
+
+def test_a_precomputed_supervised_side_gives_the_same_report():
+    """The supervised side depends on data, folds and config only: computed once, it serves every pool's guard."""
+    data = _data(n_per_class=3, n_unlabeled=30)
+    config = _config(method="mr-bs", kd_lambda=5.0, max_steps=8)
+    reuse = _misleading_reuse(data)
+    full = cross_validate_reuse(config, data, reuse, TEACHERS, 3, TINY_STUDENT)
+    fold = stratified_folds(data.labeled_labels, 3, seed=config.seed)
+    sup = fold_correctness(dataclasses.replace(config, method="supervised"), data, None, None, fold, TINY_STUDENT)
+    shared = cross_validate_reuse(config, data, reuse, TEACHERS, 3, TINY_STUDENT, supervised_correct=sup)
+    assert shared == full
+    assert full.decision in GUARD_DECISIONS
+    with pytest.raises(ValueError, match="entries for 9 labeled samples"):
+        cross_validate_reuse(config, data, reuse, TEACHERS, 3, TINY_STUDENT, supervised_correct=sup[:5])

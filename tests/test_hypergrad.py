@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hf_mrl.hypergrad import functional_student, unrolled_hypergradient
+from hf_mrl.hypergrad import first_order_hypergradient, functional_student, unrolled_hypergradient
 from hf_mrl.trainer import kd_loss
 
 K, PDIM, C, D = 3, 2, 3, 4  # teachers, embedding dim, classes, input features
@@ -162,3 +162,93 @@ def test_functional_student_skips_frozen_parameters_and_unwraps_logits():
     x = torch.randn(2, 4)
     zero = {n: torch.zeros_like(p) for n, p in params.items()}
     torch.testing.assert_close(call(zero, x), model.frozen(x))
+
+
+# ----------------------------------------------------------------------------------------------- first order
+
+
+def _bn_problem(seed: int = 0):
+    """A nonlinear student with BatchNorm (train mode couples the batch), reuser-like P and b, float64 data."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=gen, dtype=torch.float64)
+
+    torch.manual_seed(seed)
+    student = torch.nn.Sequential(
+        torch.nn.Linear(D, 8), torch.nn.BatchNorm1d(8), torch.nn.Tanh(), torch.nn.Linear(8, C)
+    ).double()
+    prototypes, bias = randn(K, PDIM).requires_grad_(True), (0.3 * randn(K)).requires_grad_(True)
+    data = {
+        "x": torch.cat([randn(6, D), randn(8, D)]),  # 6 labeled, then 8 unlabeled, in one batch
+        "y": torch.randint(0, C, (6,), generator=gen),
+        "psi_u": randn(8, PDIM),
+        "h_u": torch.softmax(2 * randn(8, K, C), dim=-1),
+        "x_o": randn(6, D),
+        "y_o": torch.randint(0, C, (6,), generator=gen),
+        "direct_psi": randn(6, PDIM),
+        "direct_h": torch.softmax(2 * randn(6, K, C), dim=-1),
+    }
+    return student, prototypes, bias, data
+
+
+def _bn_losses(call, data, prototypes, bias, direct: bool):
+    def reuse(psi, h):
+        a = torch.softmax(psi @ prototypes.T / TAU + bias, dim=-1)
+        return torch.einsum("bk,bkc->bc", a, h)
+
+    def term(z):  # the only part of the inner loss that depends on phi
+        return LAMBDA * kd_loss(z[6:], reuse(data["psi_u"], data["h_u"]), T)
+
+    def inner_loss(theta, t):
+        z = call(theta, data["x"])
+        return F.cross_entropy(z[:6], data["y"]) + term(z)
+
+    def outer_loss(theta):
+        loss = F.cross_entropy(call(theta, data["x_o"]), data["y_o"])
+        if direct:
+            loss = loss + F.nll_loss(reuse(data["direct_psi"], data["direct_h"]).log(), data["y_o"])
+        return loss
+
+    return term, inner_loss, outer_loss
+
+
+@pytest.mark.parametrize("mode, rtol", [("jvp", 1e-9), ("fd", 1e-5)])
+@pytest.mark.parametrize("direct", [False, True])
+def test_first_order_hypergradient_equals_the_unrolled_one(mode, rtol, direct):
+    student, prototypes, bias, data = _bn_problem(seed=3)
+    params, call = functional_student(student)
+    term, inner_loss, outer_loss = _bn_losses(call, data, prototypes, bias, direct)
+    expected, out_expected = unrolled_hypergradient(params, inner_loss, outer_loss, [prototypes, bias], ALPHA, 1)
+
+    theta = {n: p.detach().requires_grad_(True) for n, p in params.items()}
+    grad = dict(zip(theta, torch.autograd.grad(inner_loss(theta, 0), list(theta.values())), strict=True))
+    got, out = first_order_hypergradient(
+        params, call, grad, data["x"], term, outer_loss, [prototypes, bias], ALPHA, jvp_mode=mode
+    )
+    assert expected[0].abs().max() > 1e-4  # a real signal to compare
+    assert out.item() == pytest.approx(out_expected.item(), rel=1e-12)
+    for g, e in zip(got, expected, strict=True):
+        torch.testing.assert_close(g, e, rtol=rtol, atol=rtol * e.abs().max().item())
+    assert prototypes.grad is None and all(p.grad is None for p in student.parameters())
+
+
+def test_first_order_hypergradient_is_wrong_without_the_jvp_term():
+    """The direct term alone is not the hypergradient: the check above would notice a dropped JVP."""
+    student, prototypes, bias, data = _bn_problem(seed=3)
+    params, call = functional_student(student)
+    term, inner_loss, outer_loss = _bn_losses(call, data, prototypes, bias, direct=False)
+    expected, _ = unrolled_hypergradient(params, inner_loss, outer_loss, [prototypes, bias], ALPHA, 1)
+    theta = {n: p.detach().requires_grad_(True) for n, p in params.items()}
+    grad = dict(zip(theta, torch.autograd.grad(inner_loss(theta, 0), list(theta.values())), strict=True))
+    got, _ = first_order_hypergradient(
+        params, call, grad, data["x"], lambda z: 0 * z.sum(), outer_loss, [prototypes, bias], ALPHA, jvp_mode="jvp"
+    )
+    assert torch.equal(got[0], torch.zeros_like(prototypes)) and not torch.allclose(expected[0], got[0])
+
+
+def test_first_order_hypergradient_rejects_an_unknown_mode():
+    student, prototypes, bias, data = _bn_problem()
+    params, call = functional_student(student)
+    with pytest.raises(ValueError, match="jvp_mode"):
+        first_order_hypergradient(params, call, params, data["x"], None, None, [prototypes], ALPHA, jvp_mode="exact")

@@ -34,8 +34,10 @@ def test_recipe_outputs_and_teacher_passes(tiny, tmp_path):
     for part in ("reuser", "student"):
         names = {p.name for p in (out / part).iterdir()}
         assert {"config.json", "model.safetensors", "README.md"} <= names, (part, names)
-    for key in ("student_accuracy", "supervised_accuracy", "reuse_accuracy"):
+    for key in ("student_accuracy", "supervised_accuracy", "reuse_accuracy", "reuse_strength"):
         assert 0.0 <= metrics[key] <= 1.0
+    assert metrics["method"] == "mrl" and metrics["delivered"] in ("reuse", "supervised")
+    assert set(metrics["attention_by_domain"]) == {"d0", "d1"}
     assert set(metrics["per_domain"]) == {"d0", "d1"}
     assert metrics["num_processes"] == 1
     assert (out / "checkpoints" / "mrl" / "step_0000002").is_dir()

@@ -7,6 +7,7 @@ import shutil
 
 import pytest
 import torch
+import torch.nn.functional as F
 from helpers import make_labeled_images, make_timm_teacher, make_transformers_teacher
 
 from hf_mrl import Embedding, ModelPool, MRLConfig, MRLTrainer, TargetData, compute_reuse_inputs
@@ -306,3 +307,77 @@ def test_reuse_strength_stays_fixed_when_not_learned():
     trainer = _trainer(_config(learn_reuse_strength=False, reuse_strength_init=0.5))
     trainer.train(progress=False)
     assert trainer.reuse_strength == pytest.approx(0.5)
+
+
+# ----------------------------------------------------------------------------------------------- hypergradient
+
+
+def _flat(grads):
+    return torch.cat([g.flatten() for g in grads])
+
+
+@pytest.mark.parametrize("mode, rtol", [("jvp", 1e-4), ("fd", 2e-2)])
+def test_first_order_hypergradients_match_the_unrolled_one_on_the_same_batches(mode, rtol):
+    results = {}
+    for m in ("unrolled", mode):
+        trainer = _trainer(_config(hypergradient=m, batch_size=12, unlabeled_batch_size=16))
+        for s in (0, 2, 4):  # no outer step on even steps (outer_every=2): the same student for both
+            trainer.training_step(s)
+        grads, outer = trainer.hypergradient(7)
+        results[m] = (_flat(grads), outer.item())
+    expected, got = results["unrolled"][0], results[mode][0]
+    assert expected.abs().max() > 1e-4
+    assert results[mode][1] == pytest.approx(results["unrolled"][1], rel=1e-6)
+    assert ((got - expected).norm() / expected.norm()).item() < rtol
+
+
+def test_the_default_outer_step_differentiates_through_the_training_step_itself():
+    """Fused: the unrolled step is the training step (its batch, augmentation and gradient), not another batch."""
+    from hf_mrl.hypergrad import functional_student, unrolled_hypergradient
+
+    trainer = _trainer(_config(hypergradient="jvp", outer_every=1, batch_size=12, unlabeled_batch_size=16))
+    trainer.training_step(0)
+    cfg, step = trainer.config, 1
+    model = trainer.accelerator.unwrap_model(trainer.student)
+    params, call = functional_student(model)
+    gen, idx_l, idx_u = trainer._batch_indices(step)  # the training batch, drawn as training_step draws it
+    x_l = trainer._inputs(trainer.data.labeled_images[idx_l], gen)
+    x_u = trainer._inputs(trainer.data.unlabeled_images[idx_u], gen)
+    gen_o, idx_o, _ = trainer._batch_indices(step, stream=2)
+    x_o, y_o = trainer._inputs(trainer.data.labeled_images[idx_o], gen_o), trainer.data.labeled_labels[idx_o]
+
+    def inner(theta, t):
+        z = call(theta, torch.cat([x_l, x_u]))
+        kd = kd_loss(z[len(x_l) :], trainer._reuse_targets(idx_u), cfg.kd_temperature)
+        return F.cross_entropy(z[: len(x_l)], trainer.data.labeled_labels[idx_l]) + trainer.reuse_gate() * kd
+
+    def outer(theta):
+        r = trainer._reuse_targets(idx_o, labeled=True)
+        return F.cross_entropy(call(theta, x_o), y_o) + F.nll_loss(r.clamp_min(1e-8).log(), y_o)
+
+    model.train()
+    expected, _ = unrolled_hypergradient(params, inner, outer, trainer.outer_params, cfg.inner_lr, 1)
+    seen = []
+    original = trainer.hypergradient
+
+    def spy(*args):
+        seen.append(args)
+        result = original(*args)
+        seen.append(result)
+        return result
+
+    trainer.hypergradient = spy
+    logs = trainer.training_step(step)
+    assert "outer_loss" in logs and len(seen) == 2 and len(seen[0]) == 2  # called once, with the step's batch
+    got = _flat(seen[1][0])
+    assert ((got - _flat(expected)).norm() / _flat(expected).norm()).item() < 1e-4
+
+
+def test_unroll_steps_above_one_need_the_unrolled_hypergradient():
+    with pytest.raises(ValueError, match="hypergradient='unrolled'"):
+        MRLConfig(unroll_steps=2)
+    with pytest.raises(ValueError, match="hypergradient"):
+        MRLConfig(hypergradient="exact")
+    trainer = _trainer(_config(hypergradient="unrolled", unroll_steps=2))
+    trainer.train(progress=False)
+    assert torch.isfinite(trainer.reuser.prototypes).all()

@@ -466,7 +466,8 @@ def dataset_to_tensors(ds: datasets.Dataset) -> tuple[torch.Tensor, torch.Tensor
     """Converts a Digits-LD split to tensors in one pass, decoding the PNG bytes directly.
 
     Args:
-        ds (`datasets.Dataset`): a dataset with columns `image`, `label` and, optionally, `domain` (-1 where absent).
+        ds (`datasets.Dataset`): a dataset with a column `image` and, optionally, `label` and `domain` (-1 where
+            absent).
 
     Returns:
         `(images, labels, domains)`: uint8 `(N, 3, 32, 32)`, int64 `(N,)` and int64 `(N,)`.
@@ -484,7 +485,8 @@ def dataset_to_tensors(ds: datasets.Dataset) -> tuple[torch.Tensor, torch.Tensor
         if images
         else torch.zeros((0, 3, IMAGE_SIZE, IMAGE_SIZE), dtype=torch.uint8)
     )
-    y = torch.as_tensor(np.asarray(raw["label"], dtype=np.int64))
+    y = np.asarray(raw["label"], dtype=np.int64) if "label" in raw.column_names else np.full(len(raw), -1)
+    y = torch.as_tensor(y)
     d = np.asarray(raw["domain"], dtype=np.int64) if "domain" in raw.column_names else np.full(len(raw), -1)
     return x, y, torch.as_tensor(d)
 

@@ -50,6 +50,11 @@ class Strategy:
         """The unlabeled term for student logits (B, C) on the (weakly augmented) batch `images_u`."""
         raise NotImplementedError
 
+    def before_update(
+        self, step: int, x: torch.Tensor, logits: torch.Tensor, n_labeled: int, idx_u: torch.Tensor
+    ) -> None:
+        """After the backward of step `step`, before the student moves (inputs, detached logits, gradients)."""
+
     def after_step(self, step: int) -> dict[str, float]:
         return {}
 

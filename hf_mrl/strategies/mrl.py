@@ -24,6 +24,10 @@ class AttentionReuse(DistillStrategy):
         strength = self.trainer.reuse_strength
         return strength * loss, {**logs, "reuse_strength": strength}
 
+    def before_update(self, step, x, logits, n_labeled, idx_u):
+        if (step + 1) % self.config.outer_every == 0:
+            self.trainer.prepare_outer_step(step, x, logits, n_labeled, idx_u)
+
     def after_step(self, step):
         if (step + 1) % self.config.outer_every == 0:
             return self.trainer.outer_step(step)
