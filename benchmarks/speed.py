@@ -185,6 +185,10 @@ def section_step(sizes: Sizes, device: str, precision: str) -> dict:
     trainers = {"kd": kd_trainer(data, sizes, device, precision)}
     for oe in sorted(set(sizes.outer_every) | {default}):
         trainers[f"mrl@{oe}"] = make_trainer(data, reuse, ids, sizes, device, precision, outer_every=oe)
+    for mode in HYPERGRADIENT_VARIANTS:  # the other ways to compute the same hypergradient, at the default
+        trainers[f"hg-{mode}@{default}"] = make_trainer(
+            data, reuse, ids, sizes, device, precision, outer_every=default, hypergradient=mode
+        )
     cursor = {}
     for name, tr in trainers.items():  # warm-up: first steps allocate and pick kernels
         _timed_block(tr, 0, 2, device)
@@ -206,11 +210,16 @@ def section_step(sizes: Sizes, device: str, precision: str) -> dict:
             outer.append(time.perf_counter() - t0)
     med = {name: statistics.median(v) for name, v in per_step.items()}
     kd = med["kd"]
+    mrl = {name.split("@")[1]: t for name, t in med.items() if name.startswith("mrl@")}
+    variants = {name[3:].split("@")[0]: t for name, t in med.items() if name.startswith("hg-")}
+    variants = {MRLConfig().hypergradient: mrl[str(default)], **variants}
     return {
         "default_outer_every": default,
         "kd_step_s": kd,
-        "mrl_step_s": {name.split("@")[1]: t for name, t in med.items() if name != "kd"},
-        "mrl_over_kd": {name.split("@")[1]: t / kd for name, t in med.items() if name != "kd"},
+        "mrl_step_s": mrl,
+        "mrl_over_kd": {oe: t / kd for oe, t in mrl.items()},
+        "hypergradient_step_s": variants,
+        "hypergradient_over_kd": {mode: t / kd for mode, t in variants.items()},
         "outer_step_s": statistics.median(outer),
         "outer_over_kd_step": statistics.median(outer) / kd,
         "rounds": sizes.rounds,
@@ -237,7 +246,8 @@ def run_probe(spec: dict, sizes: Sizes, device: str, precision: str) -> dict:
         trainer, steps = kd_trainer(data, sizes, device, precision), 10
     else:
         reuse, ids = reuse_inputs(data, spec["k"], device=device)
-        trainer = make_trainer(data, reuse, ids, sizes, device, precision)
+        extra = {"hypergradient": spec["hypergradient"]} if "hypergradient" in spec else {}
+        trainer = make_trainer(data, reuse, ids, sizes, device, precision, **extra)
         steps = 2 * trainer.config.outer_every
     before = _status_kb("VmRSS")
     reset = _reset_peak_rss()
@@ -261,6 +271,8 @@ def section_memory(sizes: Sizes, args, ks=(3,)) -> dict:
     result = {"kd": _probe({"method": "kd"}, args)}
     for k in ks:
         result[f"mrl_k{k}"] = _probe({"method": "mrl", "k": k}, args)
+    for mode in HYPERGRADIENT_VARIANTS:
+        result[f"mrl_k{ks[0]}_{mode}"] = _probe({"method": "mrl", "k": ks[0], "hypergradient": mode}, args)
     kd = result["kd"]
     for r in result.values():
         for field in ("working_mb", "total_mb", "cuda_peak_mb"):
@@ -470,6 +482,14 @@ def _check(name: str, value: float, limit: float) -> dict:
     return {"check": name, "value": round(value, 3), "limit": limit, "pass": bool(value <= limit)}
 
 
+HYPERGRADIENT_VARIANTS = ("jvp", "unrolled")  # measured next to the default (fd)
+HYPERGRADIENT_TEXT = {
+    "fd": "fd (default): first order, finite-difference JVP, fused with the training step",
+    "jvp": "jvp: first order, exact forward-mode JVP, fused",
+    "unrolled": "unrolled: second order through its own unrolled step (before)",
+}
+
+
 def markdown(results: dict) -> str:
     env = results["environment"]
     lines = [
@@ -495,6 +515,17 @@ def markdown(results: dict) -> str:
         for oe, t in step["mrl_step_s"].items():
             mark = " (default)" if int(oe) == step["default_outer_every"] else ""
             lines.append(f"| {oe}{mark} | {1e3 * t:.1f} | {step['mrl_over_kd'][oe]:.2f} |")
+        if step.get("hypergradient_step_s"):
+            lines += [
+                "",
+                f"The same hypergradient computed three ways, outer_every={step['default_outer_every']}:",
+                "",
+            ]
+            lines += ["| hypergradient | MRL step (ms) | MRL / KD |", "| --- | --- | --- |"]
+            for mode, t in step["hypergradient_step_s"].items():
+                lines.append(
+                    f"| {HYPERGRADIENT_TEXT.get(mode, mode)} | {1e3 * t:.1f} | {step['hypergradient_over_kd'][mode]:.2f} |"
+                )
     memory = results.get("memory")
     if memory:
         lines += ["", "## Peak memory (fresh process per row)", ""]

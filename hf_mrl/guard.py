@@ -152,13 +152,15 @@ def guard_report(reuse_correct: torch.Tensor, supervised_correct: torch.Tensor, 
 def cross_validate_reuse(
     config: MRLConfig,
     data: TargetData,
-    reuse: ReuseInputs,
-    teacher_ids: list[str],
+    reuse: ReuseInputs | None,
+    teacher_ids: list[str] | None,
     folds: int = 3,
     student_spec: dict | None = None,
     supervised_correct: torch.Tensor | None = None,
 ) -> GuardReport:
     """Run the fold-wise comparison of `config.method` against supervised-only and decide.
+
+    `reuse` and `teacher_ids` may be None for a method that reads no teacher.
 
     `supervised_correct`: the supervised side, `fold_correctness` of `method="supervised"` on the same data and
     `stratified_folds(data.labeled_labels, folds, seed=config.seed)`, when already computed (it does not depend on

@@ -106,7 +106,11 @@ def compute_reuse_inputs(
     """
     sets = {"l": data.labeled_images, "u": data.unlabeled_images, "t": data.test_images}
     probs = {k: pool.probs(v, progress=progress, accelerator=accelerator) for k, v in sets.items()}
-    feats = {k: embedding(sets[k], probs[k]) for k in sets}
+    if accelerator is not None and accelerator.num_processes > 1:
+        with accelerator.main_process_first():  # an encoder's features: computed and cached once, then read
+            feats = {k: embedding(sets[k], probs[k]) for k in sets}
+    else:
+        feats = {k: embedding(sets[k], probs[k]) for k in sets}
     return ReuseInputs(**{f"probs_{k}": v for k, v in probs.items()}, **{f"feats_{k}": v for k, v in feats.items()})
 
 

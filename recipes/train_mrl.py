@@ -36,7 +36,7 @@ from hf_mrl.screening import screen_teachers
 from hf_mrl.strategies import get_strategy
 from hf_mrl.student import save_student
 from hf_mrl.target import check_target, load_target
-from hf_mrl.trainer import ReuseInputs, latest_checkpoint, make_accelerator
+from hf_mrl.trainer import latest_checkpoint, make_accelerator
 
 logger = logging.getLogger("train_mrl")
 
@@ -288,8 +288,8 @@ def training_function(args: argparse.Namespace) -> dict:
             label_column=args.label_column,
             image_size=args.image_size,
         )
-        if uses_teachers:
-            reuse = compute_reuse_inputs(pool, embedding, data, progress=progress)
+    if uses_teachers:  # every process runs the teachers on its share of the samples no cache holds
+        reuse = compute_reuse_inputs(pool, embedding, data, progress=progress, accelerator=accelerator)
     screening = []
     if pool is not None:
         logger.info("Pool: %s", ", ".join(pool.ids))
@@ -342,6 +342,7 @@ def training_function(args: argparse.Namespace) -> dict:
     else:
         delivered = "reuse" if method == "mrl" else method
     is_mrl = method == "mrl"
+    forward_samples, forward_by_process = _teacher_forward_samples(pool, accelerator)
     metrics = {
         "method": method,
         "student_accuracy": reports["student"]["accuracy"],
@@ -349,7 +350,8 @@ def training_function(args: argparse.Namespace) -> dict:
         "reuse_accuracy": reports["reuse"]["accuracy"] if is_mrl else None,
         "never_worse": reports["student"]["accuracy"] >= reports["supervised"]["accuracy"],
         "teacher_accuracy": dict(zip(teacher_ids, teacher_acc, strict=True)),
-        "teacher_forward_samples": {} if pool is None else {t.id: t.samples_seen for t in pool.teachers},
+        "teacher_forward_samples": forward_samples,
+        "teacher_forward_samples_by_process": forward_by_process,
         "screening": [score.to_dict() for score in screening],
         "guard": None if guard is None else guard.to_dict(),
         "delivered": delivered,
@@ -384,14 +386,14 @@ def training_function(args: argparse.Namespace) -> dict:
     return metrics
 
 
-def _no_teacher_inputs(data) -> ReuseInputs:
-    """Zero-teacher stand-ins for a method without teachers: `cross_validate_reuse` slices reuse inputs per fold."""
-    c = len(data.label_names)
-    sizes = {"l": len(data.labeled_labels), "u": len(data.unlabeled_images), "t": len(data.test_labels)}
-    return ReuseInputs(
-        **{f"probs_{k}": torch.zeros(n, 0, c) for k, n in sizes.items()},
-        **{f"feats_{k}": torch.zeros(n, 0) for k, n in sizes.items()},
-    )
+def _teacher_forward_samples(pool, accelerator) -> tuple[dict, list]:
+    """Teacher forward passes (samples) per teacher, summed over processes, and per process (each runs a share)."""
+    if pool is None:
+        return {}, []
+    seen = torch.tensor([t.samples_seen for t in pool.teachers], dtype=torch.int64, device=accelerator.device)
+    by_process = accelerator.gather(seen[None]) if accelerator.num_processes > 1 else seen[None]
+    total = by_process.sum(0).tolist()
+    return {t.id: int(n) for t, n in zip(pool.teachers, total, strict=True)}, by_process.sum(1).tolist()
 
 
 def _run_guard(args, config, data, reuse, pool):
@@ -403,9 +405,7 @@ def _run_guard(args, config, data, reuse, pool):
     if folds < 2:
         logger.warning("Guard skipped: a class has %d labeled sample(s), too few for cross-validation.", fewest)
         return None
-    if reuse is None:
-        reuse = _no_teacher_inputs(data)
-    report = cross_validate_reuse(config, data, reuse, [] if pool is None else pool.ids, folds=folds)
+    report = cross_validate_reuse(config, data, reuse, None if pool is None else pool.ids, folds=folds)
     logger.info(
         "Guard (%d folds, %d held out): %s %.4f vs supervised %.4f, gain %+.4f +/- %.4f: %s",
         report.folds,

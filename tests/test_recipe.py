@@ -78,9 +78,11 @@ def test_recipe_two_processes(tiny, tmp_path):
     metrics = launch(tiny, tmp_path / "ddp", "--outer_every", "1", num_processes=2, cache="cache-ddp")
     assert metrics["num_processes"] == 2
     assert metrics["prototypes_in_sync"] is True
-    # Teacher outputs are computed by the main process first and read from the cache by the other.
+    # The processes share the teacher passes: every sample runs through each teacher once over both.
     expected = sum(tiny["sizes"].values())
     assert list(metrics["teacher_forward_samples"].values()) == [expected, expected]
+    shares = metrics["teacher_forward_samples_by_process"]
+    assert len(shares) == 2 and sum(shares) == 2 * expected and all(0 < n < 2 * expected for n in shares)
     assert (tmp_path / "ddp" / "reuser" / "model.safetensors").is_file()
 
 

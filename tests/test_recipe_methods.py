@@ -123,7 +123,7 @@ def test_a_method_without_teachers_gets_the_guard_and_its_fallback(recipe, tiny,
     seen = {}
 
     def guard_that_falls_back(config, data, reuse, teacher_ids, folds):
-        seen.update(method=config.method, teachers=teacher_ids, k=reuse.probs_l.shape[1])
+        seen.update(method=config.method, teachers=teacher_ids, reuse=reuse)
         report = real_guard(config, data, reuse, teacher_ids, folds=folds)
         report.decision = "fall_back"
         return report
@@ -135,7 +135,7 @@ def test_a_method_without_teachers_gets_the_guard_and_its_fallback(recipe, tiny,
     del argv[argv.index("--pool") : argv.index("--pool") + 2]  # not needed by a method without teachers
     recipe.main(argv)
 
-    assert seen == {"method": "pl", "teachers": [], "k": 0}
+    assert seen == {"method": "pl", "teachers": None, "reuse": None}  # no teacher outputs to cross-validate
     assert not (out / "reuser").exists()
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["method"] == "pl" and metrics["delivered"] == "supervised"

@@ -23,6 +23,7 @@ def test_quick_run_in_process(tmp_path):
     step = saved["step"]
     assert step["kd_step_s"] > 0 and step["outer_step_s"] > 0
     assert str(step["default_outer_every"]) in step["mrl_over_kd"]
+    assert set(step["hypergradient_over_kd"]) == {"fd", "jvp", "unrolled"}  # before (unrolled) and after, one run
     assert set(saved["teachers"]) == {"3", "6"}
     assert all(r["warm_forward_samples"] == 0 for r in saved["teachers"].values())
     assert all(r["warm_forward_samples"] == 0 for r in saved["unlabeled"].values())
