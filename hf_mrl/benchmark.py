@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 
 from .config import METHODS, MRLConfig
+from .utils import torch_threads
 
 __all__ = [
     "BUDGETS",
@@ -362,9 +363,7 @@ def execute_run(spec: BenchmarkSpec, key: RunKey, ds: _Dataset, pool_info: dict)
     from .strategies import get_strategy
     from .trainer import MRLTrainer
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(spec.threads)
-    try:
+    with torch_threads(spec.threads):
         config = spec.config(key.method, key.seed)
         start = time.perf_counter()
         reuse = ds.reuse if get_strategy(key.method).needs_teachers else None
@@ -375,8 +374,6 @@ def execute_run(spec: BenchmarkSpec, key: RunKey, ds: _Dataset, pool_info: dict)
         wall = time.perf_counter() - start
         val = _validation_indices(ds.data)
         val_preds = None if val is None else trainer.predict(ds.data.unlabeled_images[val])
-    finally:
-        torch.set_num_threads(before)
     data = ds.data
     report = accuracy_report(preds, data.test_labels, data.test_domains, data.domain_names)
     record = {
@@ -411,8 +408,9 @@ def execute_run(spec: BenchmarkSpec, key: RunKey, ds: _Dataset, pool_info: dict)
 
 
 def _write_json(path: Path, data) -> None:
+    """Atomically (temp file, then rename), NaN written as null."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1))
+    tmp.write_text(json.dumps(_finite(data), indent=1))
     os.replace(tmp, path)
 
 
@@ -637,12 +635,8 @@ def rerun_record(path: str | os.PathLike, cache_dir: str | None = None, pool_fil
         if not bench["dataset_template"].startswith("digits-ld"):
             raise ValueError(f"The record's teachers {teachers} are not on this machine: pass the pool file.")
         teachers = resolve_pool_file(BenchmarkSpec())
-    before = torch.get_num_threads()
-    torch.set_num_threads(spec.threads)
-    try:
+    with torch_threads(spec.threads):
         ds = prepare_dataset(spec, teachers, key.setting, key.labeled_per_class, key.seed)
-    finally:
-        torch.set_num_threads(before)
     pool = _load_pool(teachers, ds.data.label_names, cache_dir)
     pool_info = {"file": rec["pool"].get("file"), **pool_identity(pool)}
     if pool_info["hash"] != rec["pool"]["hash"]:
@@ -1167,7 +1161,7 @@ def write_report(
     if summary["attention"]:
         plot_attention(summary, results / ATTENTION_PNG)
     (results / "README.md").write_text(render_markdown(summary, timing, command))
-    _write_json(results / "summary.json", _finite(summary))
+    _write_json(results / "summary.json", summary)
     return summary
 
 

@@ -26,7 +26,6 @@ bad ones; `duplicates` is the honest pool with two extra copies of teacher-M.
 from __future__ import annotations
 
 import colorsys
-import contextlib
 import json
 import logging
 import os
@@ -38,6 +37,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from .utils import torch_threads
 
 __all__ = [
     "BAD_ROLES",
@@ -160,17 +161,6 @@ def _classifier(model: torch.nn.Module, num_classes: int) -> torch.nn.Linear:
     return heads[-1]
 
 
-@contextlib.contextmanager
-def _one_thread():
-    """Build on one torch thread: the same seed then gives the same weights whatever the machine's core count."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def derangement(n: int, seed: int) -> list[int]:
     """A seeded permutation of range(n) without fixed points (every class moves)."""
     if n < 2:
@@ -198,7 +188,7 @@ def make_random_teacher(
     images when None) every class logit has mean 0 and standard deviation `logit_std`: the teacher is confident and
     its answer changes with the input, but it knows nothing (chance accuracy). Nothing of `source`'s training is kept.
     """
-    with _one_thread():
+    with torch_threads(1):  # the same seed gives the same weights whatever the core count
         return _make_random_teacher(source, out_dir, seed, calibration_images, logit_std)
 
 
@@ -405,7 +395,7 @@ def make_unrelated_teacher(
     out_dir = Path(out_dir)
     architecture = architecture or UNRELATED_TASKS[task]
     images, labels = synthetic_task(task, num_train + 500, seed=seed)
-    with _one_thread():
+    with torch_threads(1):  # the same seed gives the same weights whatever the core count
         torch.manual_seed(seed)
         model, preprocess = _make_timm(architecture)
         train_classifier(model, preprocess, images[:num_train], labels[:num_train], epochs, seed=seed)

@@ -329,52 +329,50 @@ class MRLTrainer:
                 loss = loss + cfg.direct_weight * F.nll_loss(r.clamp_min(1e-8).log(), y_lo)
             return loss
 
-        def inner_loss_on(theta, gen, idx_l, idx_u):
+        def batch(gen, idx_l, idx_u):  # inputs as training_step draws them: labeled, then unlabeled
             x_l = self._inputs(self.data.labeled_images[idx_l], gen)
             x_u = self._inputs(self.data.unlabeled_images[idx_u], gen)
-            logits = call(theta, torch.cat([x_l, x_u]))
-            ce = F.cross_entropy(logits[: len(x_l)], self.data.labeled_labels[idx_l].to(dev))
-            kd = kd_loss(logits[len(x_l) :], self._reuse_targets(idx_u), cfg.kd_temperature)
-            return ce + cfg.kd_lambda * self.reuse_gate() * kd
+            return torch.cat([x_l, x_u]), self.data.labeled_labels[idx_l].to(dev), idx_u
+
+        def term(z, n_labeled, idx_u):  # the part of the inner loss that depends on phi
+            kd = kd_loss(z[n_labeled:], self._reuse_targets(idx_u), cfg.kd_temperature)
+            return cfg.kd_lambda * self.reuse_gate() * kd
+
+        def inner_loss(theta, x, y, idx_u):
+            z = call(theta, x)
+            return F.cross_entropy(z[: len(y)], y) + term(z, len(y), idx_u), z
 
         if cfg.hypergradient == "unrolled":
-            batches = [self._batch_indices(step, stream=1 + t) for t in range(cfg.unroll_steps)]
+            batches = [batch(*self._batch_indices(step, stream=1 + t)) for t in range(cfg.unroll_steps)]
             return unrolled_hypergradient(
                 params,
-                lambda theta, t: inner_loss_on(theta, *batches[t]),
+                lambda theta, t: inner_loss(theta, *batches[t])[0],
                 outer_loss,
                 self.outer_params,
                 cfg.inner_lr,
                 cfg.unroll_steps,
             )
         if inner is None:
-            gen, idx_l, idx_u = self._batch_indices(step, stream=1)
-            x = torch.cat(
-                [
-                    self._inputs(self.data.labeled_images[idx_l], gen),
-                    self._inputs(self.data.unlabeled_images[idx_u], gen),
-                ]
-            )
+            x, y, idx_u = batch(*self._batch_indices(step, stream=1))
             theta = {n: p.detach().requires_grad_(True) for n, p in params.items()}
-            logits = call(theta, x)
-            with torch.no_grad():
-                target = self._reuse_targets(idx_u)
-            loss = F.cross_entropy(logits[: len(idx_l)], self.data.labeled_labels[idx_l].to(dev))
-            loss = loss + cfg.kd_lambda * self.reuse_strength * kd_loss(
-                logits[len(idx_l) :], target, cfg.kd_temperature
-            )
+            loss, z = inner_loss(theta, x, y, idx_u)
             grad = dict(zip(theta, torch.autograd.grad(loss, list(theta.values())), strict=True))
-            inner = (x, logits.detach(), len(idx_l), idx_u, grad)
+            inner = (x, z.detach(), len(y), idx_u, grad)
         x, logits, n_labeled, idx_u, grad = inner
-
-        def inner_term(z):
-            kd = kd_loss(z[n_labeled:], self._reuse_targets(idx_u), cfg.kd_temperature)
-            return cfg.kd_lambda * self.reuse_gate() * kd
 
         # Finite differences of low-precision forwards are noise: under mixed precision the JVP is exact.
         mode = "jvp" if acc.mixed_precision != "no" else cfg.hypergradient
         return first_order_hypergradient(
-            params, call, grad, x, inner_term, outer_loss, self.outer_params, cfg.inner_lr, mode, inner_logits=logits
+            params,
+            call,
+            grad,
+            x,
+            lambda z: term(z, n_labeled, idx_u),
+            outer_loss,
+            self.outer_params,
+            cfg.inner_lr,
+            mode,
+            inner_logits=logits,
         )
 
     # -- the loop ----------------------------------------------------------------------------------

@@ -35,6 +35,7 @@ from pathlib import Path
 
 import torch
 
+from hf_mrl.benchmark import _read_json, _write_json
 from hf_mrl.config import MRLConfig
 
 logger = logging.getLogger("robustness")
@@ -125,29 +126,6 @@ def supervised_file(spec: Spec, seed: int) -> str:
 
 def pool_file_name(spec: Spec, pool: str, seed: int, pool_hash: str) -> str:
     return f"{pool}__{spec.setting}__n{spec.labeled_per_class}__s{seed}__{pool_run_hash(spec, pool_hash)}.json"
-
-
-def _write_json(path: Path, data) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(_finite(data), indent=1))
-    os.replace(tmp, path)
-
-
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def _finite(obj):
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {str(k): _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    return obj
 
 
 def _done(path: Path) -> bool:

@@ -121,10 +121,6 @@ def _one_torch_thread():
 @pytest.fixture(scope="module")
 def recipe():
     """`recipes/train_mrl.py` imported as a module (one instance per test module)."""
-    import importlib.util
+    from helpers import load_recipe
 
-    path = Path(__file__).resolve().parents[1] / "recipes" / "train_mrl.py"
-    spec = importlib.util.spec_from_file_location("train_mrl_recipe", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_recipe("train_mrl")

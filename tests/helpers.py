@@ -5,13 +5,14 @@ Import with `from helpers import ...` (pytest puts `tests/` on `sys.path`).
 
 from __future__ import annotations
 
-import contextlib
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from hf_mrl.utils import torch_threads
 
 __all__ = [
     "CLASS_COLOURS",
@@ -20,6 +21,7 @@ __all__ = [
     "make_target_dataset",
     "make_timm_teacher",
     "make_transformers_teacher",
+    "load_recipe",
     "one_torch_thread",
 ]
 
@@ -39,16 +41,22 @@ CLASS_COLOURS = np.array(
 )
 
 
-@contextlib.contextmanager
-def one_torch_thread() -> Iterator[None]:
-    """Run torch on one intra-op thread: tiny models are faster so, and far faster on a busy 2-core machine
-    (two OpenMP threads competing with another process made a tiny training step ~100x slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+def load_recipe(name: str):
+    """`recipes/NAME.py` imported as a module (registered in sys.modules: dataclasses look their module up there)."""
+    import importlib.util
+    import sys
+
+    path = Path(__file__).resolve().parents[1] / "recipes" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"{name}_recipe", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def one_torch_thread():
+    """Run torch on one intra-op thread: tiny models are faster so, and far faster on a busy 2-core machine."""
+    return torch_threads(1)
 
 
 def make_transformers_teacher(directory: str | os.PathLike, label_names: Sequence[str], seed: int = 0) -> Path:

@@ -2,24 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from argparse import Namespace
-from pathlib import Path
 
 import pytest
+from helpers import load_recipe
 
 from hf_mrl import MRLConfig
-
-PATH = Path(__file__).resolve().parents[1] / "recipes" / "ablations.py"
 
 
 @pytest.fixture(scope="module")
 def ablations():
-    spec = importlib.util.spec_from_file_location("ablations_recipe", PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_recipe("ablations")
 
 
 def test_every_variant_is_a_valid_config_and_distinct_variants_get_distinct_folders(ablations):

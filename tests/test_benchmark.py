@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
-from helpers import make_target_dataset, make_timm_teacher, make_transformers_teacher, one_torch_thread
+from helpers import load_recipe, make_target_dataset, make_timm_teacher, make_transformers_teacher, one_torch_thread
 
 from hf_mrl.benchmark import RECORDS_DIR, BenchmarkSpec, load_records, plan_runs, summarise
 
-_spec = importlib.util.spec_from_file_location(
-    "benchmark_recipe", Path(__file__).resolve().parents[1] / "recipes" / "benchmark.py"
-)
-recipe = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(recipe)
+recipe = load_recipe("benchmark")
 
 TINY_STUDENT = {"architecture": "resnet10t", "model_args": {"channels": [8, 8, 16, 16], "stem_width": 8}}
 METHODS = ["supervised", "mr-bs", "mrl", "oracle"]

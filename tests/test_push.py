@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
 import subprocess
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import make_target_dataset, make_timm_teacher, make_transformers_teacher
+from helpers import load_recipe, make_target_dataset, make_timm_teacher, make_transformers_teacher
 from huggingface_hub import HfApi, ModelCard
 
 from hf_mrl import AttentionReuser
@@ -116,15 +115,8 @@ def test_push_refuses_an_invalid_card(local_hub, tmp_path):
     assert not HfApi().repo_exists("org/bad-card") and not HfApi().repo_exists("org/bad-card-student")
 
 
-def _recipe_module():
-    spec = importlib.util.spec_from_file_location("train_mrl_recipe", RECIPE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_recipe_hub_flags_are_checked_before_training(capsys):
-    recipe = _recipe_module()
+    recipe = load_recipe("train_mrl")
     for argv, words in [
         (["--push_to_hub"], "--push_to_hub needs --hub_model_id"),
         (["--push_to_hub", "--hub_model_id", "no-namespace"], "needs a namespace"),

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import load_recipe
 
 from hf_mrl.config import METHODS
 from hf_mrl.strategies import STRATEGIES
@@ -41,13 +42,7 @@ def _card(out: Path) -> tuple[dict, str]:
 
 
 def _evaluate_run():
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[1] / "recipes" / "evaluate_run.py"
-    spec = importlib.util.spec_from_file_location("evaluate_run_recipe", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_recipe("evaluate_run")
 
 
 def _intro(body: str) -> str:

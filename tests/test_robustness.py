@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import make_target_dataset, make_timm_teacher, make_transformers_teacher, one_torch_thread
+from helpers import load_recipe, make_target_dataset, make_timm_teacher, make_transformers_teacher, one_torch_thread
 
 from hf_mrl.hostile import (
     DIGITS,
@@ -26,12 +25,7 @@ from hf_mrl.hostile import (
 from hf_mrl.pool import ModelPool, parse_pool_file
 from hf_mrl.screening import screen_teachers
 
-_spec = importlib.util.spec_from_file_location(
-    "robustness_recipe", Path(__file__).resolve().parents[1] / "recipes" / "robustness.py"
-)
-recipe = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = recipe  # dataclasses look their module up there
-_spec.loader.exec_module(recipe)
+recipe = load_recipe("robustness")
 
 TINY_STUDENT = {"architecture": "resnet10t", "model_args": {"channels": [8, 8, 16, 16], "stem_width": 8}}
 TINY_UNRELATED = {"num_train": 200, "epochs": 1}
