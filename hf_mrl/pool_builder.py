@@ -16,6 +16,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from .utils import cache_root
+
 __all__ = ["TEACHER_SPECS", "build_digits_pool", "default_pool_dir", "train_classifier"]
 
 logger = logging.getLogger(__name__)
@@ -33,8 +35,7 @@ TEACHER_SPECS = {
 
 
 def default_pool_dir() -> Path:
-    root = os.environ.get("HF_MRL_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "hf_mrl"))
-    return Path(root) / f"digits_ld_pool_v{_VERSION}"
+    return cache_root() / f"digits_ld_pool_v{_VERSION}"
 
 
 def _make_timm(architecture: str):

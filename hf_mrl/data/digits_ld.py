@@ -28,6 +28,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
+from ..utils import cache_root
+
 __all__ = [
     "DOMAINS",
     "LABEL_NAMES",
@@ -287,8 +289,7 @@ def _build_domain(code: str) -> datasets.Dataset:
 
 
 def _cache_root() -> Path:
-    root = os.environ.get("HF_MRL_CACHE") or Path.home() / ".cache" / "hf_mrl"
-    return Path(root).expanduser() / "digits_ld" / _CACHE_VERSION
+    return cache_root() / "digits_ld" / _CACHE_VERSION
 
 
 def _save_atomically(ds: datasets.Dataset, path: Path) -> None:
