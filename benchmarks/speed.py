@@ -21,7 +21,7 @@ other load on the machine affects both sides of a ratio alike. Sections:
 - teachers: time and memory of MRL steps at K = 3, 10, 30, 100 cheap synthetic teachers, with cached logits.
 - unlabeled: cache build (cold) and load (warm, memory-mapped) time, and the MRL step, as the unlabeled set grows.
 
-The trainer is used only through its public API (`MRLTrainer(MRLConfig(...), data, reuse, teacher_ids)`,
+The trainer is used only through its public API (`StudentTrainer(MRLConfig(...), data, reuse, teacher_ids)`,
 `training_step`, `outer_step`, `compute_reuse_inputs`), so the benchmark survives refactors of its internals.
 `--patch FILE` runs a Python file first (in the probe processes too): a way to measure a proposed change.
 """
@@ -147,7 +147,7 @@ def reuse_inputs(data, k: int, cache_dir=None, device: str = "cpu", precision: s
 
 
 def make_trainer(data, reuse, ids, sizes: Sizes, device: str, precision: str, **config):
-    from hf_mrl import MRLConfig, MRLTrainer
+    from hf_mrl import MRLConfig, StudentTrainer
     from hf_mrl.trainer import make_accelerator
 
     if sizes.batch_size:
@@ -155,7 +155,7 @@ def make_trainer(data, reuse, ids, sizes: Sizes, device: str, precision: str, **
         config.setdefault("unlabeled_batch_size", sizes.unlabeled_batch_size)
     mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision] if device == "cuda" else "no"
     accelerator = make_accelerator(cpu=device == "cpu", mixed_precision=mixed)
-    return MRLTrainer(MRLConfig(max_steps=10**9, **config), data, reuse, teacher_ids=ids, accelerator=accelerator)
+    return StudentTrainer(MRLConfig(max_steps=10**9, **config), data, reuse, teacher_ids=ids, accelerator=accelerator)
 
 
 def kd_trainer(data, sizes, device, precision):
@@ -192,7 +192,7 @@ def section_step(sizes: Sizes, device: str, precision: str) -> dict:
     cursor = {}
     for name, tr in trainers.items():  # warm-up: first steps allocate and pick kernels
         _timed_block(tr, 0, 2, device)
-        tr.outer_step(0)
+        tr.strategy.outer_step(0)
         cursor[name] = 10**6  # a multiple of every outer_every: each block holds block / outer_every outer steps
     per_step = {name: [] for name in trainers}
     outer, outer_step = [], 10**7
@@ -204,7 +204,7 @@ def section_step(sizes: Sizes, device: str, precision: str) -> dict:
         for _ in range(2):
             _sync(device)
             t0 = time.perf_counter()
-            tr.outer_step(outer_step)
+            tr.strategy.outer_step(outer_step)
             outer_step += 1
             _sync(device)
             outer.append(time.perf_counter() - t0)

@@ -3,16 +3,20 @@
 from .config import MRLConfig
 from .embedding import Embedding
 from .pool import ModelPool, Teacher
+from .reuse_trainer import ReuseArguments, ReuseResult, ReuseTrainer
 from .reuser import AttentionReuser
-from .trainer import MRLTrainer, TargetData, compute_reuse_inputs
+from .trainer import StudentTrainer, TargetData, compute_reuse_inputs
 
 __version__ = "0.1.0"
 __all__ = [
     "AttentionReuser",
     "Embedding",
     "MRLConfig",
-    "MRLTrainer",
+    "StudentTrainer",
     "ModelPool",
+    "ReuseArguments",
+    "ReuseResult",
+    "ReuseTrainer",
     "TargetData",
     "Teacher",
     "compute_reuse_inputs",

@@ -1,6 +1,6 @@
 """The paper's evaluation: methods x settings x seeds, a labeled-budget curve, and the learned attention.
 
-Each run (method, setting, labels per class, seed) trains one student with `MRLTrainer` and writes one JSON
+Each run (method, setting, labels per class, seed) trains one student with `StudentTrainer` and writes one JSON
 record, named by its key and by a hash of everything else that shapes it (trainer config, student, pool, data
 template, torch threads), written atomically. A benchmark that is stopped and started again skips the runs that
 have a record, and `rerun_record` re-executes any record and checks that it reproduces it exactly.
@@ -33,7 +33,8 @@ from pathlib import Path
 
 import torch
 
-from .config import METHODS, MRLConfig
+from .config import MRLConfig
+from .strategies import METHODS
 from .utils import torch_threads
 
 __all__ = [
@@ -361,13 +362,13 @@ def execute_run(spec: BenchmarkSpec, key: RunKey, ds: _Dataset, pool_info: dict)
     """Train one method on one dataset and return its record (nothing is written)."""
     from .metrics import accuracy_report
     from .strategies import get_strategy
-    from .trainer import MRLTrainer
+    from .trainer import StudentTrainer
 
     with torch_threads(spec.threads):
         config = spec.config(key.method, key.seed)
         start = time.perf_counter()
         reuse = ds.reuse if get_strategy(key.method).needs_teachers else None
-        trainer = MRLTrainer(config, ds.data, reuse, teacher_ids=pool_info["ids"], student_spec=spec.student_spec)
+        trainer = StudentTrainer(config, ds.data, reuse, teacher_ids=pool_info["ids"], student_spec=spec.student_spec)
         trainer.train(progress=False)
         train_s = time.perf_counter() - start
         preds = trainer.predict(ds.data.test_images)

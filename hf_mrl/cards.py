@@ -1,4 +1,4 @@
-"""Model cards: run data rendered by the Jinja templates in `model_cards/` (shipped as `hf_mrl.model_cards`).
+"""Model cards: run data rendered by the Jinja templates in `hf_mrl/model_cards/`.
 
 A run fills a `RunSummary` (teachers, data, budget, results); `reuser_card` and `student_card` turn it into a
 `huggingface_hub.ModelCard` whose YAML header (`ModelCardData`: library, tags, `base_model`, `model-index`) the Hub
@@ -28,7 +28,6 @@ __all__ = [
     "validate_card",
 ]
 
-REPO_URL = "https://github.com/hf-mrl/hf_mrl"
 PAPER = '"Towards Robust Model Reuse in the Presence of Latent Domains" (Shao, Cheng, Li and Pu, IJCAI 2021)'
 _TASK = "image-classification"
 _MAX_LABELS_SHOWN = 20
@@ -145,7 +144,7 @@ def card_template(kind: str) -> str:
     try:
         return resources.files("hf_mrl.model_cards").joinpath(f"{kind}.md").read_text(encoding="utf-8")
     except FileNotFoundError as err:
-        raise ValueError(f"No model card template {kind!r}: expected model_cards/{kind}.md.") from err
+        raise ValueError(f"No model card template {kind!r}: expected hf_mrl/model_cards/{kind}.md.") from err
 
 
 def render_card(kind: str, data: dict) -> ModelCard:
@@ -570,7 +569,7 @@ def reuser_card(
         "model_name": model_name,
         "repo_id": repo_id,
         "student_repo_id": student_repo_id,
-        "repo_url": REPO_URL,
+        "hf_mrl_version": _version(),
         "paper": PAPER,
         "num_teachers": len(teacher_ids),
         "num_labels": len(labels),
@@ -644,7 +643,7 @@ def student_card(
         "model_name": model_name,
         "repo_id": repo_id,
         "reuser_repo_id": reuser_repo_id if method == "mrl" else None,
-        "repo_url": REPO_URL,
+        "hf_mrl_version": _version(),
         "paper": PAPER,
         "method": method,
         "method_name": text.name,
@@ -727,3 +726,9 @@ def validate_card(card: ModelCard | str) -> ModelCard:
             if not isinstance(result.metric_value, (int, float)):
                 raise ValueError(f"Metric {result.metric_type!r} has a non-numeric value {result.metric_value!r}.")
     return parsed
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__

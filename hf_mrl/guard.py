@@ -30,25 +30,31 @@ training, and the guard only has to decide between the two students that exist.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
+import os
+import sys
 from dataclasses import asdict, dataclass
 
 import torch
 
 from .config import MRLConfig
-from .trainer import MRLTrainer, ReuseInputs, TargetData
+from .trainer import ReuseInputs, StudentTrainer, TargetData
 
 __all__ = [
     "GUARD_DECISIONS",
     "GuardReport",
     "cross_validate_reuse",
     "decide",
+    "default_workers",
     "fold_correctness",
     "guard_report",
     "stratified_folds",
 ]
 
-# The decisions `GuardReport.decision` can take; recipes/train_mrl.py delivers the supervised student on "fall_back".
+logger = logging.getLogger(__name__)
+
+# The decisions `GuardReport.decision` can take; `ReuseTrainer` delivers the supervised student on "fall_back".
 GUARD_DECISIONS = ("keep", "fall_back")
 
 
@@ -98,6 +104,79 @@ def decide(reuse_correct: torch.Tensor, supervised_correct: torch.Tensor, z_thre
     return gain, stderr, z, "fall_back" if z < -z_threshold else "keep"
 
 
+def _fold_job(config: MRLConfig, data: TargetData, reuse, teacher_ids, fold: torch.Tensor, f: int, student_spec):
+    """Train `config.method` without fold `f` and say which of fold `f`'s labeled samples it predicts right."""
+    from .strategies import get_strategy
+
+    needs_teachers = get_strategy(config.method).needs_teachers
+    train, held = fold != f, fold == f
+    sub = dataclasses.replace(
+        data,
+        labeled_images=data.labeled_images[train],
+        labeled_labels=data.labeled_labels[train],
+        labeled_domains=None if data.labeled_domains is None else data.labeled_domains[train],
+    )
+    sub_reuse = None
+    if needs_teachers:
+        sub_reuse = dataclasses.replace(reuse, probs_l=reuse.probs_l[train], feats_l=reuse.feats_l[train])
+    trainer = StudentTrainer(
+        config, sub, sub_reuse, teacher_ids=teacher_ids if needs_teachers else None, student_spec=student_spec
+    )
+    trainer.train(progress=False)
+    return trainer.predict(data.labeled_images[held]) == data.labeled_labels[held]
+
+
+def _init_worker(threads: int) -> None:
+    torch.set_num_threads(threads)
+    logging.getLogger().setLevel(logging.WARNING)
+
+
+def _run_jobs(jobs: list[tuple], workers: int, progress: bool, desc: str) -> list[torch.Tensor]:
+    """Run `_fold_job(*job)` for every job, in `workers` processes (1: here), with a bar and a log line each."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(jobs), desc=desc, disable=not progress, mininterval=0 if sys.stderr.isatty() else 30.0)
+    results: list[torch.Tensor | None] = [None] * len(jobs)
+
+    def done(i: int, ok: torch.Tensor) -> None:
+        results[i] = ok
+        bar.update(1)
+        logger.info(
+            "Guard: %s without fold %d: %d/%d held-out labels right (%d/%d trainings done)",
+            jobs[i][0].method,
+            jobs[i][5],
+            int(ok.sum()),
+            len(ok),
+            sum(r is not None for r in results),
+            len(jobs),
+        )
+
+    if workers <= 1:
+        for i, job in enumerate(jobs):
+            done(i, _fold_job(*job))
+    else:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        threads = max(1, torch.get_num_threads() // workers)
+        # spawn, not fork: a forked child of a process that has started OpenMP threads can deadlock.
+        with ProcessPoolExecutor(workers, mp.get_context("spawn"), _init_worker, (threads,)) as pool:
+            futures = {pool.submit(_fold_job, *job): i for i, job in enumerate(jobs)}
+            for future in as_completed(futures):
+                done(futures[future], future.result())
+    bar.close()
+    return results
+
+
+def default_workers(trainings: int, accelerator=None) -> int:
+    """Processes for the guard's trainings: one per core, on a single-process CPU run; else 1 (a multi-process run
+    already spreads each training over its processes, and one GPU is best used by one training at a time)."""
+    if accelerator is not None and (accelerator.num_processes > 1 or accelerator.device.type != "cpu"):
+        return 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(cores, trainings))
+
+
 def fold_correctness(
     config: MRLConfig,
     data: TargetData,
@@ -105,33 +184,30 @@ def fold_correctness(
     teacher_ids: list[str] | None,
     fold: torch.Tensor,
     student_spec: dict | None = None,
+    workers: int = 1,
+    progress: bool = False,
 ) -> torch.Tensor:
     """Whether each labeled sample is predicted right by `config.method` trained on the other folds -> bool (n,).
 
     A method that reads no teacher (supervised) ignores `reuse` and `teacher_ids`, so its vector depends only on the
-    data, the folds and the config: it can be computed once and shared by the guards of several pools.
+    data, the folds and the config: it can be computed once and shared by the guards of several pools. `workers`
+    processes train the folds side by side.
     """
-    from .strategies import get_strategy
+    return _correctness([config], data, reuse, teacher_ids, fold, student_spec, workers, progress)[0]
 
-    needs_teachers = get_strategy(config.method).needs_teachers
-    ok = torch.zeros(len(fold), dtype=torch.bool)
-    for f in fold.unique().tolist():
-        train, held = fold != f, fold == f
-        sub = dataclasses.replace(
-            data,
-            labeled_images=data.labeled_images[train],
-            labeled_labels=data.labeled_labels[train],
-            labeled_domains=None if data.labeled_domains is None else data.labeled_domains[train],
-        )
-        sub_reuse = None
-        if needs_teachers:
-            sub_reuse = dataclasses.replace(reuse, probs_l=reuse.probs_l[train], feats_l=reuse.feats_l[train])
-        trainer = MRLTrainer(
-            config, sub, sub_reuse, teacher_ids=teacher_ids if needs_teachers else None, student_spec=student_spec
-        )
-        trainer.train(progress=False)
-        ok[held] = trainer.predict(data.labeled_images[held]) == data.labeled_labels[held]
-    return ok
+
+def _correctness(configs, data, reuse, teacher_ids, fold, student_spec, workers, progress) -> list[torch.Tensor]:
+    """`fold_correctness` of several configs, all their fold trainings in one pool of workers."""
+    folds = fold.unique().tolist()
+    jobs = [(c, data, reuse, teacher_ids, fold, f, student_spec) for c in configs for f in folds]
+    results = _run_jobs(jobs, workers, progress, desc=f"guard ({len(folds)} folds)")
+    out = []
+    for i in range(len(configs)):
+        ok = torch.zeros(len(fold), dtype=torch.bool)
+        for j, f in enumerate(folds):
+            ok[fold == f] = results[i * len(folds) + j]
+        out.append(ok)
+    return out
 
 
 def guard_report(reuse_correct: torch.Tensor, supervised_correct: torch.Tensor, folds: int) -> GuardReport:
@@ -157,6 +233,8 @@ def cross_validate_reuse(
     folds: int = 3,
     student_spec: dict | None = None,
     supervised_correct: torch.Tensor | None = None,
+    workers: int = 1,
+    progress: bool = False,
 ) -> GuardReport:
     """Run the fold-wise comparison of `config.method` against supervised-only and decide.
 
@@ -167,10 +245,13 @@ def cross_validate_reuse(
     the pool); trained here when None.
     """
     fold = stratified_folds(data.labeled_labels, folds, seed=config.seed)
-    reuse_ok = fold_correctness(config, data, reuse, teacher_ids, fold, student_spec)
-    if supervised_correct is None:
-        sup_config = dataclasses.replace(config, method="supervised")
-        supervised_correct = fold_correctness(sup_config, data, None, None, fold, student_spec)
-    elif len(supervised_correct) != len(fold):
+    if supervised_correct is not None and len(supervised_correct) != len(fold):
         raise ValueError(f"supervised_correct has {len(supervised_correct)} entries for {len(fold)} labeled samples.")
+    configs = (
+        [config] if supervised_correct is not None else [config, dataclasses.replace(config, method="supervised")]
+    )
+    results = _correctness(configs, data, reuse, teacher_ids, fold, student_spec, workers, progress)
+    reuse_ok = results[0]
+    if supervised_correct is None:
+        supervised_correct = results[1]
     return guard_report(reuse_ok, supervised_correct.bool(), folds)

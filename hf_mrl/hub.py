@@ -4,16 +4,15 @@ Layout (see README, "Hub"): `ORG/NAME` holds the attention reuser, `ORG/NAME-stu
 `timm.create_model("hf-hub:ORG/NAME-student")` needs the student's config.json at the root of a repo, and because each
 model gets its own card, metadata and model-index on the Hub.
 
-A push never touches the local output. If it fails, push the same folders again with
+A run of a method without a reuser pushes its student only, to the same `ORG/NAME-student`. A push never touches the
+local output. If it fails, push the same folders again with
 
-    python -m hf_mrl.hub OUTPUT_DIR ORG/NAME [--private]
+    hf-mrl push OUTPUT_DIR ORG/NAME [--private]
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,9 +30,11 @@ class PushError(RuntimeError):
 
 @dataclass
 class PushResult:
-    reuser_repo_id: str
+    """Where a run went; the reuser fields are None for a run without a reuser."""
+
+    reuser_repo_id: str | None
     student_repo_id: str
-    reuser_commit_url: str
+    reuser_commit_url: str | None
     student_commit_url: str
 
 
@@ -58,7 +59,7 @@ def student_repo_id(hub_model_id: str) -> str:
 
 def _retry_command(output_dir: Path, hub_model_id: str, private: bool | None) -> str:
     flags = " --private" if private else ""
-    return f"python -m hf_mrl.hub {output_dir} {hub_model_id}{flags}"
+    return f"hf-mrl push {output_dir} {hub_model_id}{flags}"
 
 
 def _check_folder(folder: Path) -> None:
@@ -109,14 +110,17 @@ def push_run(
     token: str | None = None,
     private: bool | None = None,
 ) -> PushResult:
-    """Push `output_dir/reuser` to `hub_model_id` and `output_dir/student` to `hub_model_id-student`.
+    """Push `output_dir/reuser` (when the run has one) to `hub_model_id` and `output_dir/student` to
+    `hub_model_id-student`.
 
     Raises `PushError` (the local output stays as it is) with the command that retries the push.
     """
     output_dir = Path(output_dir)
     check_hub_model_id(hub_model_id)
     retry = _retry_command(output_dir, hub_model_id, private)
-    targets = [("reuser", hub_model_id), ("student", student_repo_id(hub_model_id))]
+    targets = [("student", student_repo_id(hub_model_id))]
+    if (output_dir / "reuser").is_dir():
+        targets.insert(0, ("reuser", hub_model_id))
     hint = (
         f"The local output in {output_dir} is intact. Retry the push with:\n    {retry}\n"
         "(log in first with `hf auth login` or set HF_TOKEN if the Hub refused the credentials)."
@@ -134,7 +138,7 @@ def push_run(
                 repo_id,
                 token=token,
                 private=private,
-                commit_message=f"Upload MRL {part} (hf_mrl)",
+                commit_message=f"Upload {'MRL' if part == 'reuser' else _method(output_dir)} {part} (hf_mrl)",
                 validate=False,
             )
         except Exception as err:
@@ -142,25 +146,29 @@ def push_run(
             raise PushError(f"pushing the {part} to {repo_id} failed{done}: {err}\n{hint}") from err
         urls[part] = info.commit_url
         logger.info("Pushed the %s to %s: %s", part, repo_id, info.commit_url)
-    return PushResult(hub_model_id, student_repo_id(hub_model_id), urls["reuser"], urls["student"])
+    has_reuser = "reuser" in urls
+    return PushResult(
+        hub_model_id if has_reuser else None, student_repo_id(hub_model_id), urls.get("reuser"), urls["student"]
+    )
+
+
+def _method(output_dir: Path) -> str:
+    """The method named in the run's metrics.json (for commit messages)."""
+    import json
+
+    try:
+        method = json.loads((output_dir / "metrics.json").read_text()).get("method", "mrl")
+    except (OSError, ValueError):
+        return "MRL"
+    return "MRL" if method == "mrl" else method
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(
-        prog="python -m hf_mrl.hub",
-        description="Push a train_mrl.py output folder (reuser/ and student/) to ORG/NAME and ORG/NAME-student.",
-    )
-    p.add_argument("output_dir", help="the --output_dir of recipes/train_mrl.py")
-    p.add_argument("hub_model_id", help="ORG/NAME; the student goes to ORG/NAME-student")
-    p.add_argument("--private", action="store_true", help="create the repos private")
-    p.add_argument("--token", help="Hub token (default: HF_TOKEN or the one stored by `hf auth login`)")
-    args = p.parse_args(argv)
+    """`python -m hf_mrl.hub DIR ORG/NAME`: the same as `hf-mrl push DIR ORG/NAME`."""
+    from .cli import push_main
+
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    try:
-        result = push_run(args.output_dir, args.hub_model_id, token=args.token, private=args.private or None)
-    except (PushError, ValueError) as err:
-        sys.exit(f"error: {err}")
-    print(f"reuser:  {result.reuser_commit_url}\nstudent: {result.student_commit_url}")
+    push_main(argv)
 
 
 if __name__ == "__main__":

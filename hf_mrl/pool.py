@@ -628,6 +628,9 @@ class ModelPool:
         ]
         _warn_uncovered(self.teachers, self.mappings, self.label_names)
         self.cache = LogitCache(cache_dir)
+        # Recorded in the reuser's config and cards; an encoder embedding is loaded under the same options.
+        self.trust_remote_code = bool(load_kwargs.get("trust_remote_code", False))
+        self.allow_pickle = bool(load_kwargs.get("allow_pickle", False))
         self.batch_size = batch_size
         self.precision = precision
 

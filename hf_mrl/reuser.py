@@ -29,7 +29,6 @@ class AttentionReuser(
     PyTorchModelHubMixin,
     library_name="hf_mrl",
     tags=["hf_mrl", "model-reuse", "attention-reuse", "image-classification"],
-    repo_url="https://github.com/hf-mrl/hf_mrl",
     pipeline_tag="image-classification",
 ):
     """Weights K frozen teachers per instance: `a(x) = softmax(P psi(x) / tau + b)`, `R(x) = a(x)^T H(x)`.
@@ -198,7 +197,7 @@ class AttentionReuser(
         (Path(save_directory) / "config.json").write_text(json.dumps(self.config, sort_keys=True, indent=2))
 
     def generate_model_card(self, *args, repo_id: str | None = None, student_repo_id: str | None = None, **kwargs):
-        """The model card: `model_cards/reuser.md` rendered with the config and `card_summary` (if trained)."""
+        """The model card: `hf_mrl/model_cards/reuser.md` rendered with the config and `card_summary` (if trained)."""
         return reuser_card(self.config, self.card_summary, repo_id=repo_id, student_repo_id=student_repo_id)
 
     def push_to_hub(self, repo_id: str, *, model_card_kwargs: dict | None = None, **kwargs) -> str:

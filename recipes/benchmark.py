@@ -31,7 +31,7 @@ from hf_mrl.benchmark import (
     run_benchmark,
     write_report,
 )
-from hf_mrl.config import METHODS
+from hf_mrl.strategies import METHODS
 
 # Full-run defaults: 495 runs on 2 CPU cores within an hour (see README, Benchmark).
 FULL = {

@@ -204,14 +204,14 @@ def run_supervised(spec_dict: dict, seed: int, records_dir: str) -> dict:
     from hf_mrl.benchmark import environment
     from hf_mrl.guard import fold_correctness, stratified_folds
     from hf_mrl.metrics import accuracy_report
-    from hf_mrl.trainer import MRLTrainer
+    from hf_mrl.trainer import StudentTrainer
 
     spec = Spec(**spec_dict)
     torch.set_num_threads(spec.threads)
     start = time.perf_counter()
     data, description = _load_data(spec, seed)
     config = spec.config("supervised", seed)
-    trainer = MRLTrainer(config, data, student_spec=spec.student_spec)
+    trainer = StudentTrainer(config, data, student_spec=spec.student_spec)
     trainer.train(progress=False)
     preds = trainer.predict(data.test_images)
     report = accuracy_report(preds, data.test_labels, data.test_domains, data.domain_names)
@@ -251,7 +251,7 @@ def run_pool(spec_dict: dict, pool: str, info: dict, seed: int, records_dir: str
     from hf_mrl.guard import cross_validate_reuse, stratified_folds
     from hf_mrl.metrics import accuracy_report
     from hf_mrl.screening import screen_teachers
-    from hf_mrl.trainer import MRLTrainer, compute_reuse_inputs
+    from hf_mrl.trainer import StudentTrainer, compute_reuse_inputs
 
     spec = Spec(**spec_dict)
     torch.set_num_threads(spec.threads)
@@ -270,7 +270,7 @@ def run_pool(spec_dict: dict, pool: str, info: dict, seed: int, records_dir: str
     teacher_acc = (reuse.probs_t.argmax(-1) == data.test_labels[:, None]).float().mean(0).tolist()
 
     config = spec.config("mrl", seed)
-    trainer = MRLTrainer(config, data, reuse, teacher_ids=model_pool.ids, student_spec=spec.student_spec)
+    trainer = StudentTrainer(config, data, reuse, teacher_ids=model_pool.ids, student_spec=spec.student_spec)
     trainer.train(progress=False)
     preds = trainer.predict(data.test_images)
     mrl = accuracy_report(preds, data.test_labels, data.test_domains, data.domain_names)

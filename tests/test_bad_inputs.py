@@ -22,7 +22,7 @@ from helpers import make_target_dataset, make_timm_teacher, make_transformers_te
 from huggingface_hub import HfApi
 from safetensors.torch import load_file, save_file
 
-from hf_mrl import AttentionReuser, ModelPool, Teacher
+from hf_mrl import AttentionReuser, ModelPool, Teacher, cli, reuse_trainer
 from hf_mrl.labels import map_labels
 from hf_mrl.pool import TeacherLoadError, parse_pool_file
 from hf_mrl.target import check_dataset, load_target, target_from_datasets
@@ -140,11 +140,11 @@ def _argv(bad, out: Path, pool=None, data=None, *extra: str) -> list[str]:
 def run_cli(recipe, monkeypatch, argv: list[str], before: str = "training") -> str:
     """`main(argv)` must exit with one line `error: ...` before `before` (training, teachers or images) starts."""
     with monkeypatch.context() as patch:
-        patch.setattr(recipe, "MRLTrainer", _Tripwire("training"))
+        patch.setattr(reuse_trainer, "StudentTrainer", _Tripwire("training"))
         if before in ("teachers", "images"):
-            patch.setattr(recipe, "load_target", _Tripwire("image decoding"))
+            patch.setattr(cli, "load_target", _Tripwire("image decoding"))
         if before == "teachers":
-            patch.setattr(recipe, "ModelPool", _Tripwire("teacher loading"))
+            patch.setattr(cli, "ModelPool", _Tripwire("teacher loading"))
         with pytest.raises(SystemExit) as exit_info:
             recipe.main(argv)
     message = exit_info.value.code

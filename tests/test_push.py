@@ -82,7 +82,7 @@ def test_failed_push_keeps_the_output_and_says_how_to_retry(token_hub, tmp_path,
         push_run(out, "org/run", token="hf_wrong_token")
     message = str(err.value)
     assert "pushing the reuser to org/run failed" in message and "is intact" in message
-    assert f"python -m hf_mrl.hub {out} org/run" in message
+    assert f"hf-mrl push {out} org/run" in message
     assert "hf_wrong_token" not in message
     assert _tree_digest(out) == before
 
@@ -102,7 +102,7 @@ def test_push_without_a_reachable_hub_fails_with_the_retry_hint(tmp_path):
     before = _tree_digest(out)
     with pytest.raises(PushError, match="nothing was pushed") as err:
         push_run(out, "org/run")
-    assert f"python -m hf_mrl.hub {out} org/run" in str(err.value)
+    assert f"hf-mrl push {out} org/run" in str(err.value)
     assert _tree_digest(out) == before
 
 

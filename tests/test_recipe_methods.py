@@ -14,8 +14,8 @@ import pytest
 import yaml
 from helpers import load_recipe
 
-from hf_mrl.config import METHODS
-from hf_mrl.strategies import STRATEGIES
+import hf_mrl.cli as cli
+from hf_mrl.strategies import METHODS, STRATEGIES
 
 
 class _Tripwire:
@@ -69,19 +69,22 @@ def test_supervised_trains_one_student_and_never_touches_the_pool(recipe, tiny, 
     (stale / "config.json").write_text("{}")  # an earlier MRL run's reuser: it must not survive next to this run
     made = []
 
-    class CountingTrainer(recipe.MRLTrainer):
+    import hf_mrl.reuse_trainer as run
+
+    class CountingTrainer(run.StudentTrainer):
         def __init__(self, config, *args, **kwargs):
             made.append(config.method)
             super().__init__(config, *args, **kwargs)
 
-    monkeypatch.setattr(recipe, "MRLTrainer", CountingTrainer)
-    for name, what in [
-        ("ModelPool", "teacher loading"),
-        ("Embedding", "the embedding"),
-        ("compute_reuse_inputs", "a teacher pass"),
-        ("cross_validate_reuse", "the guard"),
+    monkeypatch.setattr(run, "StudentTrainer", CountingTrainer)
+    for module, name, what in [
+        (cli, "ModelPool", "teacher loading"),
+        (run, "ModelPool", "teacher loading"),
+        (run, "Embedding", "the embedding"),
+        (run, "compute_reuse_inputs", "a teacher pass"),
+        (run, "cross_validate_reuse", "the guard"),
     ]:
-        monkeypatch.setattr(recipe, name, _Tripwire(what))
+        monkeypatch.setattr(module, name, _Tripwire(what))
     recipe.main(_argv(tiny, out, "--method", "supervised"))
 
     assert made == ["supervised"]  # one student: the supervised-only baseline is not trained twice
@@ -114,17 +117,19 @@ def test_supervised_trains_one_student_and_never_touches_the_pool(recipe, tiny, 
 
 def test_a_method_without_teachers_gets_the_guard_and_its_fallback(recipe, tiny, tmp_path, monkeypatch):
     """pl: no pool; the guard still compares it with supervised-only (forced to fall back here)."""
-    real_guard = recipe.cross_validate_reuse
+    import hf_mrl.reuse_trainer as run
+
+    real_guard = run.cross_validate_reuse
     seen = {}
 
-    def guard_that_falls_back(config, data, reuse, teacher_ids, folds):
+    def guard_that_falls_back(config, data, reuse, teacher_ids, folds, *args, **kwargs):
         seen.update(method=config.method, teachers=teacher_ids, reuse=reuse)
-        report = real_guard(config, data, reuse, teacher_ids, folds=folds)
+        report = real_guard(config, data, reuse, teacher_ids, folds, *args, **kwargs)
         report.decision = "fall_back"
         return report
 
-    monkeypatch.setattr(recipe, "cross_validate_reuse", guard_that_falls_back)
-    monkeypatch.setattr(recipe, "ModelPool", _Tripwire("teacher loading"))
+    monkeypatch.setattr(run, "cross_validate_reuse", guard_that_falls_back)
+    monkeypatch.setattr(cli, "ModelPool", _Tripwire("teacher loading"))
     out = tmp_path / "pl"
     argv = _argv(tiny, out, "--method", "pl")
     del argv[argv.index("--pool") : argv.index("--pool") + 2]  # not needed by a method without teachers
@@ -176,7 +181,7 @@ def test_oracle_needs_the_training_datas_domain_labels(recipe, tiny, tmp_path, m
     dd = datasets.load_from_disk(str(tiny["data"]))
     dd = datasets.DatasetDict({**dd, "unlabeled": dd["unlabeled"].remove_columns("domain")})
     dd.save_to_disk(str(tmp_path / "no-domains"))
-    monkeypatch.setattr(recipe, "ModelPool", _Tripwire("teacher loading"))  # the check comes before the teachers
+    monkeypatch.setattr(cli, "ModelPool", _Tripwire("teacher loading"))  # the check comes before the teachers
     argv = _argv(tiny, tmp_path / "out", "--method", "oracle")
     argv[argv.index("--dataset") + 1] = str(tmp_path / "no-domains")
     with pytest.raises(SystemExit) as exit_info:
@@ -190,7 +195,10 @@ def test_resume_refuses_another_method_and_old_run_records_count_as_mrl(recipe, 
     out = tmp_path / "r"
     (out / "checkpoints" / "mrl" / "step_0000002").mkdir(parents=True)
     args = recipe.parse_args(_argv(tiny, out, "--resume_from_checkpoint"))
-    identity = recipe._run_identity(args, recipe.parse_pool_file(args.pool))
+    from hf_mrl.cli import run_identity
+    from hf_mrl.pool import parse_pool_file
+
+    identity = run_identity(args, parse_pool_file(args.pool))
     del identity["method"]  # run.json of a run from before --method
     (out / "checkpoints" / "run.json").write_text(json.dumps(identity))
     recipe.preflight(args)  # the same run (mrl) resumes
@@ -208,10 +216,10 @@ def test_push_of_a_method_without_reuser_pushes_the_student_only(recipe, local_h
     summary = RunSummary(teachers=[], label_names=["a", "b", "c"], dataset="tiny", method="vat", delivered="vat")
     card = student_card({**student.pretrained_cfg, "architecture": "resnet10t"}, summary, repo_id="org/v-student")
     save_student(student, tmp_path / "run" / "student", card=str(card))
-    args = recipe.parse_args(
-        ["--output_dir", str(tmp_path / "run"), "--method", "vat", "--push_to_hub", "--hub_model_id", "org/v"]
-    )
-    recipe._push(args)
+    (tmp_path / "run" / "metrics.json").write_text(json.dumps({"method": "vat"}))
+    from hf_mrl.cli import push_main
+
+    push_main([str(tmp_path / "run"), "org/v"])  # the same command retries the push of any method
 
     api = HfApi()
     assert {"README.md", "config.json", "model.safetensors"} <= set(api.list_repo_files("org/v-student"))

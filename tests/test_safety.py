@@ -22,9 +22,10 @@ import torch
 from helpers import make_labeled_images, make_transformers_teacher
 from safetensors.torch import load_file, save_file
 
-from hf_mrl import AttentionReuser, Embedding, ModelPool, MRLConfig, MRLTrainer, TargetData, Teacher
+from hf_mrl import AttentionReuser, Embedding, ModelPool, MRLConfig, StudentTrainer, TargetData, Teacher, cli, utils
 from hf_mrl.pool import TeacherLoadError
 from hf_mrl.trainer import latest_checkpoint
+from hf_mrl.utils import atomic_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "train_mrl.py"
@@ -189,7 +190,7 @@ def test_cli_allow_pickle_reaches_the_pool(recipe, tiny, tmp_path, monkeypatch):
     def stop(*args, **kwargs):  # reached only once the pool (with the pickle teacher) loaded
         raise ValueError("the pool loaded")
 
-    monkeypatch.setattr(recipe, "load_target", stop)
+    monkeypatch.setattr(cli, "load_target", stop)
     with pytest.raises(SystemExit) as accepted:
         recipe.main([*argv, "--allow_pickle"])
     assert accepted.value.code == "error: the pool loaded"
@@ -216,7 +217,7 @@ def test_tokens_never_leak_and_a_failed_push_keeps_the_outputs(tiny, tmp_path):
 
     # The push failed, said so with the retry command, and the outputs are whole.
     assert proc.returncode == 1, proc.stderr[-3000:]
-    assert "is intact" in proc.stderr and f"python -m hf_mrl.hub {out} org/safety" in proc.stderr
+    assert "is intact" in proc.stderr and f"hf-mrl push {out} org/safety" in proc.stderr
     assert "Traceback" not in proc.stderr
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["args"]["trust_remote_code"] is True and "hub_token" not in metrics["args"]
@@ -248,9 +249,14 @@ def _reuser(seed: int) -> AttentionReuser:
     return reuser
 
 
-def test_a_crash_mid_save_keeps_the_previous_output(recipe, tmp_path):
+def _save(write, final: Path) -> None:
+    with atomic_dir(final) as tmp:
+        write(tmp)
+
+
+def test_a_crash_mid_save_keeps_the_previous_output(tmp_path):
     final = tmp_path / "reuser"
-    recipe._save_dir_atomically(lambda d: _reuser(1).save_pretrained(d), final)
+    _save(lambda d: _reuser(1).save_pretrained(d), final)
     before = AttentionReuser.from_pretrained(final).prototypes.clone()
 
     def crash_half_way(d: Path):
@@ -260,9 +266,9 @@ def test_a_crash_mid_save_keeps_the_previous_output(recipe, tmp_path):
         raise OSError("disk full")
 
     with pytest.raises(OSError, match="disk full"):
-        recipe._save_dir_atomically(crash_half_way, final)
+        _save(crash_half_way, final)
     assert torch.equal(AttentionReuser.from_pretrained(final).prototypes, before)
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".reuser.tmp", "reuser"]  # the half-written one is aside
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["reuser"]  # the half-written one is gone
 
     # A crash between the two renames: no `reuser` at all for a moment, never a half-written one...
     real_replace, calls = os.replace, []
@@ -273,18 +279,18 @@ def test_a_crash_mid_save_keeps_the_previous_output(recipe, tmp_path):
             raise KeyboardInterrupt("killed between the renames")
         real_replace(src, dst)
 
-    recipe.os.replace = replace_then_crash
+    utils.os.replace = replace_then_crash
     try:
         with pytest.raises(KeyboardInterrupt):
-            recipe._save_dir_atomically(lambda d: _reuser(3).save_pretrained(d), final)
+            _save(lambda d: _reuser(3).save_pretrained(d), final)
     finally:
-        recipe.os.replace = real_replace
+        utils.os.replace = real_replace
     assert not final.exists() and (tmp_path / ".reuser.old").is_dir()
     # ... and the next save puts the previous output back first, so even its own crash loses nothing.
     with pytest.raises(OSError, match="disk full"):
-        recipe._save_dir_atomically(crash_half_way, final)
+        _save(crash_half_way, final)
     assert torch.equal(AttentionReuser.from_pretrained(final).prototypes, before)
-    recipe._save_dir_atomically(lambda d: _reuser(4).save_pretrained(d), final)
+    _save(lambda d: _reuser(4).save_pretrained(d), final)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["reuser"]
     assert torch.equal(AttentionReuser.from_pretrained(final).prototypes, _reuser(4).prototypes)
 
@@ -292,7 +298,7 @@ def test_a_crash_mid_save_keeps_the_previous_output(recipe, tmp_path):
 TINY_STUDENT = {"architecture": "resnet10t", "model_args": {"channels": [8, 8, 16, 16], "stem_width": 8}}
 
 
-def _tiny_trainer() -> MRLTrainer:
+def _tiny_trainer() -> StudentTrainer:
     y_l, y_u, y_t = torch.arange(9) % 3, torch.arange(12) % 3, torch.arange(6) % 3
     data = TargetData(
         label_names=list(LABELS),
@@ -303,10 +309,10 @@ def _tiny_trainer() -> MRLTrainer:
         test_labels=y_t,
     )
     config = MRLConfig(method="supervised", max_steps=4, batch_size=6, unlabeled_batch_size=6, checkpoint_every=2)
-    return MRLTrainer(config, data, student_spec=TINY_STUDENT)
+    return StudentTrainer(config, data, student_spec=TINY_STUDENT)
 
 
-def _state(trainer: MRLTrainer) -> dict[str, torch.Tensor]:
+def _state(trainer: StudentTrainer) -> dict[str, torch.Tensor]:
     model = trainer.accelerator.unwrap_model(trainer.student)
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
@@ -356,13 +362,13 @@ def test_resume_needs_the_arguments_of_the_checkpoints(recipe, tiny, tmp_path, c
     assert (out / "checkpoints" / "mrl" / "step_0000002").is_dir()
 
     # Starting over (no --resume_from_checkpoint) removes them: a later resume can never pick a stale one.
-    with caplog.at_level(logging.WARNING, logger="train_mrl"):
+    with caplog.at_level(logging.WARNING, logger="hf_mrl.cli"):
         recipe.preflight(_args(recipe, tiny, out, "--seed", "4"))
     assert not (out / "checkpoints" / "mrl").exists()
     assert any("removing the checkpoints of an earlier run" in r.getMessage() for r in caplog.records)
 
     # Resuming with no checkpoint at all is a fresh start, with a warning.
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="train_mrl"):
+    with caplog.at_level(logging.WARNING, logger="hf_mrl.cli"):
         recipe.preflight(_args(recipe, tiny, tmp_path / "new", "--resume_from_checkpoint"))
     assert any("no checkpoint" in r.getMessage() for r in caplog.records)

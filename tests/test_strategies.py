@@ -9,10 +9,9 @@ import pytest
 import torch
 from test_trainer import LABELS, TEACHERS, TINY_STUDENT, _data, _reuse
 
-from hf_mrl import MRLConfig, MRLTrainer
+from hf_mrl import MRLConfig, StudentTrainer
 from hf_mrl.augment import strong_augment
-from hf_mrl.config import METHODS
-from hf_mrl.strategies import STRATEGIES, get_strategy
+from hf_mrl.strategies import METHODS, STRATEGIES, get_strategy
 from hf_mrl.strategies.mr_cr import fit_global_weights
 from hf_mrl.trainer import ReuseInputs
 
@@ -37,11 +36,11 @@ def _domain_data():
     )
 
 
-def _run(method: str, steps: int = 3, data=None, reuse=None, **cfg) -> MRLTrainer:
+def _run(method: str, steps: int = 3, data=None, reuse=None, **cfg) -> StudentTrainer:
     data = data or _domain_data()
     reuse = reuse or _reuse(data)
     config = MRLConfig(method=method, max_steps=steps, batch_size=6, unlabeled_batch_size=8, outer_every=2, **cfg)
-    trainer = MRLTrainer(config, data, reuse, teacher_ids=TEACHERS, student_spec=TINY_STUDENT)
+    trainer = StudentTrainer(config, data, reuse, teacher_ids=TEACHERS, student_spec=TINY_STUDENT)
     trainer.train(progress=False)
     return trainer
 
@@ -68,7 +67,7 @@ def test_every_method_trains_with_finite_losses(method):
 @pytest.mark.parametrize("method", ["mr-bs", "mr-cr", "mrl", "oracle"])
 def test_teacher_methods_need_teacher_outputs(method):
     with pytest.raises(ValueError, match="needs teacher"):
-        MRLTrainer(
+        StudentTrainer(
             MRLConfig(method=method, max_steps=1), _data(), None, teacher_ids=TEACHERS, student_spec=TINY_STUDENT
         )
 
@@ -94,7 +93,7 @@ def _reuse_where_teacher_is_right(data, good) -> ReuseInputs:
 def test_mr_bs_distils_the_teacher_best_on_the_labels():
     data = _domain_data()
     reuse = _reuse_where_teacher_is_right(data, lambda d: torch.full_like(d, 1))
-    trainer = MRLTrainer(MRLConfig(method="mr-bs", max_steps=1), data, reuse, student_spec=TINY_STUDENT)
+    trainer = StudentTrainer(MRLConfig(method="mr-bs", max_steps=1), data, reuse, student_spec=TINY_STUDENT)
     assert trainer.strategy.teacher == 1
     idx = torch.tensor([0, 3])
     assert torch.equal(trainer.strategy.targets(idx), reuse.probs_u[idx, 1])
@@ -112,10 +111,10 @@ def test_mr_cr_weights_favour_the_accurate_teacher():
 def test_oracle_routes_each_domain_to_its_teacher():
     data = _domain_data()
     reuse = _reuse_where_teacher_is_right(data, lambda d: d)  # domain d is handled by teacher d
-    trainer = MRLTrainer(MRLConfig(method="oracle", max_steps=1), data, reuse, student_spec=TINY_STUDENT)
+    trainer = StudentTrainer(MRLConfig(method="oracle", max_steps=1), data, reuse, student_spec=TINY_STUDENT)
     assert torch.equal(trainer.strategy.teacher_of, data.unlabeled_domains)
     with pytest.raises(ValueError, match="domain labels"):
-        MRLTrainer(MRLConfig(method="oracle", max_steps=1), _data(), reuse, student_spec=TINY_STUDENT)
+        StudentTrainer(MRLConfig(method="oracle", max_steps=1), _data(), reuse, student_spec=TINY_STUDENT)
 
 
 def test_confidence_threshold_masks_pseudo_labels():
@@ -129,7 +128,7 @@ def test_confidence_threshold_masks_pseudo_labels():
 def test_mean_teacher_ema_follows_the_student():
     data = _domain_data()
     config = MRLConfig(method="mean-teacher", max_steps=2, batch_size=6, unlabeled_batch_size=8)
-    trainer = MRLTrainer(config, data, None, student_spec=TINY_STUDENT)
+    trainer = StudentTrainer(config, data, None, student_spec=TINY_STUDENT)
     init = {k: v.clone() for k, v in trainer.strategy.ema.state_dict().items()}
     trainer.training_step(0)
     student = trainer.accelerator.unwrap_model(trainer.student).state_dict()

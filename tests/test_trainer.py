@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from helpers import make_labeled_images, make_timm_teacher, make_transformers_teacher
 
-from hf_mrl import Embedding, ModelPool, MRLConfig, MRLTrainer, TargetData, compute_reuse_inputs
+from hf_mrl import Embedding, ModelPool, MRLConfig, StudentTrainer, TargetData, compute_reuse_inputs
 from hf_mrl.trainer import ReuseInputs, _translate, kd_loss, latest_checkpoint
 
 LABELS = ["a", "b", "c"]
@@ -49,15 +49,15 @@ def _config(**kwargs) -> MRLConfig:
     return MRLConfig(**{**base, **kwargs})
 
 
-def _trainer(config: MRLConfig, data: TargetData | None = None, reuse: ReuseInputs | None = None) -> MRLTrainer:
+def _trainer(config: MRLConfig, data: TargetData | None = None, reuse: ReuseInputs | None = None) -> StudentTrainer:
     data = data or _data()
     if config.method == "mrl" and reuse is None:
         reuse = _reuse(data)
     ids = TEACHERS if config.method == "mrl" else None
-    return MRLTrainer(config, data, reuse, teacher_ids=ids, student_spec=TINY_STUDENT)
+    return StudentTrainer(config, data, reuse, teacher_ids=ids, student_spec=TINY_STUDENT)
 
 
-def _student_state(trainer: MRLTrainer) -> dict[str, torch.Tensor]:
+def _student_state(trainer: StudentTrainer) -> dict[str, torch.Tensor]:
     model = trainer.accelerator.unwrap_model(trainer.student)
     return {n: t.detach().clone() for n, t in model.state_dict().items()}
 
@@ -67,7 +67,7 @@ def _student_state(trainer: MRLTrainer) -> dict[str, torch.Tensor]:
 
 def test_mrl_steps_return_finite_losses_and_update_prototypes_on_outer_steps():
     trainer = _trainer(_config())
-    protos0 = trainer.reuser.prototypes.detach().clone()
+    protos0 = trainer.strategy.reuser.prototypes.detach().clone()
     student0 = _student_state(trainer)
 
     logs = trainer.training_step(0)  # not an outer step (outer_every=2)
@@ -75,14 +75,14 @@ def test_mrl_steps_return_finite_losses_and_update_prototypes_on_outer_steps():
     assert all(math.isfinite(v) for v in logs.values())
     distill = trainer.config.kd_lambda * logs["reuse_strength"] * logs["kd_loss"]
     assert logs["loss"] == pytest.approx(logs["ce_loss"] + distill, rel=1e-5)
-    assert torch.equal(trainer.reuser.prototypes.detach(), protos0)
+    assert torch.equal(trainer.strategy.reuser.prototypes.detach(), protos0)
     assert any(not torch.equal(student0[n], t) for n, t in _student_state(trainer).items())
 
     logs = trainer.training_step(1)  # an outer step
     assert set(logs) == {"loss", "ce_loss", "kd_loss", "reuse_strength", "outer_loss"}
     assert all(math.isfinite(v) for v in logs.values())
-    assert not torch.allclose(trainer.reuser.prototypes.detach(), protos0)
-    assert torch.isfinite(trainer.reuser.prototypes).all()
+    assert not torch.allclose(trainer.strategy.reuser.prototypes.detach(), protos0)
+    assert torch.isfinite(trainer.strategy.reuser.prototypes).all()
 
 
 def test_train_runs_to_max_steps_and_predicts():
@@ -96,14 +96,14 @@ def test_train_runs_to_max_steps_and_predicts():
     preds = trainer.predict(trainer.data.test_images, batch_size=5)  # batches that do not divide N
     assert preds.shape == (12,) and preds.dtype == torch.int64
     assert ((preds >= 0) & (preds < 3)).all()
-    reuse = trainer.reuse_predictions("t")
+    reuse = trainer.strategy.reuse_predictions("t")
     assert reuse["predictions"].shape == (12,) and reuse["weights"].shape == (12, 2)
     torch.testing.assert_close(reuse["weights"].sum(-1), torch.ones(12))
 
 
 def test_supervised_needs_no_teachers():
     trainer = _trainer(_config(method="supervised", max_steps=3))
-    assert trainer.reuser is None
+    assert trainer.strategy.reuser is None
     trainer.train(progress=False)
     assert [set(h) for h in trainer.history] == [{"loss", "ce_loss"}] * 3
     assert all(h["loss"] == h["ce_loss"] and math.isfinite(h["loss"]) for h in trainer.history)
@@ -111,42 +111,42 @@ def test_supervised_needs_no_teachers():
 
 def test_mrl_without_teacher_outputs_is_refused():
     with pytest.raises(ValueError, match="teacher"):
-        MRLTrainer(_config(), _data(), None, teacher_ids=TEACHERS, student_spec=TINY_STUDENT)
+        StudentTrainer(_config(), _data(), None, teacher_ids=TEACHERS, student_spec=TINY_STUDENT)
     with pytest.raises(ValueError, match="teacher"):
-        MRLTrainer(_config(), _data(), _reuse(_data()), teacher_ids=None, student_spec=TINY_STUDENT)
+        StudentTrainer(_config(), _data(), _reuse(_data()), teacher_ids=None, student_spec=TINY_STUDENT)
 
 
 def test_without_kd_and_direct_term_the_prototypes_get_no_signal():
     """kd_lambda=0 cuts the only path from phi to the student, so the hypergradient is zero."""
     trainer = _trainer(_config(kd_lambda=0.0, direct_weight=0.0))
-    protos0 = trainer.reuser.prototypes.detach().clone()
-    bias0 = trainer.reuser.bias.detach().clone()
+    protos0 = trainer.strategy.reuser.prototypes.detach().clone()
+    bias0 = trainer.strategy.reuser.bias.detach().clone()
     trainer.train(progress=False)
     assert all(h["loss"] == pytest.approx(h["ce_loss"]) for h in trainer.history)
     assert "outer_loss" in trainer.history[1]
-    assert torch.equal(trainer.reuser.prototypes.detach(), protos0)
-    assert torch.equal(trainer.reuser.bias.detach(), bias0)
+    assert torch.equal(trainer.strategy.reuser.prototypes.detach(), protos0)
+    assert torch.equal(trainer.strategy.reuser.bias.detach(), bias0)
 
 
 def test_direct_term_alone_moves_the_prototypes():
     trainer = _trainer(_config(kd_lambda=0.0, direct_weight=1.0))
-    protos0 = trainer.reuser.prototypes.detach().clone()
+    protos0 = trainer.strategy.reuser.prototypes.detach().clone()
     trainer.train(progress=False)
-    assert not torch.allclose(trainer.reuser.prototypes.detach(), protos0)
+    assert not torch.allclose(trainer.strategy.reuser.prototypes.detach(), protos0)
 
 
 def test_reuser_is_initialised_from_the_labeled_data():
     data = _data()
     reuse = _reuse(data)
     trainer = _trainer(_config(), data, reuse)
-    assert trainer.reuser.teachers == TEACHERS
-    assert trainer.reuser.embed_dim == len(TEACHERS) * len(LABELS)
-    torch.testing.assert_close(trainer.reuser.psi_mean, reuse.feats_u.mean(0))
+    assert trainer.strategy.reuser.teachers == TEACHERS
+    assert trainer.strategy.reuser.embed_dim == len(TEACHERS) * len(LABELS)
+    torch.testing.assert_close(trainer.strategy.reuser.psi_mean, reuse.feats_u.mean(0))
     owner = reuse.probs_l[torch.arange(len(data.labeled_labels)), :, data.labeled_labels].argmax(-1)
     for k in range(len(TEACHERS)):
         if (owner == k).any():
-            expected = trainer.reuser.standardize(reuse.feats_l[owner == k]).mean(0)
-            torch.testing.assert_close(trainer.reuser.prototypes[k].detach(), expected)
+            expected = trainer.strategy.reuser.standardize(reuse.feats_l[owner == k]).mean(0)
+            torch.testing.assert_close(trainer.strategy.reuser.prototypes[k].detach(), expected)
 
 
 def test_same_seed_same_run_and_other_seed_another():
@@ -167,15 +167,15 @@ def test_with_real_teachers_through_compute_reuse_inputs(tmp_path):
     assert reuse.probs_l.shape == (9, 2, 3) and reuse.probs_u.shape == (30, 2, 3) and reuse.probs_t.shape == (12, 2, 3)
     assert reuse.feats_u.shape == (30, 6)
     assert [t.samples_seen for t in pool.teachers] == [9 + 30 + 12] * 2
-    trainer = MRLTrainer(_config(), data, reuse, teacher_ids=pool.ids, student_spec=TINY_STUDENT)
+    trainer = StudentTrainer(_config(), data, reuse, teacher_ids=pool.ids, student_spec=TINY_STUDENT)
     trainer.train(progress=False)
-    assert trainer.reuser.teachers == pool.ids
+    assert trainer.strategy.reuser.teachers == pool.ids
     assert all(math.isfinite(v) for h in trainer.history for v in h.values())
 
 
 def test_default_student_trains():
     data = _data()
-    trainer = MRLTrainer(_config(max_steps=2), data, _reuse(data), teacher_ids=TEACHERS)
+    trainer = StudentTrainer(_config(max_steps=2), data, _reuse(data), teacher_ids=TEACHERS)
     trainer.train(progress=False)
     assert all(math.isfinite(v) for h in trainer.history for v in h.values())
     assert trainer.accelerator.unwrap_model(trainer.student).pretrained_cfg["label_names"] == LABELS
@@ -248,7 +248,9 @@ def test_resume_reaches_the_same_state_as_an_uninterrupted_run(tmp_path):
     resumed = _trainer(config)
     assert any(  # a fresh trainer does not start where the interrupted run stopped
         not torch.equal(a, b)
-        for a, b in zip(resumed.reuser.state_dict().values(), full.reuser.state_dict().values(), strict=True)
+        for a, b in zip(
+            resumed.strategy.reuser.state_dict().values(), full.strategy.reuser.state_dict().values(), strict=True
+        )
     )
     resumed.train(checkpoint_dir=tmp_path / "ckpt", resume=True, progress=False)
     assert resumed.step.value == 6
@@ -258,8 +260,8 @@ def test_resume_reaches_the_same_state_as_an_uninterrupted_run(tmp_path):
     assert s_full.keys() == s_res.keys()
     for name in s_full:
         torch.testing.assert_close(s_res[name], s_full[name], rtol=0, atol=1e-6, msg=name)
-    for name, value in full.reuser.state_dict().items():
-        torch.testing.assert_close(resumed.reuser.state_dict()[name], value, rtol=0, atol=1e-6, msg=name)
+    for name, value in full.strategy.reuser.state_dict().items():
+        torch.testing.assert_close(resumed.strategy.reuser.state_dict()[name], value, rtol=0, atol=1e-6, msg=name)
     for a, b in zip(full.history[3:], resumed.history, strict=True):
         assert a.keys() == b.keys()
         for k in a:
@@ -298,15 +300,15 @@ def test_reuse_strength_turns_down_when_the_pool_misleads():
     data = _data()
     config = _config(max_steps=80, outer_every=1, outer_lr=0.1, direct_weight=0.0)
     trainer = _trainer(config, data, _misleading_reuse(data))
-    assert trainer.reuse_strength == pytest.approx(0.95)
+    assert trainer.strategy.reuse_strength == pytest.approx(0.95)
     trainer.train(progress=False)
-    assert trainer.reuse_strength < 0.5
+    assert trainer.strategy.reuse_strength < 0.5
 
 
 def test_reuse_strength_stays_fixed_when_not_learned():
     trainer = _trainer(_config(learn_reuse_strength=False, reuse_strength_init=0.5))
     trainer.train(progress=False)
-    assert trainer.reuse_strength == pytest.approx(0.5)
+    assert trainer.strategy.reuse_strength == pytest.approx(0.5)
 
 
 # ----------------------------------------------------------------------------------------------- hypergradient
@@ -323,7 +325,7 @@ def test_first_order_hypergradients_match_the_unrolled_one_on_the_same_batches(m
         trainer = _trainer(_config(hypergradient=m, batch_size=12, unlabeled_batch_size=16))
         for s in (0, 2, 4):  # no outer step on even steps (outer_every=2): the same student for both
             trainer.training_step(s)
-        grads, outer = trainer.hypergradient(7)
+        grads, outer = trainer.strategy.hypergradient(7)
         results[m] = (_flat(grads), outer.item())
     expected, got = results["unrolled"][0], results[mode][0]
     assert expected.abs().max() > 1e-4
@@ -340,25 +342,25 @@ def test_the_default_outer_step_differentiates_through_the_training_step_itself(
     cfg, step = trainer.config, 1
     model = trainer.accelerator.unwrap_model(trainer.student)
     params, call = functional_student(model)
-    gen, idx_l, idx_u = trainer._batch_indices(step)  # the training batch, drawn as training_step draws it
-    x_l = trainer._inputs(trainer.data.labeled_images[idx_l], gen)
-    x_u = trainer._inputs(trainer.data.unlabeled_images[idx_u], gen)
-    gen_o, idx_o, _ = trainer._batch_indices(step, stream=2)
-    x_o, y_o = trainer._inputs(trainer.data.labeled_images[idx_o], gen_o), trainer.data.labeled_labels[idx_o]
+    gen, idx_l, idx_u = trainer.batch_indices(step)  # the training batch, drawn as training_step draws it
+    x_l = trainer.inputs(trainer.data.labeled_images[idx_l], gen)
+    x_u = trainer.inputs(trainer.data.unlabeled_images[idx_u], gen)
+    gen_o, idx_o, _ = trainer.batch_indices(step, stream=2)
+    x_o, y_o = trainer.inputs(trainer.data.labeled_images[idx_o], gen_o), trainer.data.labeled_labels[idx_o]
 
     def inner(theta, t):
         z = call(theta, torch.cat([x_l, x_u]))
-        kd = kd_loss(z[len(x_l) :], trainer._reuse_targets(idx_u), cfg.kd_temperature)
-        return F.cross_entropy(z[: len(x_l)], trainer.data.labeled_labels[idx_l]) + trainer.reuse_gate() * kd
+        kd = kd_loss(z[len(x_l) :], trainer.strategy.reuse_targets(idx_u), cfg.kd_temperature)
+        return F.cross_entropy(z[: len(x_l)], trainer.data.labeled_labels[idx_l]) + trainer.strategy.reuse_gate() * kd
 
     def outer(theta):
-        r = trainer._reuse_targets(idx_o, labeled=True)
+        r = trainer.strategy.reuse_targets(idx_o, labeled=True)
         return F.cross_entropy(call(theta, x_o), y_o) + F.nll_loss(r.clamp_min(1e-8).log(), y_o)
 
     model.train()
-    expected, _ = unrolled_hypergradient(params, inner, outer, trainer.outer_params, cfg.inner_lr, 1)
+    expected, _ = unrolled_hypergradient(params, inner, outer, trainer.strategy.outer_params, cfg.inner_lr, 1)
     seen = []
-    original = trainer.hypergradient
+    original = trainer.strategy.hypergradient
 
     def spy(*args):
         seen.append(args)
@@ -366,7 +368,7 @@ def test_the_default_outer_step_differentiates_through_the_training_step_itself(
         seen.append(result)
         return result
 
-    trainer.hypergradient = spy
+    trainer.strategy.hypergradient = spy
     logs = trainer.training_step(step)
     assert "outer_loss" in logs and len(seen) == 2 and len(seen[0]) == 2  # called once, with the step's batch
     got = _flat(seen[1][0])
@@ -380,4 +382,4 @@ def test_unroll_steps_above_one_need_the_unrolled_hypergradient():
         MRLConfig(hypergradient="exact")
     trainer = _trainer(_config(hypergradient="unrolled", unroll_steps=2))
     trainer.train(progress=False)
-    assert torch.isfinite(trainer.reuser.prototypes).all()
+    assert torch.isfinite(trainer.strategy.reuser.prototypes).all()

@@ -26,7 +26,12 @@ STRATEGIES: dict[str, type[Strategy]] = {
     )
 }
 
-__all__ = ["STRATEGIES", "Strategy", "DistillStrategy", "get_strategy"] + [s.__name__ for s in STRATEGIES.values()]
+# The `--method` values, in table order; "oracle" reads domain labels: a reference only, never a method to deliver.
+METHODS: tuple[str, ...] = tuple(STRATEGIES)
+
+__all__ = ["METHODS", "STRATEGIES", "Strategy", "DistillStrategy", "get_strategy"] + [
+    s.__name__ for s in STRATEGIES.values()
+]
 
 
 def get_strategy(name: str) -> type[Strategy]:

@@ -1,7 +1,9 @@
 """The small base every training strategy (MRL and the baselines) builds on.
 
 A strategy adds an unlabeled-data term to the labeled cross-entropy of the shared student loop in
-`MRLTrainer.training_step`, and may act after each optimiser step (an outer step, an EMA update).
+`StudentTrainer.training_step`, and may act after each optimiser step (an outer step, an EMA update). It reads the
+loop's public context only (`trainer.config`, `data`, `reuse`, `teacher_ids`, `student`, `accelerator`,
+`batch_indices`, `inputs`) and owns its own state.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import torch
 from ..losses import kd_loss
 
 if TYPE_CHECKING:
-    from ..trainer import MRLTrainer
+    from ..trainer import StudentTrainer
 
 __all__ = ["Strategy", "DistillStrategy", "rampup"]
 
@@ -34,13 +36,15 @@ class Strategy:
         name: the `--method` value.
         needs_teachers: whether it reads the pool's outputs (`trainer.reuse`).
         uses_unlabeled: whether the student sees unlabeled batches.
+        reuser: what the strategy ships besides the student (MRL's `AttentionReuser`), or None.
     """
 
     name = "supervised"
     needs_teachers = False
     uses_unlabeled = False
+    reuser = None
 
-    def __init__(self, trainer: MRLTrainer):
+    def __init__(self, trainer: StudentTrainer):
         self.trainer = trainer
         self.config = trainer.config
 
@@ -57,6 +61,9 @@ class Strategy:
 
     def after_step(self, step: int) -> dict[str, float]:
         return {}
+
+    def on_train_end(self) -> None:
+        """After the last step (on every process)."""
 
 
 class DistillStrategy(Strategy):

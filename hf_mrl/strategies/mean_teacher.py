@@ -28,7 +28,7 @@ class MeanTeacher(Strategy):
         cfg = self.config
         with torch.no_grad():
             self.ema.eval()  # its BatchNorm statistics are themselves an average of the student's
-            target = self.ema(self.trainer._inputs(images_u, gen)).softmax(-1)  # another weak view
+            target = self.ema(self.trainer.inputs(images_u, gen)).softmax(-1)  # another weak view
         loss = ((logits_u.softmax(-1) - target) ** 2).sum(-1).mean()
         weight = cfg.unlabeled_weight * rampup(step, cfg.max_steps, cfg.rampup_fraction)
         return weight * loss, {"consistency_loss": loss.item()}

@@ -20,7 +20,7 @@ class VirtualAdversarial(Strategy):
 
     def unlabeled_loss(self, logits_u, idx_u, images_u, gen, step):
         cfg, student = self.config, self.trainer.student
-        x = self.trainer._inputs(images_u, gen)
+        x = self.trainer.inputs(images_u, gen)
         p = logits_u.detach().softmax(-1)
         d = _unit(torch.randn(x.shape, generator=gen).to(x))
         d.requires_grad_(True)

@@ -1,0 +1,375 @@
+"""The `hf-mrl` command: `train`, `evaluate` and `push` (also `accelerate launch -m hf_mrl.cli train ...`).
+
+    hf-mrl train --pool hub-ids.txt --output_dir runs/mus          # or: accelerate launch -m hf_mrl.cli train ...
+    hf-mrl train --output_dir runs/mus                              # the embedded Digits-LD default
+    hf-mrl evaluate runs/mus                                        # reload the outputs, re-measure them
+    hf-mrl push runs/mus ORG/NAME                                   # push (or retry a push of) a finished run
+
+`recipes/train_mrl.py` is the same `train` as a script. Bad input ends in one line, `error: ...`, exit 1, before any
+model is loaded or image decoded where it can be seen that early.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+
+from .config import MRLConfig
+from .hub import PushError, check_hub_model_id, push_run
+from .pool import ModelPool, parse_pool_file
+from .reuse_trainer import ReuseArguments, ReuseResult, ReuseTrainer
+from .strategies import METHODS, get_strategy
+from .target import check_target, load_target
+from .trainer import latest_checkpoint, make_accelerator
+from .utils import atomic_write_json, cache_root
+
+__all__ = ["main", "train_main", "train_parser", "parse_train_args", "preflight", "run_identity", "train"]
+
+logger = logging.getLogger("hf_mrl.cli")
+
+
+def train_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=prog, description="Train a reuse student (and the supervised-only baseline on the same split)."
+    )
+    p.add_argument("--pool", help="pool file: one `repo_id[@revision]` or local path a line (default: Digits-LD pool)")
+    p.add_argument(
+        "--method",
+        choices=METHODS,
+        default="mrl",
+        help="mrl (attention reuse; the default), a baseline, or oracle (a reference that reads the training data's "
+        "latent-domain labels). Only mrl trains a reuser; methods without teachers ignore --pool",
+    )
+    p.add_argument("--dataset", default="digits-ld:MUS", help="`digits-ld[:SETTING]` or a save_to_disk DatasetDict")
+    p.add_argument("--output_dir", required=True)
+    p.add_argument("--max_steps", type=int, default=MRLConfig.max_steps)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--labeled_per_class",
+        type=int,
+        help="labeled samples per class: drawn from Digits-LD (default 10) or from the dataset's labeled split "
+        "(default: all of it)",
+    )
+    p.add_argument("--resume_from_checkpoint", action="store_true", help="continue from DIR/checkpoints")
+    p.add_argument("--checkpointing_steps", type=int, default=0, help="save the training state every N steps")
+    p.add_argument(
+        "--trust_remote_code",
+        action="store_true",
+        help="let teachers run their repositories' own modelling code (off: such teachers are refused)",
+    )
+    p.add_argument(
+        "--allow_pickle", action="store_true", help="accept pickle-only teacher weights, which can run code on load"
+    )
+    p.add_argument(
+        "--guard_folds", type=int, default=3, help="folds of the never-worse check against supervised-only (0: off)"
+    )
+    p.add_argument(
+        "--guard_workers", type=int, help="processes training the guard's folds (default: one per core on CPU)"
+    )
+    p.add_argument("--embedding", default=MRLConfig.embedding, help="teacher-outputs | pixels | encoder:<model id>")
+    p.add_argument("--outer_every", type=int, default=MRLConfig.outer_every)
+    p.add_argument("--batch_size", type=int, default=MRLConfig.batch_size)
+    p.add_argument("--unlabeled_batch_size", type=int, default=MRLConfig.unlabeled_batch_size)
+    p.add_argument("--image_column", default="image")
+    p.add_argument("--label_column", default="label")
+    p.add_argument("--image_size", type=int, default=32, help="inputs are resized to this square size")
+    p.add_argument("--cache_dir", help="teacher-output cache (default: $HF_MRL_CACHE/logits)")
+    p.add_argument("--no_progress", action="store_true")
+    hub = p.add_argument_group("Hub (see README, Hub): the reuser goes to ORG/NAME, the student to ORG/NAME-student")
+    hub.add_argument("--push_to_hub", action="store_true", help="push what the run trained (reuser and/or student)")
+    hub.add_argument("--hub_model_id", help="ORG/NAME; also names the repos in the model cards without a push")
+    hub.add_argument("--hub_private", action="store_true", help="create the repos private")
+    hub.add_argument("--hub_token", help="Hub token (prefer HF_TOKEN or `hf auth login`: arguments show in `ps`)")
+    return p
+
+
+def parse_train_args(argv=None, prog: str | None = None) -> argparse.Namespace:
+    p = train_parser(prog)
+    args = p.parse_args(argv)
+    bounds = (("labeled_per_class", 1), ("max_steps", 1), ("checkpointing_steps", 0), ("image_size", 1))
+    for name, low in (*bounds, ("guard_folds", 0), ("guard_workers", 1)):
+        value = getattr(args, name)
+        if value is not None and value < low:
+            p.error(f"--{name} must be >= {low}; got {value}.")
+    if args.push_to_hub and not args.hub_model_id:
+        p.error("--push_to_hub needs --hub_model_id ORG/NAME.")
+    if args.hub_model_id:
+        try:
+            check_hub_model_id(args.hub_model_id)
+        except ValueError as err:
+            p.error(str(err))
+    return args
+
+
+# Arguments that shape the training trajectory: a resumed run must use the same ones as the checkpoints.
+_RUN_KEYS = (
+    *("method", "dataset", "seed", "labeled_per_class", "embedding", "outer_every", "batch_size"),
+    *("unlabeled_batch_size", "image_column", "label_column", "image_size", "trust_remote_code", "allow_pickle"),
+)
+
+
+def run_identity(args: argparse.Namespace, pool: list[str] | None) -> dict:
+    return {"pool": pool, **{k: getattr(args, k) for k in _RUN_KEYS}}
+
+
+def _check_training_domains(args: argparse.Namespace) -> None:
+    """--method oracle reads the latent-domain labels of the labeled and unlabeled data: they must exist."""
+    if args.dataset.startswith("digits-ld"):
+        return  # every Digits-LD split carries its `domain` column
+    import datasets
+
+    dataset = datasets.load_from_disk(args.dataset)  # check_target has read it already: it loads
+    lacking = [s for s in ("labeled", "unlabeled") if "domain" not in dataset[s].column_names]
+    if lacking:
+        raise ValueError(
+            f"--method oracle reads the latent-domain labels of the training data, but split(s) {lacking} of "
+            f"{args.dataset!r} have no 'domain' column; oracle routing is a reference for data with known domains."
+        )
+
+
+def preflight(args: argparse.Namespace) -> None:
+    """Every check that needs no model and no image decoding, so bad input fails in seconds, not after hours.
+
+    The pool file, the dataset (splits, columns, labels; domain labels for --method oracle), and the checkpoints:
+    resuming needs the arguments of the run that wrote them; a run that does not resume removes an earlier run's
+    checkpoints, so that a later --resume_from_checkpoint can never pick up a stale one.
+    """
+    from accelerate import PartialState
+
+    pool = None
+    if get_strategy(args.method).needs_teachers:
+        pool = parse_pool_file(args.pool) if args.pool else None
+        if pool is None and not args.dataset.startswith("digits-ld"):
+            raise ValueError(
+                f"--pool is required unless --dataset is the embedded Digits-LD benchmark (--method {args.method} "
+                "reuses teachers)."
+            )
+    elif args.pool:
+        logger.warning("--method %s uses no teachers: ignoring --pool %s.", args.method, args.pool)
+    check_target(args.dataset, args.labeled_per_class, args.image_column, args.label_column)
+    if args.method == "oracle":
+        _check_training_domains(args)
+    out = Path(args.output_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--output_dir {str(out)!r} is a file, not a folder.")
+    ckpt = out / "checkpoints"
+    found = [latest_checkpoint(ckpt / part) for part in METHODS]
+    run_file, identity = ckpt / "run.json", run_identity(args, pool)
+    if args.resume_from_checkpoint:
+        if not any(found):
+            logger.warning("--resume_from_checkpoint: no checkpoint in %s yet; starting from scratch.", ckpt)
+        elif run_file.is_file():
+            recorded = {"method": "mrl", **json.loads(run_file.read_text())}  # runs from before --method were mrl
+            changed = sorted(k for k in set(recorded) | set(identity) if recorded.get(k) != identity.get(k))
+            if changed:
+                was = ", ".join(f"--{k} {recorded.get(k)!r} (now {identity.get(k)!r})" for k in changed)
+                raise ValueError(
+                    f"--resume_from_checkpoint: the checkpoints in {ckpt} come from a run with {was}: resume with "
+                    "the same arguments, or start over without --resume_from_checkpoint."
+                )
+    state = PartialState(cpu=not torch.cuda.is_available())  # as make_accelerator: gloo on a CPU-only machine
+    if state.is_main_process:
+        if any(found) and not args.resume_from_checkpoint:
+            logger.warning(
+                "Starting over: removing the checkpoints of an earlier run in %s (pass --resume_from_checkpoint to "
+                "continue that run instead).",
+                ckpt,
+            )
+            shutil.rmtree(ckpt)
+        if not (args.resume_from_checkpoint and run_file.is_file()):
+            atomic_write_json(ckpt / "run.json", identity)
+    state.wait_for_everyone()
+
+
+def train(args: argparse.Namespace) -> ReuseResult:
+    """Load the pool and the data, run `ReuseTrainer`, write DIR/ (main process); the result."""
+    accelerator = make_accelerator()
+    config = MRLConfig(
+        method=args.method,
+        max_steps=args.max_steps,
+        seed=args.seed,
+        embedding=args.embedding,
+        outer_every=args.outer_every,
+        batch_size=args.batch_size,
+        unlabeled_batch_size=args.unlabeled_batch_size,
+        checkpoint_every=args.checkpointing_steps,
+    )
+    pool = embedding = None
+    with accelerator.main_process_first():
+        # Teachers and encoder first: a teacher that cannot be used fails before any image is decoded.
+        label_names = check_target(args.dataset, args.labeled_per_class, args.image_column, args.label_column)
+        if get_strategy(args.method).needs_teachers:
+            pool_file = args.pool
+            if pool_file is None:
+                from .pool_builder import build_digits_pool
+
+                pool_file = build_digits_pool()
+            pool = ModelPool.from_file(
+                pool_file,
+                label_names,
+                cache_dir=args.cache_dir or cache_root() / "logits",
+                trust_remote_code=args.trust_remote_code,
+                allow_pickle=args.allow_pickle,
+            )
+            embedding = ReuseTrainer.prepare_embedding(config, pool)
+        data, description = load_target(
+            args.dataset,
+            args.labeled_per_class,
+            args.seed,
+            image_column=args.image_column,
+            label_column=args.label_column,
+            image_size=args.image_size,
+        )
+    run_args = ReuseArguments(
+        guard_folds=args.guard_folds,
+        guard_workers=args.guard_workers,
+        dataset=args.dataset,
+        dataset_description=description,
+        progress=not args.no_progress,
+    )
+    trainer = ReuseTrainer(pool, data, config, run_args, embedding=embedding, accelerator=accelerator)
+    result = trainer.train(Path(args.output_dir) / "checkpoints", resume=args.resume_from_checkpoint)
+    result.metrics["args"] = {k: v for k, v in vars(args).items() if "token" not in k}
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        result.save_pretrained(args.output_dir, args.hub_model_id)
+    accelerator.wait_for_everyone()
+    return result
+
+
+def summary_line(metrics: dict) -> str:
+    """The accuracies printed at the end: the delivered student, supervised-only, and the reuser where there is one."""
+    method = metrics.get("method", "mrl")
+    name = "MRL" if method == "mrl" else method
+    if method == "supervised":
+        parts = [f"supervised-only student: {metrics['student_accuracy']:.4f}"]
+    elif metrics.get("delivered") == "supervised":
+        parts = [
+            f"{name} student: {metrics['method_student_accuracy']:.4f} (not delivered: the guard fell back)",
+            f"delivered supervised-only student: {metrics['student_accuracy']:.4f}",
+        ]
+    else:
+        parts = [f"{name} student: {metrics['student_accuracy']:.4f}"]
+        parts.append(f"supervised-only: {metrics['supervised_accuracy']:.4f}")
+    if metrics.get("reuse_accuracy") is not None:
+        parts.append(f"reuser: {metrics['reuse_accuracy']:.4f}")
+    return f"\n{metrics['dataset']} test accuracy -- " + "   ".join(parts)
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    for noisy in ("httpx", "urllib3", "huggingface_hub", "timm", "accelerate"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def train_main(argv=None, prog: str | None = None) -> None:
+    """`hf-mrl train` and `recipes/train_mrl.py`: parse, check, train, save, print, push."""
+    from accelerate import PartialState
+
+    _setup_logging()
+    args = parse_train_args(argv, prog)
+    if args.push_to_hub and not args.hub_token:
+        from huggingface_hub import get_token
+
+        if get_token() is None:
+            logger.warning("--push_to_hub: no Hub token (HF_TOKEN or `hf auth login`); the Hub may refuse the push.")
+    try:
+        preflight(args)
+        metrics = train(args).metrics
+    except (ValueError, TypeError, OSError) as err:  # bad input (TeacherLoadError is a ValueError), unusable files
+        sys.exit("error: " + " ".join(str(err).split()))
+    if PartialState().is_main_process:
+        outputs = ("reuser/, " if metrics["reuse_accuracy"] is not None else "") + "student/, metrics.json"
+        print(summary_line(metrics) + f"\noutputs in {args.output_dir} ({outputs})")
+        if args.push_to_hub:
+            push_main(
+                [args.output_dir, args.hub_model_id] + (["--private"] if args.hub_private else []), args.hub_token
+            )
+
+
+def push_main(argv=None, token: str | None = None) -> None:
+    """`hf-mrl push DIR ORG/NAME`: push what DIR holds (reuser and/or student); the retry command of every push."""
+    p = argparse.ArgumentParser(prog="hf-mrl push", description=push_main.__doc__)
+    p.add_argument("output_dir", help="the --output_dir of a training run")
+    p.add_argument("hub_model_id", help="ORG/NAME: the reuser goes there, the student to ORG/NAME-student")
+    p.add_argument("--private", action="store_true", help="create the repos private")
+    p.add_argument("--token", help="Hub token (default: HF_TOKEN or the one stored by `hf auth login`)")
+    args = p.parse_args(argv)
+    try:
+        result = push_run(args.output_dir, args.hub_model_id, token=args.token or token, private=args.private or None)
+    except (PushError, ValueError) as err:
+        sys.exit(f"error: {err}")
+    if result.reuser_repo_id:
+        print(f"pushed the reuser to {result.reuser_repo_id}: {result.reuser_commit_url}")
+    print(f"pushed the student to {result.student_repo_id}: {result.student_commit_url}")
+
+
+def evaluate_main(argv=None) -> int:
+    """`hf-mrl evaluate DIR`: reload DIR/reuser (rebuilding its pool) and DIR/student (timm alone) in this process,
+    predict on the run's test split, and print the accuracies next to those in DIR/metrics.json."""
+    from .reuser import AttentionReuser
+    from .student import load_student, student_preprocess
+
+    p = argparse.ArgumentParser(prog="hf-mrl evaluate", description=evaluate_main.__doc__)
+    p.add_argument("run_dir")
+    run = Path(p.parse_args(argv).run_dir)
+    metrics = json.loads((run / "metrics.json").read_text())
+    args = metrics["args"]
+    data, desc = load_target(
+        args["dataset"],
+        args["labeled_per_class"],
+        args["seed"],
+        image_column=args["image_column"],
+        label_column=args["label_column"],
+        image_size=args["image_size"],
+    )
+    rows = {}
+    if metrics.get("reuse_accuracy") is not None:  # an MRL run: its reuser rebuilds the pool
+        reuser = AttentionReuser.from_pretrained(str(run / "reuser"))
+        reuse_pred = reuser.predict(data.test_images)["predictions"]
+        rows["reuse_accuracy"] = (reuse_pred == data.test_labels).float().mean().item()
+    student = load_student(str(run / "student"))
+    with torch.no_grad():
+        student_pred = student(student_preprocess(student)(data.test_images)).argmax(-1)
+    rows["student_accuracy"] = (student_pred == data.test_labels).float().mean().item()
+    method = metrics.get("method", "mrl")
+    print(f"{desc}: {len(data.test_labels)} test samples; method {method}, delivered {metrics.get('delivered')}")
+    if "reuse_accuracy" not in rows:
+        print(f"no reuser: --method {method} trains none")
+    ok = True
+    for key, value in rows.items():
+        same = abs(value - metrics[key]) < 1e-6
+        ok &= same
+        print(f"{key:17s} reloaded {value:.4f}   recorded {metrics[key]:.4f}   {'same' if same else 'DIFFERENT'}")
+    return 0 if ok else 1
+
+
+COMMANDS = {
+    "train": "train a student (see `hf-mrl train -h`)",
+    "evaluate": evaluate_main.__doc__,
+    "push": "push a run",
+}
+
+
+def main(argv=None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in COMMANDS:
+        listed = "\n".join(f"  {name:9s} {text.splitlines()[0]}" for name, text in COMMANDS.items())
+        sys.exit(f"usage: hf-mrl {{{','.join(COMMANDS)}}} ...\n{listed}")
+    command, rest = argv[0], argv[1:]
+    if command == "train":
+        train_main(rest, prog="hf-mrl train")
+    elif command == "evaluate":
+        sys.exit(evaluate_main(rest))
+    else:
+        push_main(rest)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,563 @@
+"""The whole reuse run as one library object: `ReuseTrainer(pool, data, config, args).train()`.
+
+One run trains the supervised-only student (the promise's reference), the method's student (MRL by default, or a
+baseline), checks the method against supervised-only by cross-validation (the never-worse guard), decides which
+student to deliver, and measures everything on the test split. The result saves itself (`save_pretrained`: the
+reuser and the delivered student with their model cards, and metrics.json, each written atomically) and pushes
+itself (`push_to_hub`). Recipes, benchmarks and robustness studies are thin callers of this object.
+
+>>> from hf_mrl import ModelPool, MRLConfig, ReuseArguments, ReuseTrainer  # doctest: +SKIP
+>>> pool = ModelPool.from_file("hub-ids.txt", label_names=data.label_names)  # doctest: +SKIP
+>>> result = ReuseTrainer(pool, data, MRLConfig(max_steps=1000)).train()  # doctest: +SKIP
+>>> result.metrics["student_accuracy"], result.guard.decision  # doctest: +SKIP
+>>> result.save_pretrained("runs/mus"); result.push_to_hub("me/mus-mrl")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .cards import RunSummary, TeacherSummary, student_card
+from .config import MRLConfig
+from .embedding import Embedding
+from .guard import GuardReport, cross_validate_reuse, default_workers, fold_correctness, stratified_folds
+from .metrics import accuracy_report
+from .pool import ModelPool
+from .reuser import AttentionReuser
+from .screening import TeacherScore, screen_teachers
+from .strategies import get_strategy
+from .student import save_student
+from .trainer import ReuseInputs, StudentTrainer, TargetData, compute_reuse_inputs, make_accelerator
+from .utils import atomic_dir, atomic_write_json, cache_root
+
+__all__ = ["ReuseArguments", "ReuseResult", "ReuseTrainer", "SupervisedRun"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ReuseArguments:
+    """What a run does besides training one student (the training hyperparameters are `MRLConfig`).
+
+    Args:
+        guard_folds: folds of the never-worse check against supervised-only (0: no check; fewer when the rarest
+            class has fewer labels; skipped with a warning below 2).
+        guard_workers: processes that train the guard's folds side by side; None: one per core on a
+            single-process CPU run, else 1.
+        supervised_baseline: also train the supervised-only student (the reference of the promise; needed by the
+            guard and by `never_worse`). Benchmarks that train `supervised` as a method of their own turn it off.
+        student: `create_student` arguments (`architecture`, `model_args`, ...); None for the default student.
+        dataset: the dataset's spec (`digits-ld:MUS`, a folder, a Hub id), shown on the model cards.
+        dataset_description: a readable name of the data, shown in metrics.json and on the cards.
+        progress: progress bars (main process only).
+    """
+
+    guard_folds: int = 3
+    guard_workers: int | None = None
+    supervised_baseline: bool = True
+    student: dict | None = None
+    dataset: str = "custom"
+    dataset_description: str | None = None
+    progress: bool = True
+
+    def __post_init__(self):
+        if self.guard_folds < 0 or self.guard_folds == 1:
+            raise ValueError(f"guard_folds must be 0 (off) or >= 2; got {self.guard_folds}.")
+        if self.guard_workers is not None and self.guard_workers < 1:
+            raise ValueError(f"guard_workers must be >= 1 or None (automatic); got {self.guard_workers}.")
+
+
+@dataclass
+class SupervisedRun:
+    """The supervised-only side of a run: its student, test predictions and guard folds (it depends on the data,
+    config and seed only, so runs over several pools can share it)."""
+
+    student: torch.nn.Module
+    test_predictions: torch.Tensor
+    guard_correct: dict[int, torch.Tensor] = field(default_factory=dict)  # folds -> held-out correctness (n,)
+
+
+@dataclass
+class ReuseResult:
+    """What a run produced. `student` is the delivered one (`delivered` says which), `reuser` MRL's only.
+
+    Attributes:
+        method: the trained method; `delivered`: `"reuse"` (MRL's student), the method's name, or `"supervised"`.
+        student, method_student, supervised_student: the delivered student, the method's own, supervised-only.
+        reuser: MRL's `AttentionReuser` (None for other methods).
+        screening: each teacher's labeled accuracy, LEEP and flags; `guard`: the never-worse check.
+        metrics: what metrics.json holds; `summary`: what the model cards show.
+        predictions: test predictions by `"method"`, `"supervised"`, `"reuse"` (where trained).
+        reuse_weights: the reuser's per-teacher weights on the test split (MRL only).
+    """
+
+    method: str
+    delivered: str
+    student: torch.nn.Module
+    method_student: torch.nn.Module
+    supervised_student: torch.nn.Module | None
+    reuser: AttentionReuser | None
+    screening: list[TeacherScore]
+    guard: GuardReport | None
+    metrics: dict
+    summary: RunSummary
+    predictions: dict[str, torch.Tensor]
+    reuse_weights: torch.Tensor | None = None
+    supervised: SupervisedRun | None = None
+    trainer: StudentTrainer | None = field(default=None, repr=False)
+
+    def save_pretrained(self, output_dir: str | os.PathLike, hub_model_id: str | None = None) -> Path:
+        """DIR/reuser/ (MRL only), DIR/student/ (each with its model card) and DIR/metrics.json, each atomically.
+
+        metrics.json goes last and is removed first: when it exists, reuser/ and student/ come from the run it
+        describes. A run without a reuser removes any DIR/reuser of an earlier run. `hub_model_id` (`ORG/NAME`)
+        names the repos in the cards' snippets.
+        """
+        from .hub import student_repo_id
+
+        out = Path(output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "metrics.json").unlink(missing_ok=True)
+        student_id = student_repo_id(hub_model_id) if hub_model_id else None
+        if self.reuser is not None:
+            reuser = self.reuser.cpu()
+            reuser.card_summary = self.summary
+            reuser.trust_remote_code = self.summary.trust_remote_code  # recorded in config.json and the card
+            reuser.allow_pickle = self.summary.allow_pickle
+            with atomic_dir(out / "reuser") as tmp:
+                reuser.save_pretrained(tmp, model_card_kwargs={"repo_id": hub_model_id, "student_repo_id": student_id})
+        else:
+            for name in ("reuser", ".reuser.old"):
+                if (out / name).exists():
+                    if name == "reuser":
+                        logger.warning(
+                            "Removing %s: it comes from an earlier run (this method trains no reuser).", out
+                        )
+                    shutil.rmtree(out / name)
+        card = student_card(
+            _student_facts(self.student),
+            self.summary,
+            repo_id=student_id,
+            reuser_repo_id=hub_model_id if self.reuser is not None else None,
+        )
+        with atomic_dir(out / "student") as tmp:
+            save_student(self.student, tmp, card=str(card))
+        atomic_write_json(out / "metrics.json", self.metrics)
+        return out
+
+    def push_to_hub(
+        self,
+        hub_model_id: str,
+        *,
+        output_dir: str | os.PathLike | None = None,
+        token: str | None = None,
+        private: bool | None = None,
+    ):
+        """Push the reuser (if any) to `ORG/NAME` and the student to `ORG/NAME-student`, cards included.
+
+        Pushes `output_dir` as `save_pretrained` wrote it (saved there first if it holds no run), or a temporary
+        save. Raises `hf_mrl.hub.PushError` with the command that retries the push. Returns a `PushResult`.
+        """
+        from .hub import push_run
+
+        if output_dir is not None:
+            if not (Path(output_dir) / "metrics.json").is_file():
+                self.save_pretrained(output_dir, hub_model_id)
+            return push_run(output_dir, hub_model_id, token=token, private=private)
+        with tempfile.TemporaryDirectory(prefix="hf_mrl-push-") as tmp:
+            self.save_pretrained(tmp, hub_model_id)
+            return push_run(tmp, hub_model_id, token=token, private=private)
+
+
+def _student_facts(student: torch.nn.Module) -> dict:
+    model = getattr(student, "module", student)
+    cfg = model.pretrained_cfg
+    return {
+        "architecture": cfg.get("architecture"),
+        "num_params": sum(p.numel() for p in model.parameters()),
+        "label_names": cfg["label_names"],
+        "input_size": cfg["input_size"],
+        "mean": cfg["mean"],
+        "std": cfg["std"],
+        "interpolation": cfg.get("interpolation"),
+        "crop_pct": cfg.get("crop_pct"),
+    }
+
+
+class ReuseTrainer:
+    """Runs the whole reuse job: teacher outputs, supervised-only baseline, the method, guard, delivery, metrics.
+
+    Args:
+        pool: the teachers (`ModelPool`), a pool file or a list of ids (loaded with default options), or None for a
+            method that uses no teacher.
+        data: the target task (`hf_mrl.target.load_target` builds it from a dataset).
+        config: training hyperparameters, `config.method` the method (default: MRL).
+        args: what the run does besides training (`ReuseArguments`).
+        reuse: precomputed teacher outputs and psi features (`compute_reuse_inputs`), to share them across runs.
+        embedding: the psi embedding, prepared (`Embedding(...).prepare()`); None: `config.embedding`, prepared here.
+        accelerator: shared with every student trainer of the run; created when None.
+
+    >>> result = ReuseTrainer(pool, data, MRLConfig(max_steps=300)).train()  # doctest: +SKIP
+    >>> result.save_pretrained("runs/mus")  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        pool: ModelPool | str | os.PathLike | list[str] | None,
+        data: TargetData,
+        config: MRLConfig | None = None,
+        args: ReuseArguments | None = None,
+        *,
+        reuse: ReuseInputs | None = None,
+        embedding: Embedding | None = None,
+        accelerator=None,
+    ):
+        self.config = config or MRLConfig()
+        self.args = args or ReuseArguments()
+        self.data = data
+        self.strategy_cls = get_strategy(self.config.method)
+        if not isinstance(data, TargetData):
+            raise TypeError(f"data must be a TargetData (see hf_mrl.target.load_target); got {type(data).__name__}.")
+        if self.strategy_cls.needs_teachers:
+            if pool is None and reuse is None:
+                raise ValueError(f"method={self.config.method!r} reuses teachers: pass a pool.")
+            if isinstance(pool, (str, os.PathLike, list)):
+                pool = ModelPool(
+                    pool if isinstance(pool, list) else _pool_ids(pool),
+                    data.label_names,
+                    cache_dir=cache_root() / "logits",
+                )
+        elif pool is not None:
+            logger.info("--method %s uses no teachers: the pool is not run.", self.config.method)
+            pool = None
+        self.pool = pool
+        self.reuse = reuse if self.strategy_cls.needs_teachers else None
+        self.embedding = embedding
+        self.accelerator = accelerator or make_accelerator()
+
+    @property
+    def progress(self) -> bool:
+        return self.args.progress and self.accelerator.is_local_main_process
+
+    # -- the pieces of a run -------------------------------------------------------------------------
+    def compute_reuse_inputs(self) -> ReuseInputs | None:
+        """Teacher outputs (cached; each process runs a share) and psi features, once per run."""
+        if self.reuse is None and self.pool is not None:
+            if self.embedding is None:
+                with self.accelerator.main_process_first():
+                    self.embedding = self.prepare_embedding(self.config, self.pool)
+            self.reuse = compute_reuse_inputs(
+                self.pool, self.embedding, self.data, progress=self.progress, accelerator=self.accelerator
+            )
+        return self.reuse
+
+    @staticmethod
+    def prepare_embedding(config: MRLConfig, pool: ModelPool) -> Embedding:
+        """psi for `config.method`, loaded under the pool's options and cached beside its teacher outputs.
+
+        Only the attention reuser reads psi(x): the other reuse methods get the free teacher-output features (never
+        an encoder to load).
+        """
+        spec = config.embedding if config.method == "mrl" else "teacher-outputs"
+        opts = {"trust_remote_code": pool.trust_remote_code, "allow_pickle": pool.allow_pickle}
+        return Embedding(spec, cache_dir=pool.cache.cache_dir, **opts).prepare()
+
+    def _student_trainer(self, config: MRLConfig, data: TargetData | None = None) -> StudentTrainer:
+        needs = get_strategy(config.method).needs_teachers
+        return StudentTrainer(
+            config,
+            data or self.data,
+            self.reuse if needs else None,
+            teacher_ids=self.teacher_ids if needs else None,
+            accelerator=self.accelerator,
+            student_spec=self.args.student,
+        )
+
+    @property
+    def teacher_ids(self) -> list[str]:
+        return self.pool.ids if self.pool is not None else []
+
+    def train_supervised(self, checkpoint_dir: str | os.PathLike | None = None, resume: bool = False) -> SupervisedRun:
+        """The supervised-only student (same student, budget and seed), and its test predictions."""
+        trainer = self._student_trainer(dataclasses.replace(self.config, method="supervised"))
+        student = trainer.train(checkpoint_dir, resume=resume, progress=self.progress)
+        return SupervisedRun(student, trainer.predict(self.data.test_images))
+
+    def guard_folds(self) -> int:
+        """Folds the guard will use: `args.guard_folds`, at most the rarest class's label count; 0 when off."""
+        if self.args.guard_folds == 0:
+            return 0
+        fewest = int(torch.bincount(self.data.labeled_labels).min())
+        folds = min(self.args.guard_folds, fewest)
+        if folds < 2:
+            logger.warning("Guard skipped: a class has %d labeled sample(s), too few for cross-validation.", fewest)
+            return 0
+        return folds
+
+    def supervised_guard_side(self, supervised: SupervisedRun) -> torch.Tensor | None:
+        """The supervised side of the guard (held-out correctness per labeled sample), computed once per run."""
+        folds = self.guard_folds()
+        if not folds:
+            return None
+        if folds not in supervised.guard_correct:
+            fold = stratified_folds(self.data.labeled_labels, folds, seed=self.config.seed)
+            config = dataclasses.replace(self.config, method="supervised")
+            supervised.guard_correct[folds] = fold_correctness(
+                config, self.data, None, None, fold, self.args.student, self._guard_workers(folds), self.progress
+            )
+        return supervised.guard_correct[folds]
+
+    def _guard_workers(self, trainings: int) -> int:
+        if self.args.guard_workers is not None:
+            return self.args.guard_workers
+        return default_workers(trainings, self.accelerator)
+
+    def run_guard(self, supervised: SupervisedRun | None) -> GuardReport | None:
+        """Cross-validate the method against supervised-only on the labeled data; None when off or impossible."""
+        folds = self.guard_folds()
+        if not folds or self.config.method == "supervised":
+            return None
+        shared = None if supervised is None else supervised.guard_correct.get(folds)
+        report = cross_validate_reuse(
+            self.config,
+            self.data,
+            self.reuse,
+            self.teacher_ids or None,
+            folds,
+            self.args.student,
+            supervised_correct=shared,
+            workers=self._guard_workers(folds if shared is not None else 2 * folds),
+            progress=self.progress,
+        )
+        logger.info(
+            "Guard (%d folds, %d held out): %s %.4f vs supervised %.4f, gain %+.4f +/- %.4f: %s",
+            report.folds,
+            report.held_out,
+            self.config.method,
+            report.reuse_accuracy,
+            report.supervised_accuracy,
+            report.gain,
+            report.gain_stderr,
+            report.decision,
+        )
+        return report
+
+    # -- the whole run ---------------------------------------------------------------------------------
+    def train(
+        self,
+        checkpoint_dir: str | os.PathLike | None = None,
+        resume: bool = False,
+        supervised: SupervisedRun | None = None,
+    ) -> ReuseResult:
+        """Run everything and return the result (nothing is written; see `ReuseResult.save_pretrained`).
+
+        Args:
+            checkpoint_dir: where each student's training state is checkpointed (`<dir>/<method>`).
+            resume: continue from the latest checkpoints there.
+            supervised: a `SupervisedRun` of the same data, config and seed to reuse (e.g. across pools).
+        """
+        start = time.time()
+        cfg, args, data = self.config, self.args, self.data
+        method = cfg.method
+        ckpt = None if checkpoint_dir is None else Path(checkpoint_dir)
+        self.compute_reuse_inputs()
+        screening = []
+        if self.pool is not None:
+            logger.info("Pool: %s", ", ".join(self.pool.ids))
+            screening = screen_teachers(self.reuse.probs_l, data.labeled_labels, self.pool.ids, self.pool.coverage)
+            for k, score in enumerate(screening, start=1):
+                logger.info(
+                    "Teacher %d %s: labeled accuracy %.3f, LEEP %+.3f over the prior: %s",
+                    k,
+                    score.id,
+                    score.accuracy,
+                    score.leep_gain,
+                    "; ".join(score.flags) or "ok",
+                )
+        if supervised is None and (args.supervised_baseline or method == "supervised"):
+            supervised = self.train_supervised(None if ckpt is None else ckpt / "supervised", resume)
+        if method == "supervised":
+            # The supervised-only student is this run's student: trained once, and no guard against itself.
+            trainer, method_student, method_pred = None, supervised.student, supervised.test_predictions
+        else:
+            trainer = self._student_trainer(cfg)
+            method_student = trainer.train(None if ckpt is None else ckpt / method, resume, progress=self.progress)
+            method_pred = trainer.predict(data.test_images)
+        reuser = trainer.strategy.reuser if trainer is not None else None
+        reuse_out = trainer.strategy.reuse_predictions("t") if reuser is not None else None
+        guard = self.run_guard(supervised) if supervised is not None else None
+        fell_back = guard is not None and guard.decision == "fall_back"
+        if fell_back:
+            logger.warning(
+                "Guard: %s is significantly worse than supervised-only; delivering the supervised student.", method
+            )
+        if method == "supervised" or fell_back:
+            delivered, student = "supervised", supervised.student
+        else:
+            delivered, student = ("reuse" if method == "mrl" else method), method_student
+
+        predictions = {"method": method_pred}
+        if supervised is not None:
+            predictions["supervised"] = supervised.test_predictions
+        if reuse_out is not None:
+            predictions["reuse"] = reuse_out["predictions"]
+        metrics = self._metrics(predictions, delivered, screening, guard, trainer, reuse_out, start)
+        return ReuseResult(
+            method=method,
+            delivered=delivered,
+            student=student,
+            method_student=method_student,
+            supervised_student=None if supervised is None else supervised.student,
+            reuser=reuser,
+            screening=screening,
+            guard=guard,
+            metrics=metrics,
+            summary=self._summary(metrics, reuse_out),
+            predictions=predictions,
+            reuse_weights=None if reuse_out is None else reuse_out["weights"],
+            supervised=supervised,
+            trainer=trainer,
+        )
+
+    # -- reporting -----------------------------------------------------------------------------------------
+    def _report(self, pred: torch.Tensor) -> dict:
+        d = self.data
+        return accuracy_report(pred, d.test_labels, d.test_domains, d.domain_names)
+
+    def teacher_accuracy(self) -> list[float]:
+        """Each teacher's test accuracy (pool order)."""
+        if self.reuse is None:
+            return []
+        return [self._report(self.reuse.probs_t[:, k].argmax(-1))["accuracy"] for k in range(len(self.teacher_ids))]
+
+    def _metrics(self, predictions, delivered, screening, guard, trainer, reuse_out, start) -> dict:
+        cfg, data, acc = self.config, self.data, self.accelerator
+        method, is_mrl = cfg.method, cfg.method == "mrl"
+        reports = {"method": self._report(predictions["method"])}
+        for key in ("supervised", "reuse"):
+            if key in predictions:
+                reports[key] = self._report(predictions[key])
+        reports["student"] = reports["supervised"] if delivered == "supervised" else reports["method"]
+        sup_acc = reports["supervised"]["accuracy"] if "supervised" in reports else None
+        forward_samples, forward_by_process = self._teacher_forward_samples()
+        strategy = None if trainer is None else trainer.strategy
+        metrics = {
+            "method": method,
+            "student_accuracy": reports["student"]["accuracy"],
+            "supervised_accuracy": sup_acc,
+            "reuse_accuracy": reports["reuse"]["accuracy"] if "reuse" in reports else None,
+            "never_worse": None if sup_acc is None else reports["student"]["accuracy"] >= sup_acc,
+            "teacher_accuracy": dict(zip(self.teacher_ids, self.teacher_accuracy(), strict=True)),
+            "teacher_forward_samples": forward_samples,
+            "teacher_forward_samples_by_process": forward_by_process,
+            "screening": [score.to_dict() for score in screening],
+            "guard": None if guard is None else guard.to_dict(),
+            "delivered": delivered,
+            "method_student_accuracy": reports["method"]["accuracy"],
+            "reuse_student_accuracy": reports["method"]["accuracy"] if is_mrl else None,
+            "reuse_strength": strategy.reuse_strength if is_mrl else None,
+            "dataset": self.args.dataset_description or self.args.dataset,
+            "num_labeled": len(data.labeled_labels),
+            "num_unlabeled": len(data.unlabeled_images),
+            "num_test": len(data.test_labels),
+            "config": cfg.to_dict(),
+            "pool": self.teacher_ids,
+            "num_processes": acc.num_processes,
+            "prototypes_in_sync": strategy.replicas_in_sync if is_mrl else None,
+            "wall_time_s": round(time.time() - start, 1),
+        }
+        if "per_domain" in reports["method"]:
+            shown = {k: r for k, r in reports.items() if k != "method"} if "supervised" in reports else reports
+            metrics["per_domain"] = {
+                d: {key: r["per_domain"][d] for key, r in shown.items()} for d in reports["method"]["per_domain"]
+            }
+            metrics["worst_domain_accuracy"] = {key: r["worst_domain_accuracy"] for key, r in shown.items()}
+            if reuse_out is not None:
+                metrics["attention_by_domain"] = self._attention_by_domain(reuse_out["weights"])
+        return metrics
+
+    def _teacher_forward_samples(self) -> tuple[dict, list]:
+        """Teacher forward passes (samples) per teacher, summed over processes, and per process (each runs a share)."""
+        if self.pool is None:
+            return {}, []
+        acc, teachers = self.accelerator, self.pool.teachers
+        seen = torch.tensor([t.samples_seen for t in teachers], dtype=torch.int64, device=acc.device)
+        by_process = acc.gather(seen[None]) if acc.num_processes > 1 else seen[None]
+        total = by_process.sum(0).tolist()
+        return {t.id: int(n) for t, n in zip(teachers, total, strict=True)}, by_process.sum(1).tolist()
+
+    def _attention_by_domain(self, weights: torch.Tensor) -> dict:
+        data = self.data
+        present = sorted(d for d in set(data.test_domains.tolist()) if d >= 0)
+        names = data.domain_names or [str(d) for d in range(max(present, default=-1) + 1)]
+        return {names[d]: weights[data.test_domains == d].mean(0).tolist() for d in present}
+
+    def _summary(self, metrics: dict, reuse_out: dict | None) -> RunSummary:
+        """What the model cards show about this run."""
+        teachers, pool = [], self.pool
+        if pool is not None:
+            mean_att = [None] * len(pool) if reuse_out is None else reuse_out["weights"].mean(0).tolist()
+            teachers = [
+                TeacherSummary(
+                    id=t.id,
+                    library=t.library,
+                    labels_covered=m.num_covered,
+                    missing_labels=[n for n, covered in zip(pool.label_names, m.coverage, strict=True) if not covered],
+                    mean_attention=a,
+                    test_accuracy=metrics["teacher_accuracy"][t.id],
+                )
+                for t, m, a in zip(pool.teachers, pool.mappings, mean_att, strict=True)
+            ]
+        dataset, dataset_id, dataset_config = _dataset_ids(self.args.dataset, metrics["dataset"])
+        return RunSummary(
+            teachers=teachers,
+            label_names=list(self.data.label_names),
+            dataset=dataset,
+            dataset_id=dataset_id,
+            dataset_config=dataset_config,
+            num_labeled=metrics["num_labeled"],
+            num_unlabeled=metrics["num_unlabeled"],
+            num_test=metrics["num_test"],
+            max_steps=self.config.max_steps,
+            seed=self.config.seed,
+            hyperparameters=metrics["config"],
+            num_processes=metrics["num_processes"],
+            wall_time_s=metrics["wall_time_s"],
+            student_accuracy=metrics["student_accuracy"],
+            supervised_accuracy=metrics["supervised_accuracy"],
+            reuse_accuracy=metrics.get("reuse_accuracy"),
+            per_domain=metrics.get("per_domain"),
+            worst_domain=metrics.get("worst_domain_accuracy"),
+            attention_by_domain=metrics.get("attention_by_domain"),
+            trust_remote_code=bool(pool is not None and pool.trust_remote_code),
+            allow_pickle=bool(pool is not None and pool.allow_pickle),
+            guard=metrics.get("guard"),
+            screening=metrics.get("screening"),
+            reuse_strength=metrics.get("reuse_strength"),
+            method=self.config.method,
+            delivered=metrics.get("delivered"),
+            method_student_accuracy=metrics.get("method_student_accuracy"),
+        )
+
+
+def _pool_ids(path: str | os.PathLike) -> list[str]:
+    from .pool import parse_pool_file
+
+    return parse_pool_file(path)
+
+
+def _dataset_ids(spec: str, description: str) -> tuple[str, str, str | None]:
+    """(name shown on the cards, model-index dataset type, dataset config) of a dataset spec."""
+    if spec.startswith("digits-ld"):
+        return description, "digits-ld", spec.partition(":")[2] or "MUS"
+    name = Path(spec).name or spec  # a local folder: its name only, not the path on this machine
+    return f"local DatasetDict `{name}`", "custom", None
