@@ -78,12 +78,14 @@ class ReuseArguments:
 
 @dataclass
 class SupervisedRun:
-    """The supervised-only side of a run: its student, test predictions and guard folds (it depends on the data,
-    config and seed only, so runs over several pools can share it)."""
+    """The supervised-only side of a run: its student, test predictions and guard folds. It depends on the data,
+    config and seed only, so runs over several pools can share it; a side with only `guard_correct` shares the
+    guard's supervised trainings (the run then has no supervised student of its own)."""
 
-    student: torch.nn.Module
-    test_predictions: torch.Tensor
+    student: torch.nn.Module | None = None
+    test_predictions: torch.Tensor | None = None
     guard_correct: dict[int, torch.Tensor] = field(default_factory=dict)  # folds -> held-out correctness (n,)
+    trainer: StudentTrainer | None = field(default=None, repr=False)
 
 
 @dataclass
@@ -113,7 +115,16 @@ class ReuseResult:
     predictions: dict[str, torch.Tensor]
     reuse_weights: torch.Tensor | None = None
     supervised: SupervisedRun | None = None
-    trainer: StudentTrainer | None = field(default=None, repr=False)
+    trainer: StudentTrainer | None = field(default=None, repr=False)  # the method student's
+
+    @property
+    def history(self) -> list[dict[str, float]]:
+        """The method student's training logs, one dict a step."""
+        return self.trainer.history if self.trainer is not None else []
+
+    def predict(self, images: torch.Tensor) -> torch.Tensor:
+        """The method student's predictions on uint8 images (N, 3, H, W)."""
+        return self.trainer.predict(images)
 
     def save_pretrained(self, output_dir: str | os.PathLike, hub_model_id: str | None = None) -> Path:
         """DIR/reuser/ (MRL only), DIR/student/ (each with its model card) and DIR/metrics.json, each atomically.
@@ -290,7 +301,7 @@ class ReuseTrainer:
         """The supervised-only student (same student, budget and seed), and its test predictions."""
         trainer = self._student_trainer(dataclasses.replace(self.config, method="supervised"))
         student = trainer.train(checkpoint_dir, resume=resume, progress=self.progress)
-        return SupervisedRun(student, trainer.predict(self.data.test_images))
+        return SupervisedRun(student, trainer.predict(self.data.test_images), trainer=trainer)
 
     def guard_folds(self) -> int:
         """Folds the guard will use: `args.guard_folds`, at most the rarest class's label count; 0 when off."""
@@ -387,12 +398,12 @@ class ReuseTrainer:
             supervised = self.train_supervised(None if ckpt is None else ckpt / "supervised", resume)
         if method == "supervised":
             # The supervised-only student is this run's student: trained once, and no guard against itself.
-            trainer, method_student, method_pred = None, supervised.student, supervised.test_predictions
+            trainer, method_student, method_pred = supervised.trainer, supervised.student, supervised.test_predictions
         else:
             trainer = self._student_trainer(cfg)
             method_student = trainer.train(None if ckpt is None else ckpt / method, resume, progress=self.progress)
             method_pred = trainer.predict(data.test_images)
-        reuser = trainer.strategy.reuser if trainer is not None else None
+        reuser = trainer.strategy.reuser
         reuse_out = trainer.strategy.reuse_predictions("t") if reuser is not None else None
         guard = self.run_guard(supervised) if supervised is not None else None
         fell_back = guard is not None and guard.decision == "fall_back"
@@ -406,7 +417,7 @@ class ReuseTrainer:
             delivered, student = ("reuse" if method == "mrl" else method), method_student
 
         predictions = {"method": method_pred}
-        if supervised is not None:
+        if supervised is not None and supervised.test_predictions is not None:
             predictions["supervised"] = supervised.test_predictions
         if reuse_out is not None:
             predictions["reuse"] = reuse_out["predictions"]
@@ -416,7 +427,7 @@ class ReuseTrainer:
             delivered=delivered,
             student=student,
             method_student=method_student,
-            supervised_student=None if supervised is None else supervised.student,
+            supervised_student=getattr(supervised, "student", None),
             reuser=reuser,
             screening=screening,
             guard=guard,
@@ -446,13 +457,16 @@ class ReuseTrainer:
         for key in ("supervised", "reuse"):
             if key in predictions:
                 reports[key] = self._report(predictions[key])
-        reports["student"] = reports["supervised"] if delivered == "supervised" else reports["method"]
+        # A run that shares another run's guard side only has no supervised student to measure.
+        delivered_key = "supervised" if delivered == "supervised" else "method"
+        if delivered_key in reports:
+            reports["student"] = reports[delivered_key]
         sup_acc = reports["supervised"]["accuracy"] if "supervised" in reports else None
         forward_samples, forward_by_process = self._teacher_forward_samples()
-        strategy = None if trainer is None else trainer.strategy
+        strategy = trainer.strategy
         metrics = {
             "method": method,
-            "student_accuracy": reports["student"]["accuracy"],
+            "student_accuracy": reports["student"]["accuracy"] if "student" in reports else None,
             "supervised_accuracy": sup_acc,
             "reuse_accuracy": reports["reuse"]["accuracy"] if "reuse" in reports else None,
             "never_worse": None if sup_acc is None else reports["student"]["accuracy"] >= sup_acc,

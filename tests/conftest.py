@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from hf_mrl.testing import LocalHub, cache_patches, endpoint_patches
+
+# The benchmark harness (benchmarks/harness.py, benchmarks/hostile.py) lives outside the package, beside its scripts.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 
 def pytest_configure(config: pytest.Config) -> None:

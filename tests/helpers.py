@@ -42,11 +42,15 @@ CLASS_COLOURS = np.array(
 
 
 def load_recipe(name: str):
-    """`recipes/NAME.py` imported as a module (registered in sys.modules: dataclasses look their module up there)."""
+    """`recipes/NAME.py` or `benchmarks/NAME.py` imported as a module (registered in sys.modules: dataclasses look
+    their module up there)."""
     import importlib.util
     import sys
 
-    path = Path(__file__).resolve().parents[1] / "recipes" / f"{name}.py"
+    root = Path(__file__).resolve().parents[1]
+    path = root / "recipes" / f"{name}.py"
+    if not path.is_file():
+        path = root / "benchmarks" / f"{name}.py"
     spec = importlib.util.spec_from_file_location(f"{name}_recipe", path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module

@@ -1,4 +1,4 @@
-"""`recipes/ablations.py`: the variants it runs and the page it renders (the runs are the benchmark's)."""
+"""`benchmarks/ablations.py`: the variants it runs and the page it renders (the runs are the benchmark's)."""
 
 from __future__ import annotations
 

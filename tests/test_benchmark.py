@@ -1,4 +1,4 @@
-"""recipes/benchmark.py and hf_mrl.benchmark on a tiny slice: runs, resumes, renders, reproduces a record."""
+"""benchmarks/benchmark.py and benchmarks/harness.py on a tiny slice: runs, resumes, renders, reproduces a record."""
 
 from __future__ import annotations
 
@@ -6,9 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
+from harness import RECORDS_DIR, BenchmarkSpec, load_records, plan_runs, summarise
 from helpers import load_recipe, make_target_dataset, make_timm_teacher, make_transformers_teacher, one_torch_thread
-
-from hf_mrl.benchmark import RECORDS_DIR, BenchmarkSpec, load_records, plan_runs, summarise
 
 recipe = load_recipe("benchmark")
 
@@ -228,7 +227,7 @@ def test_rerun_accepts_a_moved_pool_and_refuses_other_weights(ran, tmp_path):
 
 
 def test_tasks_keep_a_dataset_together_but_share_the_tail():
-    from hf_mrl.benchmark import make_tasks
+    from harness import make_tasks
 
     keys = plan_runs(settings=["M", "U", "S", "MU", "MS", "US", "MUS"], seeds=[0, 1], budgets=[])
     tasks = make_tasks(keys, workers=2)

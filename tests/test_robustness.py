@@ -1,4 +1,4 @@
-"""Hostile teachers (hf_mrl.hostile) do what they claim, and recipes/robustness.py runs, resumes and reports."""
+"""Hostile teachers (benchmarks/hostile.py) do what they claim, and benchmarks/robustness.py runs, resumes and reports."""
 
 from __future__ import annotations
 
@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import load_recipe, make_target_dataset, make_timm_teacher, make_transformers_teacher, one_torch_thread
-
-from hf_mrl.hostile import (
+from hostile import (
     DIGITS,
     HOSTILE_POOLS,
     build_hostile_pools,
@@ -22,6 +21,7 @@ from hf_mrl.hostile import (
     synthetic_task,
     teacher_role,
 )
+
 from hf_mrl.pool import ModelPool, parse_pool_file
 from hf_mrl.screening import screen_teachers
 

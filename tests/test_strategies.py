@@ -11,7 +11,7 @@ from test_trainer import LABELS, TEACHERS, TINY_STUDENT, _data, _reuse
 
 from hf_mrl import MRLConfig, StudentTrainer
 from hf_mrl.augment import strong_augment
-from hf_mrl.strategies import METHODS, STRATEGIES, get_strategy
+from hf_mrl.strategies import METHODS, get_strategy
 from hf_mrl.strategies.mr_cr import fit_global_weights
 from hf_mrl.trainer import ReuseInputs
 
@@ -45,10 +45,11 @@ def _run(method: str, steps: int = 3, data=None, reuse=None, **cfg) -> StudentTr
     return trainer
 
 
-def test_registry_matches_the_config_methods():
-    assert tuple(sorted(STRATEGIES)) == tuple(sorted(METHODS))
+def test_unknown_methods_are_refused_by_the_registry_and_the_config():
     with pytest.raises(ValueError, match="Unknown method 'nope'"):
         get_strategy("nope")
+    with pytest.raises(ValueError, match=r"method='nope' is unknown; choose one of \('supervised'"):
+        MRLConfig(method="nope")
 
 
 @pytest.mark.parametrize("method", METHODS)

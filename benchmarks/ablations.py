@@ -1,10 +1,10 @@
 """Ablations of MRL's own choices on Digits-LD MUS: one MRL variant per row, the benchmark's budget and seeds.
 
-    python recipes/ablations.py                      # every ablation -> results/ablations/README.md
-    python recipes/ablations.py --only outer_every   # one table
-    python recipes/ablations.py --render_only
+    python benchmarks/ablations.py                      # every ablation -> results/ablations/README.md
+    python benchmarks/ablations.py --only outer_every   # one table
+    python benchmarks/ablations.py --render_only
 
-Each variant runs `recipes/benchmark.py`'s machinery (resumable JSON records under RESULTS/VARIANT/records/)
+Each variant runs `benchmarks/benchmark.py`'s machinery (resumable JSON records under RESULTS/VARIANT/records/)
 with one MRLConfig change. Variants are compared on the accuracy over hidden labels of 1,000 unlabeled samples
 (validation: never the test split); test accuracy is shown next to it, and the defaults follow the validation.
 """
@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from hf_mrl.benchmark import (
+from harness import (
     BenchmarkSpec,
     load_records,
     plan_runs,
@@ -27,6 +27,7 @@ from hf_mrl.benchmark import (
     resolve_pool_file,
     run_benchmark,
 )
+
 from hf_mrl.config import MRLConfig
 
 TRAIN = {"max_steps": 250, "batch_size": 32, "unlabeled_batch_size": 64}  # the benchmark's budget
@@ -157,7 +158,7 @@ def _render(root: Path, rows: dict, args, wall: float) -> None:
         "own test accuracy and training time per run are shown for reference. Mean ± std over seeds, in %; "
         "time in seconds. The best validation in each table is bold. Training times come from runs that shared the "
         "2 cores with other jobs: read them as rough (`benchmarks/speed.py` measures speed side by side).\n",
-        f"Regenerate: `python recipes/ablations.py --seeds {seeds} --max_steps {args.max_steps}` "
+        f"Regenerate: `python benchmarks/ablations.py --seeds {seeds} --max_steps {args.max_steps}` "
         "(resumable; `--render_only` rebuilds this page).\n",
     ]
     if args.render_only:  # keep the wall time of the invocation that ran the runs

@@ -1,9 +1,9 @@
 """Reproduce the paper's evaluation on Digits-LD: every method x seven settings x seeds, the budget curve, attention.
 
-    python recipes/benchmark.py                      # the full benchmark -> results/digits_ld/
-    python recipes/benchmark.py --quick              # a few minutes -> results/digits_ld_quick/
-    python recipes/benchmark.py --render_only        # rebuild README.md / summary.json / PNGs from the records
-    python recipes/benchmark.py --rerun results/digits_ld/records/mrl__MUS__n10__s0__HASH.json
+    python benchmarks/benchmark.py                      # the full benchmark -> results/digits_ld/
+    python benchmarks/benchmark.py --quick              # a few minutes -> results/digits_ld_quick/
+    python benchmarks/benchmark.py --render_only        # rebuild README.md / summary.json / PNGs from the records
+    python benchmarks/benchmark.py --rerun results/digits_ld/records/mrl__MUS__n10__s0__HASH.json
 
 Each run writes one JSON record (RESULTS/records/); a stopped benchmark started again with the same arguments
 runs only what is missing. Parts: --methods, --settings, --seeds, --budgets (the budget curve, on
@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from hf_mrl.benchmark import (
+from harness import (
     BUDGETS,
     SEEDS,
     SETTINGS,
@@ -31,6 +31,7 @@ from hf_mrl.benchmark import (
     run_benchmark,
     write_report,
 )
+
 from hf_mrl.strategies import METHODS
 
 # Full-run defaults: 495 runs on 2 CPU cores within an hour (see README, Benchmark).
@@ -134,7 +135,7 @@ def main(argv=None) -> dict | None:
         spec = make_spec(args)
     except ValueError as err:
         sys.exit(f"error: {err}")
-    command = "python recipes/benchmark.py " + " ".join(shlex.quote(a) for a in argv if a != "--render_only")
+    command = "python benchmarks/benchmark.py " + " ".join(shlex.quote(a) for a in argv if a != "--render_only")
     if not args.render_only:
         keys = plan_runs(
             args.methods, args.settings, args.seeds, args.labeled_per_class, args.budgets, args.budget_setting

@@ -1,6 +1,6 @@
 """Hostile teachers and pools: real Hub-format checkpoints that a `ModelPool` loads like any other teacher.
 
-The robustness report (`recipes/robustness.py`) trains MRL on pools that cannot help, or that actively mislead, and
+The robustness report (`benchmarks/robustness.py`) trains MRL on pools that cannot help, or that actively mislead, and
 checks that the delivered student is never worse than the supervised-only one. Every hostile teacher here is a
 folder with config.json + model.safetensors (+ preprocessor_config.json) + README.md, loaded by the same timm /
 transformers code paths as a Hub teacher; nothing is faked at the pool level.
@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .utils import torch_threads
+from hf_mrl.utils import cache_root, torch_threads
 
 __all__ = [
     "BAD_ROLES",
@@ -86,8 +86,7 @@ HOSTILE_POOLS = {
 
 
 def default_hostile_dir() -> Path:
-    root = os.environ.get("HF_MRL_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "hf_mrl"))
-    return Path(root) / f"robustness_pools_v{HOSTILE_VERSION}"
+    return cache_root() / f"robustness_pools_v{HOSTILE_VERSION}"
 
 
 def teacher_role(folder: str | os.PathLike) -> str:
@@ -103,7 +102,7 @@ def teacher_role(folder: str | os.PathLike) -> str:
 
 def _source_hash(folder: Path) -> str:
     """Hash of what shapes a teacher's outputs: weights and the (pre)processing configs."""
-    from .pool import _files_hash, _weight_files
+    from hf_mrl.pool import _files_hash, _weight_files
 
     files = _weight_files(folder) + [folder / f for f in ("config.json", "preprocessor_config.json")]
     return _files_hash([f for f in files if f.is_file()])
@@ -148,7 +147,7 @@ def _write_info(folder: Path, info: dict) -> None:
 def _card(title: str, body: str) -> str:
     return (
         "---\ntags:\n- image-classification\n- hf_mrl-hostile-teacher\n---\n\n"
-        f"# {title}\n\n{body}\n\nBuilt by `hf_mrl.hostile` for the robustness report (`recipes/robustness.py`): "
+        f"# {title}\n\n{body}\n\nBuilt by `benchmarks/hostile.py` for the robustness report (`benchmarks/robustness.py`): "
         "**a deliberately bad teacher, do not use it for anything else.**\n"
     )
 
@@ -193,7 +192,7 @@ def make_random_teacher(
 
 
 def _make_random_teacher(source, out_dir, seed, calibration_images, logit_std) -> Path:
-    from .pool import Teacher, _detect_library
+    from hf_mrl.pool import Teacher, _detect_library
 
     source, out_dir = Path(source), Path(out_dir)
     library, config = _detect_library(source, str(source))
@@ -390,7 +389,7 @@ def make_unrelated_teacher(
     """
     import timm
 
-    from .pool_builder import _accuracy, _make_timm, train_classifier
+    from hf_mrl.pool_builder import _accuracy, _make_timm, train_classifier
 
     out_dir = Path(out_dir)
     architecture = architecture or UNRELATED_TASKS[task]
@@ -426,7 +425,7 @@ def _unrelated_info(task: str, seed: int, architecture: str, num_train: int, epo
 
 
 def _fingerprint(images: torch.Tensor) -> str:
-    from .cache import fingerprint
+    from hf_mrl.cache import fingerprint
 
     return fingerprint(images)
 
@@ -438,10 +437,10 @@ def _honest_teachers(honest: Mapping[str, str | os.PathLike] | str | os.PathLike
     """Domain code -> folder of each honest teacher (folders named `teacher-<code>` in a pool file)."""
     if isinstance(honest, Mapping):
         return {str(k): Path(v) for k, v in honest.items()}
-    from .pool import parse_pool_file
+    from hf_mrl.pool import parse_pool_file
 
     if honest is None:
-        from .pool_builder import build_digits_pool
+        from hf_mrl.pool_builder import build_digits_pool
 
         honest = build_digits_pool()
     out = {}
@@ -455,7 +454,7 @@ def _honest_teachers(honest: Mapping[str, str | os.PathLike] | str | os.PathLike
 
 def _digits_calibration(n: int = 600, seed: int = 0) -> torch.Tensor:
     """A seeded sample of Digits-LD source images (every domain): what the random teachers are calibrated on."""
-    from .pool_builder import _source_tensors
+    from hf_mrl.pool_builder import _source_tensors
 
     gen = torch.Generator().manual_seed(seed)
     parts = []
@@ -508,7 +507,7 @@ def build_hostile_pools(
     if unknown:
         raise ValueError(f"Unknown hostile pools {unknown}; choose from {list(HOSTILE_POOLS)}.")
     if honest is None:
-        from .pool_builder import build_digits_pool
+        from hf_mrl.pool_builder import build_digits_pool
 
         honest = build_digits_pool()
     teachers = _honest_teachers(honest)

@@ -1,6 +1,6 @@
 """The paper's evaluation: methods x settings x seeds, a labeled-budget curve, and the learned attention.
 
-Each run (method, setting, labels per class, seed) trains one student with `StudentTrainer` and writes one JSON
+Each run (method, setting, labels per class, seed) trains one student with `hf_mrl.ReuseTrainer` and writes one JSON
 record, named by its key and by a hash of everything else that shapes it (trainer config, student, pool, data
 template, torch threads), written atomically. A benchmark that is stopped and started again skips the runs that
 have a record, and `rerun_record` re-executes any record and checks that it reproduces it exactly.
@@ -33,9 +33,9 @@ from pathlib import Path
 
 import torch
 
-from .config import MRLConfig
-from .strategies import METHODS
-from .utils import torch_threads
+from hf_mrl.config import MRLConfig
+from hf_mrl.strategies import METHODS
+from hf_mrl.utils import atomic_write_json, cache_root, torch_threads
 
 __all__ = [
     "BUDGETS",
@@ -175,14 +175,10 @@ def bench_hash(spec: BenchmarkSpec, pool_hash: str) -> str:
 # ------------------------------------------------------------------------------------------------ environment
 
 
-def _cache_root() -> Path:
-    return Path(os.environ.get("HF_MRL_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "hf_mrl")))
-
-
 def resolve_pool_file(spec: BenchmarkSpec) -> str:
     if spec.pool_file is not None:
         return str(spec.pool_file)
-    from .pool_builder import build_digits_pool
+    from hf_mrl.pool_builder import build_digits_pool
 
     return str(build_digits_pool())
 
@@ -209,7 +205,7 @@ def environment() -> dict:
     """The hf_mrl version and, from a source checkout, its git commit (and whether the tree had changes)."""
     global _ENV
     if _ENV is None:
-        from . import __version__
+        from hf_mrl import __version__
 
         root = Path(__file__).resolve().parent.parent
         commit = dirty = None
@@ -238,14 +234,14 @@ def environment() -> dict:
 _POOLS: dict[tuple[str, str | None, tuple[str, ...]], object] = {}
 
 
-def _load_pool(teachers: str | Sequence[str], label_names: list[str], cache_dir: str | None):
+def load_pool(teachers: str | Sequence[str], label_names: list[str], cache_dir: str | None):
     """A ModelPool from a pool file or a list of ids, kept per process (loading teachers is the slow part)."""
-    from .pool import ModelPool, parse_pool_file
+    from hf_mrl.pool import ModelPool, parse_pool_file
 
     ids = tuple(parse_pool_file(teachers)) if isinstance(teachers, (str, os.PathLike)) else tuple(teachers)
     key = (str(cache_dir), ",".join(label_names), ids)
     if key not in _POOLS:
-        _POOLS[key] = ModelPool(list(ids), label_names, cache_dir=cache_dir or _cache_root() / "logits")
+        _POOLS[key] = ModelPool(list(ids), label_names, cache_dir=cache_dir or cache_root() / "logits")
     return _POOLS[key]
 
 
@@ -253,13 +249,14 @@ def _load_pool(teachers: str | Sequence[str], label_names: list[str], cache_dir:
 class _Dataset:
     spec: str
     data: object  # TargetData
+    pool: object  # ModelPool
     reuse: object  # ReuseInputs
     info: dict
     teachers: dict
 
 
-def _fingerprints(data) -> dict:
-    from .cache import fingerprint
+def fingerprints(data) -> dict:
+    from hf_mrl.cache import fingerprint
 
     return {
         "labeled": fingerprint(data.labeled_images),
@@ -292,15 +289,15 @@ def _domain_names(data) -> list[str]:
 
 def prepare_dataset(spec: BenchmarkSpec, teachers, setting: str, labeled_per_class: int, seed: int) -> _Dataset:
     """Load one dataset and the teachers' outputs on it (cached on disk across runs and processes)."""
-    from .embedding import Embedding
-    from .target import check_target, load_target
-    from .trainer import compute_reuse_inputs
+    from hf_mrl.embedding import Embedding
+    from hf_mrl.target import check_target, load_target
+    from hf_mrl.trainer import compute_reuse_inputs
 
     dataset = spec.dataset(setting)
     label_names = check_target(dataset, labeled_per_class)
-    pool = _load_pool(teachers, label_names, spec.cache_dir)
+    pool = load_pool(teachers, label_names, spec.cache_dir)
     data, description = load_target(dataset, labeled_per_class, seed)
-    cache_dir = spec.cache_dir or _cache_root() / "logits"
+    cache_dir = spec.cache_dir or cache_root() / "logits"
     embedding = Embedding(spec.config("mrl", seed).embedding, cache_dir=cache_dir).prepare()
     reuse = compute_reuse_inputs(pool, embedding, data)
     info = {
@@ -313,9 +310,9 @@ def prepare_dataset(spec: BenchmarkSpec, teachers, setting: str, labeled_per_cla
         "num_unlabeled": len(data.unlabeled_images),
         "num_test": len(data.test_labels),
         "domain_names": _domain_names(data) if data.test_domains is not None else None,
-        "fingerprints": _fingerprints(data),
+        "fingerprints": fingerprints(data),
     }
-    return _Dataset(dataset, data, reuse, info, _teacher_table(reuse, data))
+    return _Dataset(dataset, data, pool, reuse, info, _teacher_table(reuse, data))
 
 
 # ------------------------------------------------------------------------------------------------ one run
@@ -359,22 +356,20 @@ def _validation_indices(data) -> torch.Tensor | None:
 
 
 def execute_run(spec: BenchmarkSpec, key: RunKey, ds: _Dataset, pool_info: dict) -> dict:
-    """Train one method on one dataset and return its record (nothing is written)."""
-    from .metrics import accuracy_report
-    from .strategies import get_strategy
-    from .trainer import StudentTrainer
+    """Train one method on one dataset with `ReuseTrainer` (no baseline, no guard) and return its record."""
+    from hf_mrl import ReuseArguments, ReuseTrainer
+    from hf_mrl.metrics import accuracy_report
 
     with torch_threads(spec.threads):
         config = spec.config(key.method, key.seed)
         start = time.perf_counter()
-        reuse = ds.reuse if get_strategy(key.method).needs_teachers else None
-        trainer = StudentTrainer(config, ds.data, reuse, teacher_ids=pool_info["ids"], student_spec=spec.student_spec)
-        trainer.train(progress=False)
+        args = ReuseArguments(guard_folds=0, supervised_baseline=False, student=spec.student_spec, progress=False)
+        result = ReuseTrainer(ds.pool, ds.data, config, args, reuse=ds.reuse).train()
         train_s = time.perf_counter() - start
-        preds = trainer.predict(ds.data.test_images)
+        preds = result.predictions["method"]
         wall = time.perf_counter() - start
         val = _validation_indices(ds.data)
-        val_preds = None if val is None else trainer.predict(ds.data.unlabeled_images[val])
+        val_preds = None if val is None else result.predict(ds.data.unlabeled_images[val])
     data = ds.data
     report = accuracy_report(preds, data.test_labels, data.test_domains, data.domain_names)
     record = {
@@ -392,30 +387,27 @@ def execute_run(spec: BenchmarkSpec, key: RunKey, ds: _Dataset, pool_info: dict)
         # Accuracy on hidden labels of unlabeled samples: the validation that ablations decide on (not the test).
         "unlabeled_accuracy": None if val is None else float((val_preds == data.unlabeled_labels[val]).float().mean()),
         "teachers": ds.teachers,
-        "final_losses": trainer.history[-1] if trainer.history else {},
+        "final_losses": result.history[-1] if result.history else {},
         "wall_time_s": round(wall, 3),
         "train_time_s": round(train_s, 3),
         "threads": spec.threads,
         "environment": environment(),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    if trainer.reuser is not None:
-        out = trainer.reuse_predictions("t")
-        record["reuse_accuracy"] = float((out["predictions"] == data.test_labels).float().mean())
+    if result.reuser is not None:
+        record["reuse_accuracy"] = float((result.predictions["reuse"] == data.test_labels).float().mean())
         if data.test_domains is not None and "per_domain" in ds.teachers:
             teacher_of = in_domain_teachers(ds.teachers["per_domain"])
-            record["attention"] = _attention(out["weights"], data, teacher_of)
+            record["attention"] = _attention(result.reuse_weights, data, teacher_of)
     return record
 
 
-def _write_json(path: Path, data) -> None:
+def write_json(path: Path, data) -> None:
     """Atomically (temp file, then rename), NaN written as null."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(_finite(data), indent=1))
-    os.replace(tmp, path)
+    atomic_write_json(path, data, indent=1)
 
 
-def _read_json(path: Path) -> dict | None:
+def read_json(path: Path) -> dict | None:
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):
@@ -448,7 +440,7 @@ def _run_group(
     for key in keys:
         record = execute_run(spec, key, ds, pool_info)
         record["dataset_prep_time_s"] = round(prep, 3)
-        _write_json(Path(records_dir) / key.filename(digest), record)
+        write_json(Path(records_dir) / key.filename(digest), record)
         result = {"accuracy": record["accuracy"], "wall_time_s": record["wall_time_s"]}
         done.append((key, result))
         if notify is not None:
@@ -481,7 +473,7 @@ def pending_runs(keys: Iterable[RunKey], results_dir: str | os.PathLike, digest:
     records = Path(results_dir) / RECORDS_DIR
     out = []
     for key in keys:
-        rec = _read_json(records / key.filename(digest))
+        rec = read_json(records / key.filename(digest))
         if rec is None or rec.get("format") != RECORD_FORMAT:
             out.append(key)
     return out
@@ -519,7 +511,7 @@ def run_benchmark(
     load_start = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     teachers = resolve_pool_file(spec)
     label_names = _label_names(spec, keys)
-    pool_info = {"file": teachers, **pool_identity(_load_pool(teachers, label_names, spec.cache_dir))}
+    pool_info = {"file": teachers, **pool_identity(load_pool(teachers, label_names, spec.cache_dir))}
     digest = bench_hash(spec, pool_info["hash"])
     todo = pending_runs(keys, results, digest)
     skipped = len(keys) - len(todo)
@@ -576,7 +568,7 @@ def run_benchmark(
 
 
 def _label_names(spec: BenchmarkSpec, keys: Sequence[RunKey]) -> list[str]:
-    from .target import check_target
+    from hf_mrl.target import check_target
 
     setting = keys[0].setting if keys else "MUS"
     return check_target(spec.dataset(setting), keys[0].labeled_per_class if keys else None)
@@ -586,7 +578,7 @@ def _append_timing(
     results: Path, digest: str, wall: float, runs: int, workers: int, threads: int, argv, load_start=None
 ) -> None:
     path = results / TIMING_FILE
-    timing = _read_json(path) or {"invocations": []}
+    timing = read_json(path) or {"invocations": []}
     timing["invocations"].append(
         {
             "bench_hash": digest,
@@ -601,7 +593,7 @@ def _append_timing(
             "argv": list(argv) if argv is not None else None,
         }
     )
-    _write_json(path, timing)
+    write_json(path, timing)
 
 
 # ------------------------------------------------------------------------------------------------ reproduce
@@ -638,7 +630,7 @@ def rerun_record(path: str | os.PathLike, cache_dir: str | None = None, pool_fil
         teachers = resolve_pool_file(BenchmarkSpec())
     with torch_threads(spec.threads):
         ds = prepare_dataset(spec, teachers, key.setting, key.labeled_per_class, key.seed)
-    pool = _load_pool(teachers, ds.data.label_names, cache_dir)
+    pool = load_pool(teachers, ds.data.label_names, cache_dir)
     pool_info = {"file": rec["pool"].get("file"), **pool_identity(pool)}
     if pool_info["hash"] != rec["pool"]["hash"]:
         raise ValueError(f"The pool's weights differ from the record's: {pool_info['weights']} != {rec['pool']}.")
@@ -660,7 +652,7 @@ def load_records(results_dir: str | os.PathLike, bench_hash: str | None = None) 
     """Every readable record under `results_dir/records/` (of one benchmark hash when given)."""
     out = []
     for path in sorted((Path(results_dir) / RECORDS_DIR).glob("*.json")):
-        rec = _read_json(path)
+        rec = read_json(path)
         if rec and rec.get("format") == RECORD_FORMAT and (bench_hash is None or rec["bench_hash"] == bench_hash):
             out.append(rec)
     return out
@@ -1037,7 +1029,7 @@ def render_markdown(summary: dict, timing: dict | None = None, command: str | No
         lines.append(f"Command:\n\n```bash\n{command}\n```\n")
     lines.append(
         "Every run has a record in `records/` (config, data and pool identity, accuracy, per-domain accuracy, "
-        "attention, wall time); `python recipes/benchmark.py --rerun records/FILE.json` re-executes one and checks "
+        "attention, wall time); `python benchmarks/benchmark.py --rerun records/FILE.json` re-executes one and checks "
         "that it reproduces the recorded predictions exactly. `summary.json` holds these tables as data.\n"
     )
     return "\n".join(lines)
@@ -1148,7 +1140,7 @@ def write_report(
     if not records:
         raise ValueError(f"No benchmark records in {results / RECORDS_DIR} for this configuration.")
     summary = summarise(records, labeled_per_class, budget_setting)
-    timing = _read_json(results / TIMING_FILE)
+    timing = read_json(results / TIMING_FILE)
     digest = records[0]["bench_hash"]
     if timing:
         timing = {"invocations": [i for i in timing["invocations"] if i["bench_hash"] == digest]}
@@ -1162,7 +1154,7 @@ def write_report(
     if summary["attention"]:
         plot_attention(summary, results / ATTENTION_PNG)
     (results / "README.md").write_text(render_markdown(summary, timing, command))
-    _write_json(results / "summary.json", summary)
+    write_json(results / "summary.json", summary)
     return summary
 
 

@@ -1,11 +1,11 @@
 """Robustness report: MRL against Supervised on hostile teacher pools, with the guard, the reuse strength, the
 attention and the screening each recorded (issue #5).
 
-    python recipes/robustness.py                      # 6 pools x 5 seeds -> results/robustness/
-    python recipes/robustness.py --quick              # seed 0, 80 steps -> results/robustness_quick/
-    python recipes/robustness.py --render_only        # rebuild report.md / summary.json / PNG from the records
+    python benchmarks/robustness.py                      # 6 pools x 5 seeds -> results/robustness/
+    python benchmarks/robustness.py --quick              # seed 0, 80 steps -> results/robustness_quick/
+    python benchmarks/robustness.py --render_only        # rebuild report.md / summary.json / PNG from the records
 
-Pools (`hf_mrl.hostile`, built once under $HF_MRL_CACHE/robustness_pools_v1): the honest Digits-LD pool, random-logit
+Pools (`hostile`, built once under $HF_MRL_CACHE/robustness_pools_v1): the honest Digits-LD pool, random-logit
 teachers, label-permuted teachers, teachers of unrelated tasks, one good teacher among six bad ones, and the honest
 pool with duplicates. On each pool and seed (Digits-LD MUS, 10 labels per class, the benchmark's training settings)
 the recipe trains MRL, runs the never-worse guard (3-fold cross-validation against supervised-only, as
@@ -34,8 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from harness import read_json, write_json
 
-from hf_mrl.benchmark import _read_json, _write_json
 from hf_mrl.config import MRLConfig
 
 logger = logging.getLogger("robustness")
@@ -129,7 +129,7 @@ def pool_file_name(spec: Spec, pool: str, seed: int, pool_hash: str) -> str:
 
 
 def _done(path: Path) -> bool:
-    rec = _read_json(path)
+    rec = read_json(path)
     return rec is not None and rec.get("format") == RECORD_FORMAT
 
 
@@ -137,11 +137,11 @@ def _done(path: Path) -> bool:
 
 
 def resolve_pools(names: list[str], pool_files: dict[str, str] | None, pool_dir: str | None, honest: str | None):
-    """{pool name: pool file}: the given files, else the hostile pools built (or reused) by `hf_mrl.hostile`."""
+    """{pool name: pool file}: the given files, else the hostile pools built (or reused) by `hostile`."""
     pool_files = dict(pool_files or {})
     missing = [n for n in names if n not in pool_files]
     if missing:
-        from hf_mrl.hostile import build_hostile_pools
+        from hostile import build_hostile_pools
 
         built = build_hostile_pools(pool_dir, honest=honest, pools=[n for n in missing if n != "honest"])
         pool_files.update({n: str(built[n]) for n in missing})
@@ -150,10 +150,10 @@ def resolve_pools(names: list[str], pool_files: dict[str, str] | None, pool_dir:
 
 def pool_info(pool_file: str, label_names: list[str], cache_dir: str | None) -> dict:
     """Teacher ids, roles, weight hashes and one hash of the pool's content (loads the pool in this process)."""
-    from hf_mrl.benchmark import _load_pool, pool_identity
-    from hf_mrl.hostile import teacher_role
+    from harness import load_pool, pool_identity
+    from hostile import teacher_role
 
-    pool = _load_pool(pool_file, label_names, cache_dir)
+    pool = load_pool(pool_file, label_names, cache_dir)
     roles = [teacher_role(t.id) if os.path.isdir(t.id) else "honest" for t in pool.teachers]
     return {"file": pool_file, **pool_identity(pool), "roles": roles}
 
@@ -174,14 +174,8 @@ def _load_data(spec: Spec, seed: int):
     return _DATA[key]
 
 
-def _guard_folds(spec: Spec, data) -> int:
-    """The recipe's rule (train_mrl.py): at most one fold per labeled sample of the rarest class; 0 when < 2."""
-    folds = min(spec.guard_folds, int(torch.bincount(data.labeled_labels).min()))
-    return folds if folds >= 2 else 0
-
-
 def _dataset_info(spec: Spec, data, description: str, seed: int) -> dict:
-    from hf_mrl.benchmark import _fingerprints
+    from harness import fingerprints
 
     return {
         "spec": spec.dataset,
@@ -191,7 +185,7 @@ def _dataset_info(spec: Spec, data, description: str, seed: int) -> dict:
         "num_labeled": len(data.labeled_labels),
         "num_unlabeled": len(data.unlabeled_images),
         "num_test": len(data.test_labels),
-        "fingerprints": _fingerprints(data),
+        "fingerprints": fingerprints(data),
     }
 
 
@@ -201,26 +195,27 @@ def _sha(preds: torch.Tensor) -> str:
 
 def run_supervised(spec_dict: dict, seed: int, records_dir: str) -> dict:
     """The supervised student of one seed and its side of the guard (both independent of the pool)."""
-    from hf_mrl.benchmark import environment
-    from hf_mrl.guard import fold_correctness, stratified_folds
+    from harness import environment
+
+    from hf_mrl import ReuseArguments, ReuseTrainer
+    from hf_mrl.guard import stratified_folds
     from hf_mrl.metrics import accuracy_report
-    from hf_mrl.trainer import StudentTrainer
 
     spec = Spec(**spec_dict)
     torch.set_num_threads(spec.threads)
     start = time.perf_counter()
     data, description = _load_data(spec, seed)
     config = spec.config("supervised", seed)
-    trainer = StudentTrainer(config, data, student_spec=spec.student_spec)
-    trainer.train(progress=False)
-    preds = trainer.predict(data.test_images)
+    args = ReuseArguments(guard_folds=spec.guard_folds, guard_workers=1, student=spec.student_spec, progress=False)
+    runner = ReuseTrainer(None, data, config, args)
+    result = runner.train()
+    preds = result.predictions["method"]
     report = accuracy_report(preds, data.test_labels, data.test_domains, data.domain_names)
     train_s = time.perf_counter() - start
-    folds = _guard_folds(spec, data)
+    ok, folds = runner.supervised_guard_side(result.supervised), runner.guard_folds()
     guard = None
-    if folds:
+    if ok is not None:
         fold = stratified_folds(data.labeled_labels, folds, seed=seed)
-        ok = fold_correctness(config, data, None, None, fold, spec.student_spec)
         guard = {"folds": folds, "fold": fold.tolist(), "correct": ok.int().tolist()}
     record = {
         "format": RECORD_FORMAT,
@@ -240,67 +235,55 @@ def run_supervised(spec_dict: dict, seed: int, records_dir: str) -> dict:
         "environment": environment(),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    _write_json(Path(records_dir) / supervised_file(spec, seed), record)
+    write_json(Path(records_dir) / supervised_file(spec, seed), record)
     return record
 
 
 def run_pool(spec_dict: dict, pool: str, info: dict, seed: int, records_dir: str) -> dict:
     """MRL on one pool and seed, its guard (sharing the seed's supervised side), screening and attention."""
-    from hf_mrl.benchmark import _load_pool, environment
-    from hf_mrl.embedding import Embedding
-    from hf_mrl.guard import cross_validate_reuse, stratified_folds
+    from harness import environment, load_pool
+
+    from hf_mrl import ReuseArguments, ReuseTrainer
+    from hf_mrl.guard import stratified_folds
     from hf_mrl.metrics import accuracy_report
-    from hf_mrl.screening import screen_teachers
-    from hf_mrl.trainer import StudentTrainer, compute_reuse_inputs
+    from hf_mrl.reuse_trainer import SupervisedRun
 
     spec = Spec(**spec_dict)
     torch.set_num_threads(spec.threads)
     start = time.perf_counter()
     records = Path(records_dir)
-    sup = _read_json(records / supervised_file(spec, seed))
+    sup = read_json(records / supervised_file(spec, seed))
     if sup is None:
         raise RuntimeError(f"No supervised record for seed {seed}: run it first.")
     data, description = _load_data(spec, seed)
-    cache_dir = spec.cache_dir or str(_cache_root() / "logits")
-    model_pool = _load_pool(info["file"], data.label_names, spec.cache_dir)
-    embedding = Embedding(spec.config("mrl", seed).embedding, cache_dir=cache_dir).prepare()
-    reuse = compute_reuse_inputs(model_pool, embedding, data)
-    prep_s = time.perf_counter() - start
-    screening = screen_teachers(reuse.probs_l, data.labeled_labels, model_pool.ids, model_pool.coverage)
-    teacher_acc = (reuse.probs_t.argmax(-1) == data.test_labels[:, None]).float().mean(0).tolist()
-
+    model_pool = load_pool(info["file"], data.label_names, spec.cache_dir)
     config = spec.config("mrl", seed)
-    trainer = StudentTrainer(config, data, reuse, teacher_ids=model_pool.ids, student_spec=spec.student_spec)
-    trainer.train(progress=False)
-    preds = trainer.predict(data.test_images)
-    mrl = accuracy_report(preds, data.test_labels, data.test_domains, data.domain_names)
-    out = trainer.reuse_predictions("t")
-    every = max(1, config.max_steps // 10)
-    trace = [
-        [i + 1, h["reuse_strength"]]
-        for i, h in enumerate(trainer.history)
-        if "reuse_strength" in h and ((i + 1) % every == 0 or i == 0)
-    ]
-    mrl_s = time.perf_counter() - start - prep_s
-
-    guard = None
     side = sup.get("guard_side")
+    shared = SupervisedRun()  # the seed's supervised guard side: no supervised training here
     if side is not None:
         fold = stratified_folds(data.labeled_labels, side["folds"], seed=seed)
         if fold.tolist() != side["fold"]:
             raise RuntimeError("The supervised record's guard folds differ from this data's: stale record?")
-        report = cross_validate_reuse(
-            config,
-            data,
-            reuse,
-            model_pool.ids,
-            side["folds"],
-            spec.student_spec,
-            supervised_correct=torch.tensor(side["correct"], dtype=torch.bool),
-        )
-        guard = report.to_dict()
-    fell_back = guard is not None and guard["decision"] == "fall_back"
+        shared.guard_correct[side["folds"]] = torch.tensor(side["correct"], dtype=torch.bool)
+    folds = side["folds"] if side is not None else 0
+    args = ReuseArguments(guard_folds=folds, guard_workers=1, student=spec.student_spec, progress=False)
+    runner = ReuseTrainer(model_pool, data, config, args)
+    runner.compute_reuse_inputs()
+    prep_s = time.perf_counter() - start
+    result = runner.train(supervised=shared)
+    preds = result.predictions["method"]
+    mrl = accuracy_report(preds, data.test_labels, data.test_domains, data.domain_names)
+    every = max(1, config.max_steps // 10)
+    trace = [
+        [i + 1, h["reuse_strength"]]
+        for i, h in enumerate(result.history)
+        if "reuse_strength" in h and ((i + 1) % every == 0 or i == 0)
+    ]
+    mrl_s = time.perf_counter() - start - prep_s
+    guard = None if result.guard is None else result.guard.to_dict()
+    fell_back = result.delivered == "supervised"
     delivered = sup["accuracy"] if fell_back else mrl["accuracy"]
+    teacher_acc = list(result.metrics["teacher_accuracy"].values())
     record = {
         "format": RECORD_FORMAT,
         "kind": "pool",
@@ -318,29 +301,25 @@ def run_pool(spec_dict: dict, pool: str, info: dict, seed: int, records_dir: str
         "delivered": "supervised" if fell_back else "reuse",
         "delivered_accuracy": delivered,
         "guard": guard,
-        "reuse_strength": trainer.reuse_strength,
+        "reuse_strength": result.metrics["reuse_strength"],
         "reuse_strength_trace": trace,
-        "reuser_accuracy": float((out["predictions"] == data.test_labels).float().mean()),
-        "attention_mean": out["weights"].mean(0).tolist(),
+        "reuser_accuracy": result.metrics["reuse_accuracy"],
+        "attention_mean": result.reuse_weights.mean(0).tolist(),
         "teacher_accuracy": teacher_acc,
-        "screening": [s.to_dict() for s in screening],
+        "screening": result.metrics["screening"],
         "wall_time_s": round(time.perf_counter() - start, 2),
         "time_s": {"prepare": round(prep_s, 2), "mrl": round(mrl_s, 2)},
         "threads": spec.threads,
         "environment": environment(),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    _write_json(records / pool_file_name(spec, pool, seed, info["hash"]), record)
+    write_json(records / pool_file_name(spec, pool, seed, info["hash"]), record)
     return record
-
-
-def _cache_root() -> Path:
-    return Path(os.environ.get("HF_MRL_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "hf_mrl")))
 
 
 def _init_worker(threads: int) -> None:
     torch.set_num_threads(threads)
-    from hf_mrl.benchmark import quiet_progress_bars
+    from harness import quiet_progress_bars
 
     quiet_progress_bars()
 
@@ -431,7 +410,7 @@ def run_all(
     finally:
         wall = time.time() - start
         if total:
-            timing = _read_json(results / TIMING_FILE) or {"invocations": []}
+            timing = read_json(results / TIMING_FILE) or {"invocations": []}
             timing["invocations"].append(
                 {
                     "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(start)),
@@ -446,7 +425,7 @@ def run_all(
                     "supervised_hash": supervised_hash(spec),
                 }
             )
-            _write_json(results / TIMING_FILE, timing)
+            write_json(results / TIMING_FILE, timing)
     log(f"ran {finished} task(s) in {wall / 60:.2f} min")
     return {"ran": finished, "skipped": skipped, "wall_time_s": wall}
 
@@ -459,7 +438,7 @@ def load_records(results_dir: str | os.PathLike, spec: Spec) -> tuple[dict[int, 
     sup, runs = {}, {}
     target = supervised_hash(spec)
     for path in sorted((Path(results_dir) / RECORDS_DIR).glob("*.json")):
-        rec = _read_json(path)
+        rec = read_json(path)
         if not rec or rec.get("format") != RECORD_FORMAT:
             continue
         if rec["kind"] == "supervised" and rec["hash"] == target:
@@ -766,7 +745,7 @@ def write_report(results_dir: str | os.PathLike, spec: Spec, seeds: list[int], c
     if not sup or not runs:
         raise ValueError(f"No robustness records in {results / RECORDS_DIR} for this configuration.")
     summary = summarise(sup, runs, [s for s in seeds if s in sup])
-    timing = _read_json(results / TIMING_FILE)
+    timing = read_json(results / TIMING_FILE)
     if timing:
         timing = {
             "invocations": [i for i in timing["invocations"] if i.get("supervised_hash") == supervised_hash(spec)]
@@ -775,7 +754,7 @@ def write_report(results_dir: str | os.PathLike, spec: Spec, seeds: list[int], c
     summary["command"] = command
     plot(summary, results / FIGURE)
     (results / REPORT).write_text(render_markdown(summary, spec.identity(), timing, command))
-    _write_json(results / "summary.json", summary)
+    write_json(results / "summary.json", summary)
     return summary
 
 
@@ -857,14 +836,14 @@ def main(argv=None) -> dict:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
-    from hf_mrl.benchmark import quiet_progress_bars
+    from harness import quiet_progress_bars
 
     quiet_progress_bars()
     try:
         spec = make_spec(args)
     except ValueError as err:
         sys.exit(f"error: {err}")
-    command = "python recipes/robustness.py " + " ".join(shlex.quote(a) for a in argv if a != "--render_only")
+    command = "python benchmarks/robustness.py " + " ".join(shlex.quote(a) for a in argv if a != "--render_only")
     if not args.render_only:
         pools = resolve_pools(args.pools, args.pool_files, args.pool_dir, args.honest_pool)
         run_all(spec, pools, args.seeds, args.results_dir, workers=args.workers, argv=argv)
