@@ -380,7 +380,16 @@ class ReuseTrainer:
         cfg, args, data = self.config, self.args, self.data
         method = cfg.method
         ckpt = None if checkpoint_dir is None else Path(checkpoint_dir)
+        times, clock = {}, time.perf_counter()
+
+        def lap(name: str) -> None:
+            nonlocal clock
+            now = time.perf_counter()
+            times[name] = round(now - clock, 1)
+            clock = now
+
         self.compute_reuse_inputs()
+        lap("teacher_outputs")
         screening = []
         if self.pool is not None:
             logger.info("Pool: %s", ", ".join(self.pool.ids))
@@ -396,6 +405,7 @@ class ReuseTrainer:
                 )
         if supervised is None and (args.supervised_baseline or method == "supervised"):
             supervised = self.train_supervised(None if ckpt is None else ckpt / "supervised", resume)
+        lap("supervised")
         if method == "supervised":
             # The supervised-only student is this run's student: trained once, and no guard against itself.
             trainer, method_student, method_pred = supervised.trainer, supervised.student, supervised.test_predictions
@@ -405,7 +415,9 @@ class ReuseTrainer:
             method_pred = trainer.predict(data.test_images)
         reuser = trainer.strategy.reuser
         reuse_out = trainer.strategy.reuse_predictions("t") if reuser is not None else None
+        lap("method")
         guard = self.run_guard(supervised) if supervised is not None else None
+        lap("guard")
         fell_back = guard is not None and guard.decision == "fall_back"
         if fell_back:
             logger.warning(
@@ -422,6 +434,7 @@ class ReuseTrainer:
         if reuse_out is not None:
             predictions["reuse"] = reuse_out["predictions"]
         metrics = self._metrics(predictions, delivered, screening, guard, trainer, reuse_out, start)
+        metrics["time_s"] = times  # wall time of each part of the run
         return ReuseResult(
             method=method,
             delivered=delivered,
