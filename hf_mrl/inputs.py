@@ -82,7 +82,8 @@ def _from_array(a: np.ndarray) -> torch.Tensor:
             f"Expected a numpy image (H, W), (H, W, C) or a batch (N, H, W, C) with C in {_CHANNELS}; got shape "
             f"{a.shape}. A channels-first array is a torch tensor's layout: pass `torch.from_numpy(a)`."
         )
-    x = torch.from_numpy(np.ascontiguousarray(a)).permute(0, 3, 1, 2)
+    a = np.ascontiguousarray(a) if a.flags.writeable else a.copy()  # torch refuses read-only memory
+    x = torch.from_numpy(a).permute(0, 3, 1, 2)
     return _rgb(_to_uint8(x, "numpy images"), "array")
 
 
