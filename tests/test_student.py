@@ -27,6 +27,11 @@ def _pil(images: torch.Tensor) -> list[Image.Image]:
     return [Image.fromarray(x.permute(1, 2, 0).numpy()) for x in images]
 
 
+def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
 def _pipeline_top1(folder, images: torch.Tensor) -> list[str]:
     from transformers import pipeline
 
@@ -57,8 +62,7 @@ def test_the_default_student_is_unchanged():
     student = create_student([str(d) for d in range(10)], image_size=32)
     torch.manual_seed(3)
     reference = timm.create_model("resnet10t", num_classes=10, **DEFAULT_STUDENT["model_args"])
-    assert student.state_dict().keys() == reference.state_dict().keys()
-    assert all(torch.equal(a, b) for a, b in zip(student.state_dict().values(), reference.state_dict().values()))
+    assert _same_weights(student, reference)
     cfg = student.pretrained_cfg
     assert cfg["input_size"] == (3, 32, 32) and cfg["mean"] == (0.5, 0.5, 0.5) and cfg["crop_pct"] == 1.0
     assert create_student(LABELS).pretrained_cfg["input_size"] == (3, 32, 32)  # image_size=None: still 32
@@ -158,8 +162,7 @@ def test_a_pretrained_timm_student_takes_an_image_size_and_saves_for_timm_and_pi
         _train_two_steps(student, images, torch.arange(12) % 3)
         save_student(student, tmp_path / "s")
         reloaded = timm.create_model(f"local-dir:{tmp_path / 's'}", pretrained=True).eval()
-        assert reloaded.state_dict().keys() == student.state_dict().keys()
-        assert all(torch.equal(a, b) for a, b in zip(reloaded.state_dict().values(), student.state_dict().values()))
+        assert _same_weights(reloaded, student)
         with torch.no_grad():
             top1 = reloaded(student_preprocess(reloaded)(images)).argmax(-1)
         assert _pipeline_top1(tmp_path / "s", images) == [LABELS[i] for i in top1]
@@ -258,7 +261,7 @@ def test_a_fresh_transformers_student_is_seeded_and_scales_pixels_like_a_fresh_t
     a = create_student(LABELS, architecture=str(source))
     torch.manual_seed(2)
     b = create_student(LABELS, architecture=str(source))
-    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert _same_weights(a, b)
     assert a.pretrained_cfg["mean"] == (0.5, 0.5, 0.5) and a.hf_mrl_base_model is None
 
 
