@@ -307,3 +307,37 @@ def test_a_hub_student_is_read_from_the_loopback_hub(local_hub, resnet18_checkpo
     assert torch.equal(student.state_dict()["layer1.0.conv1.weight"], weights["layer1.0.conv1.weight"])
     commit = api.model_info("org/r18").sha
     assert student.hf_mrl_base_model == f"org/r18@{commit}"
+
+
+# ------------------------------------------------------------------------------------------------- the trainer
+
+
+@pytest.mark.parametrize("library", ["timm", "transformers"])
+def test_the_trainer_runs_mrl_with_a_pretrained_student_from_its_spec(library, tmp_path):
+    """`student_spec={"architecture": ..., "pretrained": True}` through today's trainer: steps, outer steps
+    (the hypergradient calls the student functionally), prediction, and saving the result."""
+    from helpers import make_timm_teacher
+    from test_trainer import TEACHERS, _config, _data, _reuse
+
+    from hf_mrl import MRLTrainer
+
+    if library == "timm":
+        source = f"local-dir:{make_timm_teacher(tmp_path / 'src', list('vwxyz'))}"
+    else:
+        source = str(make_transformers_teacher(tmp_path / "src", list("vwxyz")))
+    data = _data()
+    spec = {"architecture": source, "pretrained": True}
+    with one_torch_thread():
+        trainer = MRLTrainer(_config(outer_every=1), data, _reuse(data), teacher_ids=TEACHERS, student_spec=spec)
+        before = trainer.reuser.prototypes.detach().clone()
+        for step in range(2):
+            logs = trainer.training_step(step)
+        assert all(np.isfinite(v) for v in logs.values())
+        assert not torch.equal(trainer.reuser.prototypes.detach(), before)  # outer steps reached the prototypes
+        predictions = trainer.predict(data.test_images)
+        student = trainer.accelerator.unwrap_model(trainer.student)
+        save_student(student, tmp_path / "student")
+        reloaded = load_student(tmp_path / "student")
+        with torch.no_grad():
+            again = reloaded(student_preprocess(reloaded)(data.test_images)).argmax(-1)
+    assert predictions.shape == (len(data.test_images),) and torch.equal(again, predictions)
