@@ -109,7 +109,8 @@ def create_student(
         allow_pickle: accept a checkpoint that only has pickle weights.
         trust_remote_code: let transformers run the checkpoint repository's own modelling code.
 
-    The student always sees whole images (crop 1.0), resized bilinearly to its input size: what it is trained on.
+    The student always sees whole images (no crop, aspect not kept), resized bilinearly to its input size: what it
+    is trained on, and what timm's and transformers' own transforms of the saved student do too.
 
     >>> student = create_student(["cat", "dog"], architecture="resnet18", pretrained=True)  # doctest: +SKIP
     >>> student.pretrained_cfg["input_size"], student.num_classes  # doctest: +SKIP
@@ -192,6 +193,7 @@ def _student_cfg(inherited: dict, label_names, size: tuple[int, int], mean, std,
         "test_input_size": (3, *size),
         "crop_pct": 1.0,
         "test_crop_pct": 1.0,
+        "crop_mode": "squash",  # the whole image resized to the input size, as `student_preprocess` does
         "interpolation": "bilinear",
         "mean": tuple(mean),
         "std": tuple(std),

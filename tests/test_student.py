@@ -113,6 +113,24 @@ def test_the_saved_student_loads_with_timm_automodel_and_pipeline(digits, tmp_pa
         assert load_student(tmp_path / "student").pretrained_cfg["label_names"] == names
 
 
+def test_pipeline_and_student_preprocess_agree_on_images_of_other_shapes(tmp_path):
+    """Non-square, larger images: timm's transform of the saved config squashes them as `student_preprocess` does."""
+    from transformers import pipeline
+
+    torch.manual_seed(0)
+    student = create_student(LABELS, image_size=16).eval()
+    with torch.no_grad():
+        student.fc.weight.mul_(20)  # spread the probabilities so that a crop would move them visibly
+    save_student(student, tmp_path / "s")
+    pipe = pipeline("image-classification", model=str(tmp_path / "s"), device="cpu")
+    for h, w in [(40, 64), (16, 16), (70, 20)]:
+        image = make_images(1, size=max(h, w), seed=h)[:, :, :h, :w]
+        with torch.no_grad():
+            expected = student(student_preprocess(student)(image)).softmax(-1)[0]
+        got = {out["label"]: out["score"] for out in pipe(_pil(image)[0], top_k=3)}
+        assert [got[n] for n in LABELS] == pytest.approx(expected.tolist(), abs=2e-3)
+
+
 # --------------------------------------------------------------------------------------------- any timm student
 
 
