@@ -140,7 +140,8 @@ def create_student(
         if image_size is None and architecture == DEFAULT_STUDENT["architecture"] and not pretrained:
             image_size = DEFAULT_IMAGE_SIZE
         model = _timm_student(source, shown, label_names, image_size, pretrained, dict(model_args))
-    model.hf_mrl_base_model = shown if pretrained else None  # for the card's base_model; not saved
+    # For the card's base_model (not saved): the checkpoint as given, or timm's Hub id for a bare timm name.
+    model.hf_mrl_base_model = (getattr(model, "hf_mrl_base_model", None) or shown) if pretrained else None
     return model
 
 
@@ -236,6 +237,9 @@ def _timm_student(source: str, shown: str, label_names, image_size, pretrained: 
     architecture = source_cfg.get("architecture") or name.split(".")[0]
     model.pretrained_cfg = _student_cfg(source_cfg, label_names, size, mean, std, architecture)
     model.hf_mrl_model_args = {k: v for k, v in model_args.items() if k not in _LOAD_ARGS}
+    if pretrained and not is_dir:
+        local = source_cfg.get("file") or source_cfg.get("state_dict")  # weights from a local file, not the Hub
+        model.hf_mrl_base_model = None if local else source_cfg.get("hf_hub_id")  # e.g. timm/resnet18.a1_in1k
     return model
 
 

@@ -197,6 +197,7 @@ def test_a_timm_student_from_a_weights_file_overlay(resnet18_checkpoint, tmp_pat
             model_args={"pretrained_cfg_overlay": {"file": str(folder / "model.safetensors")}},
         )
         assert torch.equal(student.state_dict()["conv1.weight"], weights["conv1.weight"])
+        assert student.hf_mrl_base_model == "resnet18"  # not timm's Hub id: the weights came from the file
         save_student(student, tmp_path / "s")
     assert "pretrained_cfg_overlay" not in json.loads((tmp_path / "s" / "config.json").read_text())["model_args"]
 
