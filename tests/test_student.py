@@ -360,3 +360,16 @@ def test_the_trainer_runs_mrl_with_a_pretrained_student_from_its_spec(library, t
         with torch.no_grad():
             again = reloaded(student_preprocess(reloaded)(data.test_images)).argmax(-1)
     assert predictions.shape == (len(data.test_images),) and torch.equal(again, predictions)
+
+
+def test_a_transformers_student_by_hub_id_from_the_loopback_hub(local_hub, tmp_path):
+    from huggingface_hub import HfApi
+
+    api = HfApi()
+    api.create_repo("org/tiny-resnet")
+    api.upload_folder(repo_id="org/tiny-resnet", folder_path=str(make_transformers_teacher(tmp_path / "tr", "vwxyz")))
+    commit = api.model_info("org/tiny-resnet").sha
+    with one_torch_thread():
+        student = create_student(LABELS, architecture=f"org/tiny-resnet@{commit}", pretrained=True)
+    assert isinstance(student, TransformersStudent) and student.num_classes == 3
+    assert student.hf_mrl_base_model == f"org/tiny-resnet@{commit}"
