@@ -15,6 +15,7 @@ from safetensors.torch import load_model
 
 from .cards import RunSummary, reuser_card, split_teacher_id
 from .embedding import Embedding
+from .inputs import image_batches
 from .pool import ModelPool
 
 __all__ = ["AttentionReuser", "FORMAT_VERSION"]
@@ -109,8 +110,13 @@ class AttentionReuser(
         z = self.standardize(features)  # (B, p)
         return torch.softmax(z @ self.prototypes.T / self.temperature + self.bias, dim=-1)
 
-    def forward(self, features: torch.Tensor, probs: torch.Tensor) -> dict[str, torch.Tensor]:
-        """psi features (B, p) and teacher probabilities H (B, K, C) -> weights (B, K) and R(x) (B, C)."""
+    def forward(self, features, probs: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """psi features (B, p) and teacher probabilities H (B, K, C) -> weights (B, K) and R(x) (B, C).
+
+        Called with images only (`reuser(images)`), it is `predict(images)`: any input `predict` accepts.
+        """
+        if probs is None:
+            return self.predict(features)
         if probs.ndim != 3 or probs.shape[1] != self.num_teachers:
             raise ValueError(f"Expected teacher probabilities (B, {self.num_teachers}, C); got {tuple(probs.shape)}.")
         weights = self.attention(features)
@@ -160,20 +166,47 @@ class AttentionReuser(
         self._pool = pool
 
     @torch.no_grad()
-    def predict(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        """uint8 images (N, 3, H, W) -> `probs` (N, C), `weights` (N, K), `predictions` (N,)."""
+    def predict(self, images, batch_size: int = 256) -> dict[str, torch.Tensor]:
+        """Route and combine the teachers on raw images -> `probs` (N, C), `weights` (N, K), `predictions` (N,).
+
+        Args:
+            images: a PIL image, a list of them, numpy arrays (HW, HWC or NHWC; uint8, or float in [0, 1]), torch
+                tensors (CHW or BCHW; uint8, or float in [0, 1]), a `datasets` image column (`dataset["image"]`,
+                decoded PIL images or `{"bytes", "path"}` dicts), a `datasets.Dataset` with one image column, or
+                paths to image files. Sizes may differ: each teacher sees each original image through its own
+                processor. Float pixels are rounded to 8 bits, as a decoded image file holds them. Anything else is a
+                `TypeError` listing what is accepted.
+            batch_size: how many inputs are decoded at a time (the pool batches its teachers on its own).
+
+        Rows come back in input order; a single image gives N = 1.
+
+        >>> from PIL import Image  # doctest: +SKIP
+        >>> reuser.predict([Image.open("a.png"), Image.open("b.jpg")])["predictions"]  # doctest: +SKIP
+        tensor([3, 7])
+        """
         expected = Embedding(self.embedding_spec).dim(self.num_teachers, len(self.label_names))
         if expected is not None and expected != self.embed_dim:
             raise ValueError(
                 f"The {self.embedding_spec['type']!r} embedding gives {expected} features but the prototypes have "
                 f"{self.embed_dim}: this reuser's embedding and weights do not belong together."
             )
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int; got {batch_size!r}.")
         if self._embedding is None:
             self._embedding = Embedding(self.embedding_spec, **self._load_kwargs)
-        probs = self.pool.probs(images)
-        out = self(self._embedding(images, probs), probs)
-        out["predictions"] = out["probs"].argmax(-1)
-        return out
+        parts = []
+        for positions, batch in image_batches(images, chunk_size=batch_size):  # (n, 3, H, W) uint8, one size each
+            probs = self.pool.probs(batch)  # (n, K, C)
+            out = self(self._embedding(batch, probs), probs)
+            parts.append((torch.tensor(positions), out))
+        n = sum(len(p) for p, _ in parts)
+        merged = {}
+        for key in ("probs", "weights"):
+            merged[key] = torch.empty(n, parts[0][1][key].shape[1], dtype=parts[0][1][key].dtype)
+            for positions, out in parts:
+                merged[key][positions] = out[key]
+        merged["predictions"] = merged["probs"].argmax(-1)
+        return merged
 
     # -- Hub integration -----------------------------------------------------------------------
     @property
