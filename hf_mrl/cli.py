@@ -72,6 +72,20 @@ def train_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument(
         "--guard_workers", type=int, help="processes training the guard's folds (default: one per core on CPU)"
     )
+    p.add_argument(
+        "--student",
+        help="student: a timm architecture, `hf-hub:timm/...`, a transformers image-classification id or a local "
+        "checkpoint folder (default: a narrow resnet10t)",
+    )
+    p.add_argument(
+        "--student_pretrained",
+        action="store_true",
+        help="start --student from its weights, with a new head for the target labels (its input size and "
+        "normalisation come from its config unless --student_image_size says otherwise)",
+    )
+    p.add_argument(
+        "--student_image_size", type=int, help="the student's input side (default: see --student_pretrained)"
+    )
     p.add_argument("--embedding", default=MRLConfig.embedding, help="teacher-outputs | pixels | encoder:<model id>")
     p.add_argument("--outer_every", type=int, default=MRLConfig.outer_every)
     p.add_argument("--batch_size", type=int, default=MRLConfig.batch_size)
@@ -93,10 +107,13 @@ def parse_train_args(argv=None, prog: str | None = None) -> argparse.Namespace:
     p = train_parser(prog)
     args = p.parse_args(argv)
     bounds = (("labeled_per_class", 1), ("max_steps", 1), ("checkpointing_steps", 0), ("image_size", 1))
+    bounds += (("student_image_size", 1),)
     for name, low in (*bounds, ("guard_folds", 0), ("guard_workers", 1)):
         value = getattr(args, name)
         if value is not None and value < low:
             p.error(f"--{name} must be >= {low}; got {value}.")
+    if args.student_pretrained and not args.student:
+        p.error("--student_pretrained needs --student NAME (the default student has no pretrained weights).")
     if args.push_to_hub and not args.hub_model_id:
         p.error("--push_to_hub needs --hub_model_id ORG/NAME.")
     if args.hub_model_id:
@@ -112,10 +129,12 @@ _RUN_KEYS = (
     *("method", "dataset", "seed", "labeled_per_class", "embedding", "outer_every", "batch_size"),
     *("unlabeled_batch_size", "image_column", "label_column", "image_size", "trust_remote_code", "allow_pickle"),
 )
+_STUDENT_KEYS = ("student", "student_pretrained", "student_image_size")  # recorded when set (older runs lack them)
 
 
 def run_identity(args: argparse.Namespace, pool: list[str] | None) -> dict:
-    return {"pool": pool, **{k: getattr(args, k) for k in _RUN_KEYS}}
+    student = {k: getattr(args, k) for k in _STUDENT_KEYS if getattr(args, k)}
+    return {"pool": pool, **{k: getattr(args, k) for k in _RUN_KEYS}, **student}
 
 
 def _check_training_domains(args: argparse.Namespace) -> None:
@@ -226,7 +245,14 @@ def train(args: argparse.Namespace) -> ReuseResult:
             label_column=args.label_column,
             image_size=args.image_size,
         )
+    student = None
+    if args.student or args.student_image_size:
+        student = {"image_size": args.student_image_size, "pretrained": args.student_pretrained}
+        student |= {"trust_remote_code": args.trust_remote_code, "allow_pickle": args.allow_pickle}
+        if args.student:
+            student["architecture"] = args.student
     run_args = ReuseArguments(
+        student=student,
         guard_folds=args.guard_folds,
         guard_workers=args.guard_workers,
         dataset=args.dataset,

@@ -131,7 +131,8 @@ class StudentTrainer:
         reuse: teacher probabilities and psi features (required for `mrl`), from `compute_reuse_inputs`.
         teacher_ids: the pool's ids, recorded in the reuser config.
         accelerator: shared across trainers in one process; created when None.
-        student_spec: `{"architecture": ..., "model_args": ...}` for `create_student`.
+        student_spec: `create_student` arguments (`architecture`, `model_args`, `pretrained`, `image_size`...). A
+            fresh student reads inputs at the data's size; a pretrained one at its own, unless `image_size` is given.
 
     >>> trainer = StudentTrainer(MRLConfig(max_steps=10), data, reuse, teacher_ids=pool.ids)  # doctest: +SKIP
     >>> student = trainer.train(); predictions = trainer.predict(data.test_images)  # doctest: +SKIP
@@ -158,8 +159,10 @@ class StudentTrainer:
             raise ValueError(f"method={config.method!r} needs teacher outputs: pass reuse=compute_reuse_inputs(...).")
         self.teacher_ids = list(teacher_ids or [])
         torch.manual_seed(config.seed)
-        image_size = data.labeled_images.shape[-1]
-        self.student = create_student(data.label_names, image_size=image_size, **(student_spec or {}))
+        spec = dict(student_spec or {})
+        if spec.get("image_size") is None and not spec.get("pretrained"):
+            spec["image_size"] = data.labeled_images.shape[-1]
+        self.student = create_student(data.label_names, **spec)
         self.preprocess = student_preprocess(self.student)
         self.optimizer = torch.optim.AdamW(
             self.student.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 from helpers import load_recipe
+from PIL import Image
 
 import hf_mrl.cli as cli
 from hf_mrl.strategies import METHODS, STRATEGIES
@@ -226,3 +227,33 @@ def test_push_of_a_method_without_reuser_pushes_the_student_only(recipe, local_h
     assert [c.title for c in api.list_repo_commits("org/v-student")][0] == "Upload vat student (hf_mrl)"
     assert not api.repo_exists("org/v")  # no reuser, and nothing pretending to be one
     assert "pushed the student to org/v-student" in capsys.readouterr().out
+
+
+def test_a_pretrained_student_from_a_local_timm_checkpoint_trains_and_loads_with_timm_and_pipeline(
+    recipe, tiny, tmp_path
+):
+    """`--student DIR --student_pretrained`: the backbone starts from the checkpoint, the head is new for the
+    target's labels, the supervised baseline uses the same start, and the saved student loads with timm and with
+    `pipeline("image-classification")` under the target's label names."""
+    import timm
+    import torch
+    from transformers import pipeline
+
+    ckpt = tmp_path / "r18"
+    torch.manual_seed(3)
+    base = timm.create_model("resnet18", num_classes=5).eval()
+    timm.models.save_for_hf(base, str(ckpt), model_config={"label_names": list("vwxyz")}, safe_serialization=True)
+    out = tmp_path / "pre"
+    argv = _argv(tiny, out, "--method", "pl", "--guard_folds", "0", "--student", str(ckpt), "--student_pretrained")
+    argv += ["--student_image_size", "32"]
+    recipe.main(argv)
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["args"]["student_pretrained"] and metrics["delivered"] == "pl"
+    student = timm.create_model(f"local-dir:{out / 'student'}", pretrained=True).eval()
+    assert student.pretrained_cfg["label_names"] == ["a", "b", "c"] and student.num_classes == 3
+    assert student.pretrained_cfg["input_size"] == (3, 32, 32)
+    pipe = pipeline("image-classification", model=str(out / "student"), device="cpu")
+    assert {p["label"] for p in pipe(Image.new("RGB", (40, 24), "red"), top_k=3)} == {"a", "b", "c"}
+    with pytest.raises(SystemExit):  # nothing to start from
+        recipe.parse_args(["--output_dir", "x", "--student_pretrained"])
