@@ -30,7 +30,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -38,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hf_mrl.utils import cache_root, torch_threads
+from hf_mrl.utils import atomic_dir, atomic_write_text, cache_root, torch_threads
 
 __all__ = [
     "BAD_ROLES",
@@ -115,29 +114,6 @@ def _is_built(folder: Path, expected: dict) -> bool:
     except (OSError, ValueError):
         return False
     return all(recorded.get(k) == v for k, v in expected.items())
-
-
-class _Staging:
-    """Write a teacher into a hidden sibling folder, then swap it in atomically (a crash leaves no half teacher)."""
-
-    def __init__(self, out_dir: Path):
-        self.out_dir = Path(out_dir)
-
-    def __enter__(self) -> Path:
-        self.out_dir.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(dir=self.out_dir.parent, prefix=f".{self.out_dir.name}."))
-        return self.tmp
-
-    def __exit__(self, exc_type, exc, tb):
-        try:
-            if exc_type is None:
-                if self.out_dir.exists():
-                    shutil.rmtree(self.out_dir)
-                os.replace(self.tmp, self.out_dir)
-        finally:
-            if self.tmp.exists():
-                shutil.rmtree(self.tmp)
-        return False
 
 
 def _write_info(folder: Path, info: dict) -> None:
@@ -226,7 +202,7 @@ def _make_random_teacher(source, out_dir, seed, calibration_images, logit_std) -
     with torch.no_grad():
         head.weight.copy_(w.float())
         head.bias.copy_(b.float())
-    with _Staging(out_dir) as tmp:
+    with atomic_dir(out_dir) as tmp:
         if library == "timm":
             import timm
 
@@ -275,7 +251,7 @@ def make_permuted_teacher(source: str | os.PathLike, out_dir: str | os.PathLike,
     perm = [int(p) for p in permutation]
     if sorted(perm) != list(range(len(perm))):
         raise ValueError(f"{permutation} is not a permutation of range({len(perm)}).")
-    with _Staging(out_dir) as tmp:
+    with atomic_dir(out_dir) as tmp:
         for f in source.iterdir():
             if f.is_file() and f.name not in ("build_info.json", INFO_FILE, "README.md"):
                 shutil.copy2(f, tmp / f.name)
@@ -318,7 +294,7 @@ def make_permuted_teacher(source: str | os.PathLike, out_dir: str | os.PathLike,
 def make_duplicate_teacher(source: str | os.PathLike, out_dir: str | os.PathLike, copy: int = 1) -> Path:
     """A byte-for-byte copy of `source` in another folder, so a pool can hold the same teacher twice."""
     source, out_dir = Path(source), Path(out_dir)
-    with _Staging(out_dir) as tmp:
+    with atomic_dir(out_dir) as tmp:
         for f in source.iterdir():
             if f.is_file() and f.name != INFO_FILE:
                 shutil.copy2(f, tmp / f.name)
@@ -399,7 +375,7 @@ def make_unrelated_teacher(
         model, preprocess = _make_timm(architecture)
         train_classifier(model, preprocess, images[:num_train], labels[:num_train], epochs, seed=seed)
         acc = _accuracy(model, preprocess, images[num_train:], labels[num_train:])
-    with _Staging(out_dir) as tmp:
+    with atomic_dir(out_dir) as tmp:
         timm.models.save_for_hf(model, str(tmp), model_config={"label_names": DIGITS}, safe_serialization=True)
         (tmp / "README.md").write_text(
             _card(
@@ -467,10 +443,7 @@ def _digits_calibration(n: int = 600, seed: int = 0) -> torch.Tensor:
 def _write_pool_file(path: Path, folders: Sequence[Path], title: str) -> Path:
     lines = [f"# {title} (paths relative to this file)"]
     lines += [os.path.relpath(f, path.parent) for f in folders]
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, "\n".join(lines) + "\n")
 
 
 def _sub_seed(seed: int, tag: str) -> int:

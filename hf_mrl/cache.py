@@ -27,7 +27,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
+
+from .utils import atomic_write_bytes
 
 __all__ = ["LogitCache", "fingerprint", "row_keys"]
 
@@ -308,13 +310,4 @@ class LogitCache:
         self._memory[(teacher_key, fp)] = logits
         if self.cache_dir is None:
             return
-        path = self._path(teacher_key, fp)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file({"logits": logits.contiguous()}, tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        atomic_write_bytes(self._path(teacher_key, fp), save({"logits": logits.contiguous()}))

@@ -9,14 +9,12 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from .utils import cache_root
+from .utils import atomic_dir, atomic_write_text, cache_root
 
 __all__ = ["TEACHER_SPECS", "build_digits_pool", "default_pool_dir", "train_classifier"]
 
@@ -167,8 +165,7 @@ def _build_teacher(domain: str, out_dir: Path, seed: int) -> float:
     spec = TEACHER_SPECS[domain]
     (x_tr, y_tr), (x_va, y_va) = _source_tensors(domain)
     torch.manual_seed(seed)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
-    try:
+    with atomic_dir(out_dir) as tmp:
         if spec["library"] == "timm":
             import timm
 
@@ -184,12 +181,6 @@ def _build_teacher(domain: str, out_dir: Path, seed: int) -> float:
         (tmp / "README.md").write_text(_teacher_card(domain, spec, acc))
         info = {**_build_info(domain, seed, x_tr), "val_accuracy": acc}
         (tmp / "build_info.json").write_text(json.dumps(info, indent=2))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return acc
 
 
@@ -215,12 +206,5 @@ def build_digits_pool(output_dir: str | os.PathLike | None = None, domains: str 
             acc = _build_teacher(domain, folder, seed)
             logger.info("Teacher %s: validation accuracy %.4f", domain, acc)
         names.append(folder.name)
-    pool_file = out / "hub-ids.txt"
-    tmp = pool_file.with_suffix(".tmp")
-    tmp.write_text(
-        "# Digits-LD teacher pool: one teacher per latent domain (paths relative to this file)\n"
-        + "\n".join(names)
-        + "\n"
-    )
-    os.replace(tmp, pool_file)
-    return pool_file
+    title = "# Digits-LD teacher pool: one teacher per latent domain (paths relative to this file)"
+    return atomic_write_text(out / "hub-ids.txt", "\n".join([title, *names]) + "\n")

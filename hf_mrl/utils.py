@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["atomic_dir", "atomic_write_json", "atomic_write_text", "cache_root", "torch_threads"]
+__all__ = ["atomic_dir", "atomic_write_bytes", "atomic_write_json", "atomic_write_text", "cache_root", "torch_threads"]
 
 
 def cache_root() -> Path:
@@ -36,19 +36,24 @@ def torch_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write a file whole or not at all: readers (other processes, a rerun after a crash) never see half of it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
     return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """`atomic_write_bytes` of `text` in UTF-8."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def _finite(obj):
