@@ -700,4 +700,22 @@ def cache_patches(hf_home: str | Path) -> list[Patch]:
     ]:
         if (module := _loaded(name)) is not None and hasattr(module, attr):
             patches.append((module, attr, value))
-    return patches
+    return patches + _datasets_cache_patches(home)
+
+
+def _datasets_cache_patches(home: str) -> list[Patch]:
+    """``datasets`` copies its cache folders from ``HF_HOME`` / ``HF_DATASETS_CACHE`` at import: move them too, or
+    a test's ``load_dataset`` writes to (and, offline, reads "the latest cached version" from) the user's cache."""
+    module = _loaded("datasets.config")
+    if module is None:
+        return []
+    cache = Path(home) / "datasets"
+    downloads = cache / module.DOWNLOADED_DATASETS_DIR
+    values = {
+        "HF_CACHE_HOME": home,
+        "HF_DATASETS_CACHE": cache,
+        "HF_MODULES_CACHE": Path(home) / "modules",
+        "DOWNLOADED_DATASETS_PATH": downloads,
+        "EXTRACTED_DATASETS_PATH": downloads / module.EXTRACTED_DATASETS_DIR,
+    }
+    return [(module, k, v) for k, v in values.items() if hasattr(module, k)]
