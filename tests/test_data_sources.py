@@ -295,3 +295,46 @@ def test_skip_bad_images_counts_them_and_keeps_labels_aligned(tmp_path):
     assert _colour_labels(data.labeled_images) == data.labeled_labels.tolist()
     assert len(data.unlabeled_images) == len(bad["unlabeled"]) - 2
     assert data.unlabeled_labels.tolist() == [1, 1, 0, 1]
+
+
+# ----------------------------------------------------------------------------------------------- the recipe
+
+
+@pytest.mark.slow  # two recipe runs in subprocesses, about a minute on 2 shared cores
+def test_recipe_trains_by_hub_dataset_id_then_offline(tiny, local_hub, tmp_path):
+    """Acceptance: a parquet dataset repo on the loopback Hub trains by id through `datasets`; the same command
+    with HF_HUB_OFFLINE=1 trains again from the cache, and the Hub sees no request."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from huggingface_hub import HfApi
+
+    folder = tmp_path / "repo"
+    for role, ds in datasets.load_from_disk(str(tiny["data"])).items():
+        ds.to_parquet(str(folder / "data" / f"{role}-00000-of-00001.parquet"))
+    HfApi().create_repo("org/tiny-target", repo_type="dataset")
+    HfApi().upload_folder(repo_id="org/tiny-target", repo_type="dataset", folder_path=folder)
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "train_mrl.py"
+
+    def run(out: Path, **env_extra: str) -> dict:
+        cmd = [sys.executable, str(recipe), "--pool", str(tiny["pool"]), "--dataset", "org/tiny-target"]
+        cmd += ["--output_dir", str(out), "--max_steps", "2", "--batch_size", "4", "--unlabeled_batch_size", "8"]
+        cmd += ["--image_size", "16", "--cache_dir", str(tmp_path / "logits"), "--no_progress"]
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_MRL_CACHE": str(tmp_path / "hf_mrl"), **env_extra}
+        env["PYTHONPATH"] = os.pathsep.join([str(recipe.parents[1]), env.get("PYTHONPATH", "")])  # this checkout
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+        return json.loads((out / "metrics.json").read_text())
+
+    online = run(tmp_path / "online")
+    assert any(path.startswith("/datasets/org/tiny-target/resolve/") for _, path in local_hub.requests_log)
+    sizes = tiny["sizes"]
+    assert (online["num_labeled"], online["num_unlabeled"], online["num_test"]) == tuple(sizes.values())
+    assert set(online["per_domain"]) == {"d0", "d1"}  # the ClassLabel domain column survived parquet
+
+    seen = len(local_hub.requests_log)
+    offline = run(tmp_path / "offline", HF_HUB_OFFLINE="1")
+    assert local_hub.requests_log[seen:] == []
+    assert offline["num_test"] == online["num_test"] and offline["reuse_accuracy"] == online["reuse_accuracy"]
