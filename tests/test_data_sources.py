@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from hf_mrl.target import check_target, load_target, target_from_datasets
+from hf_mrl.testing.hub_server import upload_parquet_dataset
 
 LABELS = ["a", "b"]
 COLOURS = {0: (200, 30, 30), 1: (30, 30, 200)}  # one flat colour per class: decoding is checkable exactly
@@ -117,17 +118,11 @@ def test_hub_dataset_id_revision_and_offline(local_hub, hf_isolation, tmp_path, 
     import huggingface_hub.constants
     from huggingface_hub import HfApi
 
-    api = HfApi()
-    api.create_repo("org/tiny", repo_type="dataset")
-    folder = tmp_path / "repo"
-    for role, ds in _task().items():
-        ds.to_parquet(str(folder / "data" / f"{role}-00000-of-00001.parquet"))
-    api.upload_folder(repo_id="org/tiny", repo_type="dataset", folder_path=folder)
-    api.create_tag("org/tiny", tag="v1", repo_type="dataset")
+    upload_parquet_dataset(_task(), "org/tiny")
+    HfApi().create_tag("org/tiny", tag="v1", repo_type="dataset")
     bigger = _task()
     bigger["test"] = datasets.concatenate_datasets([bigger["test"], bigger["test"]])
-    bigger["test"].to_parquet(str(folder / "data" / "test-00000-of-00001.parquet"))
-    api.upload_folder(repo_id="org/tiny", repo_type="dataset", folder_path=folder)
+    upload_parquet_dataset(bigger, "org/tiny")
 
     pinned, _ = load_target("org/tiny@v1", image_size=4)
     assert len(pinned.test_labels) == 4
@@ -309,13 +304,7 @@ def test_recipe_trains_by_hub_dataset_id_then_offline(tiny, local_hub, tmp_path)
     import subprocess
     import sys
 
-    from huggingface_hub import HfApi
-
-    folder = tmp_path / "repo"
-    for role, ds in datasets.load_from_disk(str(tiny["data"])).items():
-        ds.to_parquet(str(folder / "data" / f"{role}-00000-of-00001.parquet"))
-    HfApi().create_repo("org/tiny-target", repo_type="dataset")
-    HfApi().upload_folder(repo_id="org/tiny-target", repo_type="dataset", folder_path=folder)
+    upload_parquet_dataset(datasets.load_from_disk(str(tiny["data"])), "org/tiny-target")
     recipe = Path(__file__).resolve().parents[1] / "recipes" / "train_mrl.py"
 
     def run(out: Path, **env_extra: str) -> dict:
