@@ -327,3 +327,60 @@ def test_recipe_trains_by_hub_dataset_id_then_offline(tiny, local_hub, tmp_path)
     offline = run(tmp_path / "offline", HF_HUB_OFFLINE="1")
     assert local_hub.requests_log[seen:] == []
     assert offline["num_test"] == online["num_test"] and offline["reuse_accuracy"] == online["reuse_accuracy"]
+
+
+# ----------------------------------------------------------------------------------------------- the message a user sees
+
+
+def _cli(recipe, monkeypatch, tiny, tmp_path, data: Path, *extra: str):
+    """`recipes/train_mrl.py` in-process on `data` with the tiny pool: its exit message, or its metrics."""
+    import json
+
+    argv = ["--pool", str(tiny["pool"]), "--dataset", str(data), "--output_dir", str(tmp_path / "out")]
+    argv += ["--max_steps", "2", "--batch_size", "4", "--unlabeled_batch_size", "8", "--image_size", "16"]
+    argv += ["--cache_dir", str(tmp_path / "cache"), "--no_progress", *extra]
+    monkeypatch.setenv("HF_MRL_CACHE", str(tmp_path / "hf_mrl"))
+    try:
+        recipe.main(argv)
+    except SystemExit as exit_info:
+        message = exit_info.code
+        assert isinstance(message, str) and message.startswith("error: ") and "\n" not in message, message
+        return message
+    return json.loads((tmp_path / "out" / "metrics.json").read_text())
+
+
+def test_cli_string_domains_train_and_report_per_domain(recipe, monkeypatch, tiny, tmp_path):
+    """The issue's crash after the teachers load: `invalid literal for int() with base 10: 'big'`."""
+    dd = datasets.load_from_disk(str(tiny["data"]))
+    dd = datasets.DatasetDict(
+        {
+            role: ds.cast_column("domain", datasets.Value("string")).map(
+                lambda e: {"domain": {"0": "small", "1": "big"}[e["domain"]]}
+            )
+            for role, ds in dd.items()
+        }
+    )
+    assert dd["test"][0]["domain"] in ("small", "big")
+    dd.save_to_disk(str(tmp_path / "dd"))
+    metrics = _cli(recipe, monkeypatch, tiny, tmp_path, tmp_path / "dd")
+    assert isinstance(metrics, dict), metrics
+    assert set(metrics["per_domain"]) == {"big", "small"}
+
+
+def test_cli_corrupt_image_names_split_and_row(recipe, monkeypatch, tiny, tmp_path):
+    dd = datasets.load_from_disk(str(tiny["data"]))
+    raw = dd["unlabeled"].cast_column("image", datasets.Image(decode=False))
+    images = list(raw["image"])
+    images[5] = {"bytes": b"GIF89a broken", "path": None}
+    dd["unlabeled"] = raw.remove_columns("image").add_column("image", images).cast_column("image", datasets.Image())
+    dd.save_to_disk(str(tmp_path / "dd"))
+    message = _cli(recipe, monkeypatch, tiny, tmp_path, tmp_path / "dd")
+    assert f"The image at row 5 of split 'unlabeled' (unlabeled split) of '{tmp_path / 'dd'}'" in message, message
+    assert "cannot be decoded" in message and "--skip_bad_images" in message
+
+
+def test_cli_missing_split_lists_the_splits(recipe, monkeypatch, tiny, tmp_path):
+    dd = datasets.load_from_disk(str(tiny["data"]))
+    datasets.DatasetDict(train=dd["labeled"], test=dd["test"]).save_to_disk(str(tmp_path / "dd"))
+    message = _cli(recipe, monkeypatch, tiny, tmp_path, tmp_path / "dd")
+    assert "has no split 'labeled' (named by labeled_split='labeled'); its splits are ['train', 'test']" in message
