@@ -184,7 +184,7 @@ def map_labels(
         raise ValueError(
             f"{teacher_name} has {len(teacher_labels)} labels but {len(descriptions)} label descriptions."
         )
-    if is_generic(teacher_labels) and is_generic(target_labels) and not label_map:
+    if is_generic(teacher_labels) and is_generic(target_labels) and not (label_map or shared_label_map):
         raise ValueError(
             f"{teacher_name} and the target task both have placeholder label names ({teacher_labels[0]}, ...): "
             "matching them would pair classes by output position, not by meaning. Give the checkpoint real "

@@ -75,6 +75,14 @@ def test_label_map_sums_several_teacher_classes():
     torch.testing.assert_close(both.probs(logits), torch.stack([p[0] + p[2], p[1]]).unsqueeze(0))
 
 
+def test_label_map_names_the_classes_of_a_checkpoint_without_label_names():
+    """A fine-tuned checkpoint saved with transformers' placeholders: the map says what LABEL_0, LABEL_1 are."""
+    with pytest.raises(ValueError, match="shares no label"):
+        map_labels(["LABEL_0", "LABEL_1"], ["cat", "dog"])
+    mapping = map_labels(["LABEL_0", "LABEL_1"], ["cat", "dog"], label_map={"cat": ["LABEL_1"], "dog": "label_0"})
+    assert mapping.index == [1, 0]
+
+
 def test_label_map_with_an_empty_list_uncovers_a_class():
     mapping = map_labels(["cat", "dog"], ["cat", "dog"], label_map={"dog": []})
     assert mapping.coverage == [True, False]
