@@ -103,6 +103,14 @@ def _decode(item):
     return Image.fromarray(a)
 
 
+def _reason(err: Exception) -> str:
+    from PIL import UnidentifiedImageError
+
+    if isinstance(err, UnidentifiedImageError):  # its own text names a BytesIO object, not the problem
+        return "UnidentifiedImageError: not an image format Pillow can read (a corrupt or non-image file)"
+    return f"{type(err).__name__}: {err}"
+
+
 def _images(
     ds, column: str, image_size: int, where: str = "", skip_bad: bool = False
 ) -> tuple[torch.Tensor, list[int]]:
@@ -118,27 +126,24 @@ def _images(
         ds = ds.cast_column(column, datasets.Image(decode=False))
     ds = ds.select_columns([column]).with_format(None)
     arrays, bad = [], []
-    row = 0
-    for batch in ds.iter(batch_size=256):
-        for item in batch[column]:
-            try:
-                img = _to_rgb(_decode(item))
-            except Exception as err:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError...
-                if not skip_bad:
-                    path = item.get("path") if isinstance(item, dict) else None
-                    raise ValueError(
-                        f"The image at row {row} of {where or 'the dataset'} (column {column!r}"
-                        + (f", file {path!r}" if path else "")
-                        + f") cannot be decoded: {type(err).__name__}: {err}. Fix or remove it, or pass "
-                        "skip_bad_images=True (--skip_bad_images) to leave such images out."
-                    ) from None
-                bad.append(row)
-                row += 1
-                continue
-            if img.size != (image_size, image_size):
-                img = img.resize((image_size, image_size), Image.Resampling.BICUBIC)
-            arrays.append(np.asarray(img))
-            row += 1
+    items = (item for batch in ds.iter(batch_size=256) for item in batch[column])
+    for row, item in enumerate(items):
+        try:
+            img = _to_rgb(_decode(item))
+        except Exception as err:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError...
+            if not skip_bad:
+                path = item.get("path") if isinstance(item, dict) else None
+                raise ValueError(
+                    f"The image at row {row} of {where or 'the dataset'} (column {column!r}"
+                    + (f", file {path!r}" if path else "")
+                    + f") cannot be decoded: {_reason(err)}. Fix or remove it, or pass skip_bad_images=True "
+                    "(--skip_bad_images) to leave such images out."
+                ) from None
+            bad.append(row)
+            continue
+        if img.size != (image_size, image_size):
+            img = img.resize((image_size, image_size), Image.Resampling.BICUBIC)
+        arrays.append(np.asarray(img))
     if not arrays:
         return torch.zeros((0, 3, image_size, image_size), dtype=torch.uint8), bad
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous(), bad

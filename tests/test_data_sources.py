@@ -267,6 +267,7 @@ def test_corrupt_image_names_split_and_row(tmp_path):
     message = str(info.value)
     assert "row 2 of split 'unlabeled' (unlabeled split)" in message and "cannot be decoded" in message
     assert "UnidentifiedImageError" in message and "skip_bad_images=True" in message
+    assert "BytesIO" not in message  # the issue's `cannot identify image file <_io.BytesIO object at 0x...>`
 
 
 def test_corrupt_file_in_an_image_folder_names_the_file(tmp_path):
