@@ -20,7 +20,7 @@ import torch
 __all__ = [
     "LabelMapping",
     "close_matches",
-    "has_label",
+    "label_keys",
     "imagenet_descriptions",
     "is_generic",
     "label_synonyms",
@@ -284,11 +284,10 @@ def _find_teacher_label(name: str, teacher_labels: list[str], whole, synonyms, t
     return []
 
 
-def has_label(name: str, teacher_labels: list[str], descriptions: Sequence[str | None] | None = None) -> bool:
-    """Whether a label-map name denotes some output of a teacher (by label, description or synonym)."""
+def label_keys(teacher_labels: Sequence[str], descriptions: Sequence[str | None] | None = None) -> set[str]:
+    """Every name a label map may use for some output of a teacher: labels, descriptions, synonyms (normalised)."""
     whole, synonyms = _teacher_keys([str(t) for t in teacher_labels], descriptions)
-    key = normalize_label(name)
-    return any(key in k for k in whole) or any(key in k for k in synonyms)
+    return set().union(*whole, *synonyms)
 
 
 def load_label_map(label_map: str | os.PathLike | Mapping | None) -> dict | None:

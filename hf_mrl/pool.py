@@ -16,8 +16,8 @@ from .cache import LogitCache, row_keys
 from .labels import (
     LabelMapping,
     close_matches,
-    has_label,
     imagenet_descriptions,
+    label_keys,
     load_label_map,
     map_labels,
     normalize_label,
@@ -624,9 +624,10 @@ def _map_pool(
             )
         for k in hits:
             own[k] = {**own.get(k, {}), **entries}
+    known = set().union(*(label_keys(t.label_names, t.label_descriptions) for t in teachers)) if shared else set()
     for target, names in shared.items():  # a shared name must mean something to at least one teacher
         for name in names:
-            if not any(has_label(name, t.label_names, t.label_descriptions) for t in teachers):
+            if normalize_label(name) not in known:
                 vocabulary = [n for t in teachers for n in [*t.label_names, *(t.label_descriptions or [])] if n]
                 close = close_matches(name, vocabulary)
                 raise ValueError(
