@@ -17,7 +17,14 @@ import torch
 
 from .trainer import TargetData
 
-__all__ = ["DatasetDescription", "check_dataset", "check_target", "load_target", "target_from_datasets"]
+__all__ = [
+    "DatasetDescription",
+    "check_dataset",
+    "check_target",
+    "hub_dataset_id",
+    "load_target",
+    "target_from_datasets",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -623,12 +630,14 @@ def check_target(
     labeled_split: str = "labeled",
     unlabeled_split: str = "unlabeled",
     test_split: str = "test",
+    training_domains: bool = False,
 ) -> list[str]:
     """Check a `--dataset` value without decoding any image; return the target label names.
 
     Cheap enough to run before any long work: it reads the split metadata and the label and domain columns only
     (a Hub dataset is downloaded into the datasets cache once, which `load_target` then reuses). Arguments as in
-    `load_target`.
+    `load_target`; `training_domains=True` also requires the domain column in the labeled and unlabeled splits (oracle
+    routing reads it there).
     """
     splits = {"labeled": labeled_split, "unlabeled": unlabeled_split, "test": test_split}
     _check_split_specs(splits)
@@ -642,7 +651,27 @@ def check_target(
     dd = _resolve(spec, splits)
     names = check_dataset(dd, image_column, label_column, labeled_per_class)
     _check_domain_column(dd, domain_column)
+    if training_domains:
+        column = domain_column or "domain"
+        lacking = [splits[r] for r in ("labeled", "unlabeled") if column not in dd[r].column_names]
+        if lacking:
+            raise ValueError(
+                f"Oracle routing reads the latent domain of the training data, but split(s) {lacking} of {spec!r} have "
+                f"no {column!r} column; it is a reference for data with known domains (pass domain_column / "
+                "--domain_column if yours has another name)."
+            )
     return names
+
+
+def hub_dataset_id(spec: str) -> tuple[str, str | None] | None:
+    """`(repo_id, revision)` when `spec` names a Hub dataset (for cards: `datasets: [repo_id]`), else None.
+
+    >>> hub_dataset_id("org/pets@v1")
+    ('org/pets', 'v1')
+    """
+    if _is_digits_ld(spec) or os.path.exists(spec):
+        return None
+    return _parse_hub_id(spec)
 
 
 def check_dataset(

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from hf_mrl.target import check_target, load_target, target_from_datasets
+from hf_mrl.target import check_target, hub_dataset_id, load_target, target_from_datasets
 from hf_mrl.testing.hub_server import upload_parquet_dataset
 
 LABELS = ["a", "b"]
@@ -180,6 +180,19 @@ def test_missing_split_names_the_available_splits(tmp_path):
     assert "has no split 'train' (named by labeled_split='train[:10%]')" in message
     assert "its splits are ['labeled', 'unlabeled', 'test']" in message
     assert "--labeled_split" in message
+
+
+def test_training_domains_are_checked_for_oracle_routing(tmp_path):
+    domains = {**DOMAINS, "unlabeled": None}
+    _task(datasets.Value("string"), domains).save_to_disk(str(tmp_path / "dd"))
+    assert check_target(str(tmp_path / "dd")) == LABELS
+    with pytest.raises(ValueError, match=r"split\(s\) \['unlabeled'\] of .* have no 'domain' column"):
+        check_target(str(tmp_path / "dd"), training_domains=True)
+
+
+def test_hub_dataset_id(tmp_path):
+    assert hub_dataset_id("org/pets@v1") == ("org/pets", "v1") and hub_dataset_id("org/pets") == ("org/pets", None)
+    assert hub_dataset_id("digits-ld:MUS") is None and hub_dataset_id(str(tmp_path)) is None
 
 
 def test_unlabeled_split_may_lack_labels(tmp_path):
