@@ -6,14 +6,22 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from .cache import LogitCache, row_keys
-from .labels import LabelMapping, map_labels
+from .labels import (
+    LabelMapping,
+    close_matches,
+    imagenet_descriptions,
+    label_keys,
+    load_label_map,
+    map_labels,
+    normalize_label,
+)
 
 __all__ = ["ModelPool", "Teacher", "TeacherLoadError", "parse_pool_file", "parse_teacher_id"]
 
@@ -308,11 +316,14 @@ class Teacher:
         revision: str | None = None,
         library: str = "torch",
         weights_hash: str | None = None,
+        label_descriptions: Sequence[str] | None = None,
     ):
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"A teacher must be a torch.nn.Module or loaded with Teacher.load; got {type(model)}.")
         self.model = model.eval().requires_grad_(False)
         self.label_names = [str(n) for n in label_names]
+        # Longer names per output (timm's ImageNet descriptions: `tabby, tabby cat` for `n02123045`), matched too.
+        self.label_descriptions = None if label_descriptions is None else [str(d) for d in label_descriptions]
         self.preprocess = preprocess or (lambda images: images.float() / 255.0)
         self.name = name
         self.revision = revision
@@ -357,8 +368,10 @@ class Teacher:
         )
         if library == "timm":
             model, labels, preprocess = _load_timm(folder, config, shown)
+            descriptions = _timm_descriptions(model, config, labels)
         else:
             model, labels, preprocess = _load_transformers(folder, config, shown, allow_pickle, trust_remote_code)
+            descriptions = imagenet_descriptions(labels)
         _check_finite(model, shown)
         logger.info(
             "Loaded %s teacher %s (%d labels)", library, name if commit is None else f"{name}@{commit}", len(labels)
@@ -373,6 +386,7 @@ class Teacher:
             revision=commit,
             library=library,
             weights_hash=_files_hash(list(weights) + configs),
+            label_descriptions=descriptions,
         )
 
     @torch.inference_mode()
@@ -534,6 +548,16 @@ def _load_timm(folder: Path, config: dict, shown: str):
     except Exception as err:  # timm raises many types for a broken checkpoint
         raise TeacherLoadError(shown, "load_failed", f"could not be loaded by timm ({err}).") from err
     labels = config.get("label_names") or config.get("pretrained_cfg", {}).get("label_names")
+    if isinstance(labels, dict):  # timm allows {index: name}
+        try:
+            labels = [labels[k] for k in sorted(labels, key=int)]
+        except (TypeError, ValueError):
+            labels = None
+    if not labels:  # an ImageNet head without names in its config: timm knows the classes of its ImageNet subsets
+        from timm.data import ImageNetInfo, infer_imagenet_subset
+
+        subset = infer_imagenet_subset(model)
+        labels = ImageNetInfo(subset).label_names() if subset else None
     if not labels:
         raise TeacherLoadError(
             shown, "no_labels", "(timm) has no `label_names` in config.json: its outputs cannot be mapped."
@@ -541,6 +565,14 @@ def _load_timm(folder: Path, config: dict, shown: str):
     if model.num_classes != len(labels):
         raise TeacherLoadError(shown, "no_labels", f"has {model.num_classes} outputs but {len(labels)} label names.")
     return model, list(labels), _timm_preprocess(model.pretrained_cfg)
+
+
+def _timm_descriptions(model, config: dict, labels: list[str]) -> list[str] | None:
+    """timm's label descriptions (`label_descriptions` {label: description} in its config), else ImageNet's."""
+    found = config.get("label_descriptions") or model.pretrained_cfg.get("label_descriptions")
+    if isinstance(found, dict) and found:
+        return [str(found.get(n, "")) for n in labels]
+    return imagenet_descriptions(labels)
 
 
 def _load_transformers(folder: Path, config: dict, shown: str, allow_pickle: bool, trust_remote_code: bool):
@@ -572,6 +604,67 @@ def _load_transformers(folder: Path, config: dict, shown: str, allow_pickle: boo
     return model, labels, preprocess
 
 
+def _map_pool(
+    teachers: Sequence[Teacher], sources: Sequence, label_names: list[str], label_map: dict | None
+) -> list[LabelMapping]:
+    """Map every teacher's labels onto the target's, with the label map's shared and per-teacher entries."""
+    shared = {k: v for k, v in (label_map or {}).items() if not isinstance(v, dict)}
+    own: dict[int, dict[str, list[str]]] = {}
+    for key, entries in (label_map or {}).items():
+        if not isinstance(entries, dict):
+            continue
+        hits = [k for k, (t, src) in enumerate(zip(teachers, sources, strict=True)) if _names_teacher(key, t, src)]
+        if not hits:
+            ids = [t.id for t in teachers]
+            close = close_matches(key, ids + [t.name for t in teachers])
+            raise ValueError(
+                f"The label map has entries for teacher {key!r}, which is not in the pool"
+                + (f"; close matches: {close}" if close else "")
+                + f". The pool's teachers are {ids}: key a teacher's entries by its id as in the pool file."
+            )
+        for k in hits:
+            own[k] = {**own.get(k, {}), **entries}
+    known = set().union(*(label_keys(t.label_names, t.label_descriptions) for t in teachers)) if shared else set()
+    for target, names in shared.items():  # a shared name must mean something to at least one teacher
+        for name in names:
+            if normalize_label(name) not in known:
+                vocabulary = [n for t in teachers for n in [*t.label_names, *(t.label_descriptions or [])] if n]
+                close = close_matches(name, vocabulary)
+                raise ValueError(
+                    f"The label map names {name!r} for target class {target!r}, but no teacher in the pool has such "
+                    "a label" + (f"; close matches: {close}" if close else "") + ". Write teacher labels as the "
+                    "teachers name them (their id2label / timm label names or descriptions)."
+                )
+    mappings = []
+    for k, t in enumerate(teachers):
+        mine = own.get(k, {})
+        overridden = {normalize_label(target) for target in mine}
+        mappings.append(
+            map_labels(
+                t.label_names,
+                label_names,
+                teacher_name=f"Teacher {t.id!r}",
+                descriptions=t.label_descriptions,
+                label_map=mine,
+                shared_label_map={g: v for g, v in shared.items() if normalize_label(g) not in overridden},
+            )
+        )
+    return mappings
+
+
+def _names_teacher(key: str, teacher: Teacher, source) -> bool:
+    """Whether a label-map key names this teacher: its id as given in the pool, its name, `name@commit`, its path."""
+    if key in {teacher.id, teacher.name} or (isinstance(source, str) and key == source):
+        return True
+    return _is_local(key) and _is_local(teacher.name) and os.path.realpath(key) == os.path.realpath(teacher.name)
+
+
+def _describe_mapping(mapping: LabelMapping, limit: int = 20) -> str:
+    items = list(mapping.to_dict().items())
+    text = "; ".join(f"{target} <- {names if names else 'none'}" for target, names in items[:limit])
+    return text + (f"; ... ({len(items) - limit} more)" if len(items) > limit else "")
+
+
 def _warn_uncovered(teachers: Sequence[Teacher], mappings: Sequence[LabelMapping], label_names: list[str]) -> None:
     """Teachers with partial label spaces are fine; a target class that no teacher has deserves a warning."""
     for t, m in zip(teachers, mappings, strict=True):
@@ -598,6 +691,12 @@ class ModelPool:
         batch_size: teacher inference batch size.
         precision: teacher inference precision, "fp32", "bf16" or "fp16" (autocast on the teachers' device);
             part of the cache key, so logits of different precisions never mix.
+        label_map: how teacher labels map onto the target's where names do not say it: a JSON file or a dict
+            `{target label: [teacher labels]}` for every teacher, and/or `{teacher id: {target label: [teacher
+            labels]}}` for one (the id as in the pool, its name, or `name@commit`). Several teacher labels for one
+            target class add up their probabilities; an empty list says a teacher has none of that class. Teacher
+            labels may be written as a label, a timm description or one of their comma-separated synonyms. Classes
+            the map does not name are matched by name. `pool.label_mapping` gives the mapping used.
 
     >>> pool = ModelPool.from_file("hub-ids.txt", label_names=[str(d) for d in range(10)])  # doctest: +SKIP
     >>> H = pool.probs(images)  # (N, K, C), each row a distribution  # doctest: +SKIP
@@ -611,6 +710,7 @@ class ModelPool:
         cache_dir: str | os.PathLike | None = None,
         batch_size: int = 256,
         precision: str = "fp32",
+        label_map: str | os.PathLike | Mapping | None = None,
         **load_kwargs,
     ):
         autocast_dtype(precision)  # raises ValueError for an unknown precision
@@ -623,9 +723,12 @@ class ModelPool:
         ids = [t.id for t in self.teachers]
         if len(set(ids)) != len(ids):
             raise ValueError(f"Duplicate teachers in the pool: {ids}.")
-        self.mappings: list[LabelMapping] = [
-            map_labels(t.label_names, self.label_names, teacher_name=f"Teacher {t.id!r}") for t in self.teachers
-        ]
+        # The map as given, as plain data: saved with a reuser, it rebuilds the same pool.
+        self.label_map = load_label_map(label_map)
+        sources = [t if isinstance(t, Teacher) else str(t).strip() for t in teachers]
+        self.mappings: list[LabelMapping] = _map_pool(self.teachers, sources, self.label_names, self.label_map)
+        for t, m in zip(self.teachers, self.mappings, strict=True):
+            logger.info("Teacher %s label mapping (target <- teacher): %s", t.id, _describe_mapping(m))
         _warn_uncovered(self.teachers, self.mappings, self.label_names)
         self.cache = LogitCache(cache_dir)
         # Recorded in the reuser's config and cards; an encoder embedding is loaded under the same options.
@@ -644,6 +747,13 @@ class ModelPool:
     @property
     def ids(self) -> list[str]:
         return [t.id for t in self.teachers]
+
+    @property
+    def label_mapping(self) -> dict[str, dict[str, list[str]]]:
+        """The label mapping used, as plain data for metrics.json and cards: `{teacher id: {target label: [teacher
+        labels]}}`, every target class listed (`[]`: the teacher lacks it). Passed back as `label_map`, it rebuilds
+        the same mapping."""
+        return {t.id: m.to_dict() for t, m in zip(self.teachers, self.mappings, strict=True)}
 
     @property
     def coverage(self) -> torch.Tensor:

@@ -1,47 +1,283 @@
-"""Turn a `datasets.DatasetDict` (labeled / unlabeled / test splits) into the tensors the trainer uses."""
+"""Read a target task (labeled / unlabeled / test splits) from where users keep it into the tensors the trainer uses.
+
+Sources: the embedded Digits-LD benchmark (`digits-ld[:SETTING]`), a `save_to_disk` folder, an image folder, or a
+Hub dataset id (`org/name[@revision]`, through `datasets.load_dataset`: cached, so it loads again with
+`HF_HUB_OFFLINE=1`). Splits are named with `datasets` slicing (`train[:2%]`).
+"""
 
 from __future__ import annotations
+
+import io
+import logging
+import os
+import re
 
 import numpy as np
 import torch
 
 from .trainer import TargetData
 
-__all__ = ["check_dataset", "check_target", "load_target", "target_from_datasets"]
+__all__ = [
+    "DatasetDescription",
+    "check_dataset",
+    "check_target",
+    "hub_dataset_id",
+    "load_target",
+    "target_from_datasets",
+]
+
+logger = logging.getLogger(__name__)
 
 SPLITS = ("labeled", "unlabeled", "test")
+DIGITS_LD_LABELED_PER_CLASS = 10
 
 
-def _images(ds, column: str, image_size: int) -> torch.Tensor:
+class DatasetDescription(str):
+    """The short description `load_target` returns (a `str`, for cards and metrics), with what was skipped.
+
+    `skipped_images` maps a role (`labeled`, `unlabeled`, `test`) to the rows of that split whose image could not be
+    decoded and were left out (only with `skip_bad_images=True`).
+    """
+
+    skipped_images: dict[str, list[int]]
+
+    def __new__(cls, text: str, skipped_images: dict[str, list[int]] | None = None):
+        skipped = {role: rows for role, rows in (skipped_images or {}).items() if rows}
+        if skipped:
+            text += f" (skipped {sum(map(len, skipped.values()))} unreadable image(s))"
+        self = super().__new__(cls, text)
+        self.skipped_images = skipped
+        return self
+
+    @property
+    def num_skipped_images(self) -> int:
+        return sum(len(rows) for rows in self.skipped_images.values())
+
+
+# ----------------------------------------------------------------------------------------------- images
+
+
+def _to_rgb(img):
+    """Any PIL image -> 8-bit RGB, as image processors see it: alpha composited onto white, 16-bit scaled."""
     from PIL import Image
 
-    arrays = []
-    for i, img in enumerate(ds[column]):
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):  # high bit depth greyscale (medical, depth)
+        a = np.asarray(img, dtype=np.float64)
+        if img.mode.startswith("I;16"):
+            a = a / 257.0
+        else:
+            lo, hi = float(a.min()), float(a.max())
+            a = (a - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(a)
+        img = Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), mode="L")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def _decode(item):
+    """One value of an image column (`{"bytes", "path"}` with decoding off, a PIL image, or an HWC array) -> PIL."""
+    import datasets
+    from PIL import Image, ImageOps
+
+    if isinstance(item, dict):
+        if item.get("bytes") is not None:
+            img = Image.open(io.BytesIO(item["bytes"]))
+        elif item.get("path") and os.path.isfile(item["path"]):
+            img = Image.open(item["path"])
+        else:  # a remote path (hf://...), or nothing at all: datasets knows how to fetch it, and says what is wrong
+            return datasets.Image().decode_example(item)
+        img.load()  # decode now: a truncated file fails here, not later
+        if img.getexif().get(0x0112) is not None:  # EXIF orientation, applied as datasets does
+            img = ImageOps.exif_transpose(img)
+        return img
+    if isinstance(item, Image.Image):
+        return item
+    if item is None:
+        raise ValueError("the image is missing (None)")
+    a = np.asarray(item)
+    if a.ndim == 3 and a.shape[0] in (1, 3, 4) and a.shape[-1] not in (1, 3, 4):
+        a = a.transpose(1, 2, 0)  # CHW -> HWC
+    if a.ndim == 3 and a.shape[-1] == 1:
+        a = a[..., 0]
+    if a.dtype != np.uint8:
+        if np.issubdtype(a.dtype, np.floating) and a.size and float(a.max()) <= 1.0:
+            a = a * 255.0
+        a = np.clip(a, 0, 255).astype(np.uint8)
+    return Image.fromarray(a)
+
+
+def _reason(err: Exception) -> str:
+    from PIL import UnidentifiedImageError
+
+    if isinstance(err, UnidentifiedImageError):  # its own text names a BytesIO object, not the problem
+        return "UnidentifiedImageError: not an image format Pillow can read (a corrupt or non-image file)"
+    return f"{type(err).__name__}: {err}"
+
+
+def _images(
+    ds, column: str, image_size: int, where: str = "", skip_bad: bool = False
+) -> tuple[torch.Tensor, list[int]]:
+    """Decode an image column to uint8 (N, 3, image_size, image_size); return it and the rows that failed.
+
+    Reads in batches, with the column's own decoding off, so that a corrupt image is found at its row: without
+    `skip_bad` it raises a `ValueError` naming split, row and file; with it the row is left out and returned.
+    """
+    import datasets
+    from PIL import Image
+
+    if isinstance(ds.features.get(column), datasets.Image):
+        ds = ds.cast_column(column, datasets.Image(decode=False))
+    ds = ds.select_columns([column]).with_format(None)
+    arrays, bad = [], []
+    items = (item for batch in ds.iter(batch_size=256) for item in batch[column])
+    for row, item in enumerate(items):
         try:
-            if not isinstance(img, Image.Image):
-                img = Image.fromarray(np.asarray(img))
-            img = img.convert("RGB")
-        except (TypeError, ValueError, OSError) as err:
-            raise ValueError(f"Row {i} of column {column!r} is not an image ({type(img).__name__}: {err}).") from None
+            img = _to_rgb(_decode(item))
+        except Exception as err:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError...
+            if not skip_bad:
+                path = item.get("path") if isinstance(item, dict) else None
+                raise ValueError(
+                    f"The image at row {row} of {where or 'the dataset'} (column {column!r}"
+                    + (f", file {path!r}" if path else "")
+                    + f") cannot be decoded: {_reason(err)}. Fix or remove it, or pass skip_bad_images=True "
+                    "(--skip_bad_images) to leave such images out."
+                ) from None
+            bad.append(row)
+            continue
         if img.size != (image_size, image_size):
             img = img.resize((image_size, image_size), Image.Resampling.BICUBIC)
         arrays.append(np.asarray(img))
-    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+    if not arrays:
+        return torch.zeros((0, 3, image_size, image_size), dtype=torch.uint8), bad
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous(), bad
 
 
-def _domains(split, column: str | None) -> torch.Tensor | None:
-    """Latent-domain labels of a split, when it has them (oracle routing and evaluation only)."""
-    if not column or column not in split.column_names:
-        return None
-    return torch.as_tensor(np.asarray(split[column], dtype=np.int64))
+# ----------------------------------------------------------------------------------------------- labels, domains
 
 
-def _hidden_labels(split, column: str, num_classes: int) -> torch.Tensor | None:
+def _labels(ds, column: str) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(ds[column], dtype=np.int64))
+
+
+def _hidden_labels(split, column: str, names: list[str]) -> torch.Tensor | None:
     """The unlabeled split's true labels, when it carries valid ones (evaluation only, never training)."""
-    if column not in split.column_names:
+    import datasets
+
+    if column not in split.column_names or len(split) == 0:
         return None
-    y = torch.as_tensor(np.asarray(split[column], dtype=np.int64))
-    return y if len(y) and int(y.min()) >= 0 and int(y.max()) < num_classes else None
+    feature = split.features[column]
+    if isinstance(feature, datasets.ClassLabel):
+        if list(feature.names) != names:
+            return None
+    elif not (isinstance(feature, datasets.Value) and feature.dtype.startswith(("int", "uint"))):
+        return None  # strings, floats...: not class indices
+    y = np.asarray([-1 if v is None else v for v in split[column]], dtype=np.int64)
+    return torch.as_tensor(y) if int(y.min()) >= 0 and int(y.max()) < len(names) else None
+
+
+def _domain_kind(feature, column: str, split: str) -> str:
+    """`names` (ClassLabel or strings) or `ints` (integer values); anything else is refused."""
+    import datasets
+
+    if isinstance(feature, datasets.ClassLabel):
+        return "names"
+    if isinstance(feature, datasets.Value):
+        if feature.dtype in ("string", "large_string"):
+            return "names"
+        if feature.dtype.startswith(("int", "uint")) or feature.dtype == "bool":
+            return "ints"
+    raise ValueError(
+        f"Domain column {column!r} of split {split!r} holds {feature}: a domain column must hold strings, integers "
+        "or a datasets.ClassLabel. Pass domain_column (--domain_column) naming another column."
+    )
+
+
+def _domains(splits: dict, column: str | None) -> tuple[dict[str, torch.Tensor | None], list[str] | None]:
+    """Latent-domain labels of each split that has the column (evaluation and oracle routing only).
+
+    Integer domains are kept as they are (negative: unknown). Named domains (strings or a ClassLabel) become indices
+    into one list of names shared by all splits: the test split's ClassLabel order when it has one, then the other
+    names sorted. None and ClassLabel -1 are unknown (-1).
+    """
+    import datasets
+
+    present = {r: ds for r, ds in splits.items() if column and column in ds.column_names}
+    out: dict[str, torch.Tensor | None] = {r: None for r in splits}
+    if not present:
+        return out, None
+    kinds = {r: _domain_kind(ds.features[column], column, r) for r, ds in present.items()}
+    if all(k == "ints" for k in kinds.values()):
+        for r, ds in present.items():
+            out[r] = torch.as_tensor(np.asarray([-1 if v is None else int(v) for v in ds[column]], dtype=np.int64))
+        return out, None
+    per_split: dict[str, list[str | None]] = {}
+    for r, ds in present.items():
+        feature = ds.features[column]
+        values = ds[column]
+        if isinstance(feature, datasets.ClassLabel):
+            per_split[r] = [feature.int2str(int(v)) if v is not None and v >= 0 else None for v in values]
+        else:
+            per_split[r] = [None if v is None else str(v) for v in values]
+    test_feature = present["test"].features[column] if "test" in present else None
+    names = list(test_feature.names) if isinstance(test_feature, datasets.ClassLabel) else []
+    seen = set(names)
+    names += sorted({v for vs in per_split.values() for v in vs if v is not None} - seen)
+    index = {n: i for i, n in enumerate(names)}
+    for r, vs in per_split.items():
+        out[r] = torch.as_tensor(np.asarray([-1 if v is None else index[v] for v in vs], dtype=np.int64))
+    return out, names
+
+
+# ----------------------------------------------------------------------------------------------- conversion
+
+
+def _convert(
+    dataset,
+    image_column: str,
+    label_column: str,
+    domain_column: str | None,
+    image_size: int,
+    skip_bad_images: bool,
+    where: dict[str, str] | None = None,
+) -> tuple[TargetData, dict[str, list[int]]]:
+    check_dataset(dataset, image_column, label_column)
+    names = list(dataset["labeled"].features[label_column].names)
+    splits, skipped = {}, {}
+    images = {}
+    for role in SPLITS:
+        label = (where or {}).get(role, f"split {role!r}")
+        images[role], skipped[role] = _images(dataset[role], image_column, image_size, label, skip_bad_images)
+        ds = dataset[role]
+        if skipped[role]:
+            bad = set(skipped[role])
+            ds = ds.select([i for i in range(len(ds)) if i not in bad])
+            logger.warning(
+                "Skipped %d unreadable image(s) of %s: rows %s%s",
+                len(bad),
+                label,
+                skipped[role][:20],
+                " ..." if len(bad) > 20 else "",
+            )
+        splits[role] = ds
+    domains, domain_names = _domains(splits, domain_column)
+    data = TargetData(
+        label_names=names,
+        labeled_images=images["labeled"],
+        labeled_labels=_labels(splits["labeled"], label_column),
+        unlabeled_images=images["unlabeled"],
+        test_images=images["test"],
+        test_labels=_labels(splits["test"], label_column),
+        test_domains=domains["test"],
+        labeled_domains=domains["labeled"],
+        unlabeled_domains=domains["unlabeled"],
+        unlabeled_labels=_hidden_labels(splits["unlabeled"], label_column, names),
+        domain_names=domain_names if domains["test"] is not None else None,
+    )
+    return data, skipped
 
 
 def target_from_datasets(
@@ -50,68 +286,27 @@ def target_from_datasets(
     label_column: str = "label",
     domain_column: str | None = "domain",
     image_size: int = 32,
+    skip_bad_images: bool = False,
 ) -> TargetData:
     """Validate and convert a DatasetDict with splits `labeled`, `unlabeled`, `test`.
 
-    The label column must be a `ClassLabel` (its names are the target label names). The domain column,
-    if present, is read for evaluation only.
+    The label column must be a `ClassLabel` (its names are the target label names); the unlabeled split needs no
+    labels. Images of any size and mode are converted to RGB and resized to `image_size`. The domain column, if
+    present, is read for evaluation only; it may hold strings, integers or a `ClassLabel`.
+
+    Args:
+        dataset: a `datasets.DatasetDict` with splits `labeled`, `unlabeled`, `test`.
+        image_column: the image column (a `datasets.Image` feature, PIL images or HWC arrays).
+        label_column: the `ClassLabel` column.
+        domain_column: the latent-domain column, when there is one (None: none).
+        image_size: side of the square uint8 images returned.
+        skip_bad_images: leave out images that cannot be decoded (logged) instead of raising a `ValueError` that
+            names the split and row.
     """
-    import datasets
-
-    check_dataset(dataset, image_column, label_column)
-    feature = dataset["labeled"].features[label_column]
-    domain_names = None
-    test_domains = None
-    if domain_column and domain_column in dataset["test"].column_names:
-        test_domains = torch.as_tensor(np.asarray(dataset["test"][domain_column], dtype=np.int64))
-        dfeat = dataset["test"].features[domain_column]
-        domain_names = list(dfeat.names) if isinstance(dfeat, datasets.ClassLabel) else None
-    if image_size == 32 and image_column == "image" and label_column == "label":
-        from .data import dataset_to_tensors  # fast path for PNG-encoded 32x32 images
-
-        (xl, yl, _), (xu, _, _), (xt, yt, _) = (dataset_to_tensors(dataset[s]) for s in SPLITS)
-    else:
-        xl, xu, xt = (_images(dataset[s], image_column, image_size) for s in SPLITS)
-        yl, yt = (torch.as_tensor(np.asarray(dataset[s][label_column], dtype=np.int64)) for s in ("labeled", "test"))
-    return TargetData(
-        label_names=list(feature.names),
-        labeled_images=xl,
-        labeled_labels=yl,
-        unlabeled_images=xu,
-        test_images=xt,
-        test_labels=yt,
-        test_domains=test_domains,
-        labeled_domains=_domains(dataset["labeled"], domain_column),
-        unlabeled_domains=_domains(dataset["unlabeled"], domain_column),
-        unlabeled_labels=_hidden_labels(dataset["unlabeled"], label_column, len(feature.names)),
-        domain_names=domain_names,
-    )
+    return _convert(dataset, image_column, label_column, domain_column, image_size, skip_bad_images)[0]
 
 
-def load_target(spec: str, labeled_per_class: int | None, seed: int, **kwargs) -> tuple[TargetData, str]:
-    """`digits-ld[:SETTING]` (the embedded benchmark) or a `save_to_disk` DatasetDict folder.
-
-    `labeled_per_class` draws that many labeled samples per class (seeded): from the benchmark's target-train part
-    (default 10), or from a folder's `labeled` split (default: all of it). Returns the data and a short description
-    for cards and metrics.
-    """
-    label_column = kwargs.get("label_column", "label")
-    if _is_digits_ld(spec):
-        from .data import load_digits_ld
-
-        setting = spec.partition(":")[2] or "MUS"
-        n = DIGITS_LD_LABELED_PER_CLASS if labeled_per_class is None else labeled_per_class
-        _check_labeled_per_class(n)
-        dd = load_digits_ld(setting, labeled_per_class=n, seed=seed)
-        return target_from_datasets(dd, **kwargs), f"Digits-LD {setting} ({n} labels per class)"
-    dd = _load_folder(spec)
-    check_dataset(dd, kwargs.get("image_column", "image"), label_column, labeled_per_class)
-    if labeled_per_class is not None:
-        dd = _subsample_labeled(dd, label_column, labeled_per_class, seed)
-    return target_from_datasets(dd, **kwargs), spec
-
-
-DIGITS_LD_LABELED_PER_CLASS = 10
+# ----------------------------------------------------------------------------------------------- sources
 
 
 def _is_digits_ld(spec: str) -> bool:
@@ -123,20 +318,36 @@ def _check_labeled_per_class(n) -> None:
         raise ValueError(f"labeled_per_class must be a positive integer; got {n!r}.")
 
 
-def _load_folder(spec: str):
-    import os
+def _split_names(split_spec: str) -> list[str]:
+    """The split names in a `datasets` split spec: `train[:2%]+test` -> ['train', 'test']."""
+    return [re.split(r"[\[(]", part, maxsplit=1)[0].strip() for part in split_spec.split("+")]
 
+
+def _check_split_specs(splits: dict[str, str]) -> None:
+    for role, value in splits.items():
+        if not isinstance(value, str) or not value.strip() or not all(_split_names(value)):
+            raise ValueError(
+                f"{role}_split must be a split name with optional slicing, such as 'train' or 'train[:2%]'; got "
+                f"{value!r}."
+            )
+    if splits["labeled"] == splits["test"]:
+        logger.warning(
+            "labeled_split and test_split are both %r: the test accuracy is measured on training data.",
+            splits["test"],
+        )
+
+
+def _is_saved_dataset(folder: str) -> bool:
+    return any(os.path.isfile(os.path.join(folder, f)) for f in ("dataset_dict.json", "state.json"))
+
+
+def _load_saved(spec: str):
     import datasets
 
-    if not os.path.isdir(spec):
-        raise ValueError(
-            f"Unknown dataset {spec!r}: use 'digits-ld[:SETTING]' or a folder written by DatasetDict.save_to_disk "
-            "with splits labeled / unlabeled / test."
-        )
     try:
         return datasets.load_from_disk(spec)
     except IndexError:  # datasets cannot reload a split saved empty (no data file): name that split
-        empty = [s for s in SPLITS if _saved_split_is_empty(os.path.join(spec, s))]
+        empty = [s for s in _saved_splits(spec) if _saved_split_is_empty(os.path.join(spec, s))]
         if empty:
             raise ValueError(
                 f"Split {empty[0]!r} of {spec!r} is empty: MRL needs labeled, unlabeled and test samples."
@@ -144,20 +355,255 @@ def _load_folder(spec: str):
         raise
     except (FileNotFoundError, ValueError) as err:
         raise ValueError(
-            f"Dataset folder {spec!r} could not be read ({err}): pass a folder written by DatasetDict.save_to_disk "
-            "with splits labeled / unlabeled / test."
+            f"Dataset folder {spec!r} could not be read ({err}): pass a folder written by DatasetDict.save_to_disk, "
+            "an image folder, or a Hub dataset id."
         ) from None
+
+
+def _saved_splits(folder: str) -> list[str]:
+    import json
+
+    try:
+        with open(os.path.join(folder, "dataset_dict.json"), encoding="utf-8") as f:
+            return list(json.load(f)["splits"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return list(SPLITS)
 
 
 def _saved_split_is_empty(folder: str) -> bool:
     import json
-    import os
 
     try:
         with open(os.path.join(folder, "state.json"), encoding="utf-8") as f:
             return not json.load(f).get("_data_files")
     except (OSError, ValueError, AttributeError):
         return False
+
+
+def _load_image_folder(folder: str, splits: dict[str, str]):
+    """An image folder: `<split>/<class>/<image>` for each named split (the unlabeled one needs no class folders),
+    or any layout `datasets.load_dataset("imagefolder", data_dir=...)` reads (`train/`, `test/`...)."""
+    import datasets
+
+    named = {role: _split_names(value) for role, value in splits.items()}
+    own = [n for n in dict.fromkeys(sum(named.values(), [])) if os.path.isdir(os.path.join(folder, n))]
+    try:
+        if not own:
+            return datasets.load_dataset("imagefolder", data_dir=folder)
+        # Class names come from the folders of the labeled and test splits together, so that both share one
+        # ClassLabel; a split only the unlabeled role reads is loaded on its own, without labels.
+        labeled = [n for n in own if n in named["labeled"] + named["test"]]
+        unlabeled_only = [n for n in own if n not in labeled]
+        parts = {}
+        if labeled:
+            files = {n: os.path.join(folder, n, "**") for n in labeled}
+            parts.update(datasets.load_dataset("imagefolder", data_files=files))
+        if unlabeled_only:
+            files = {n: os.path.join(folder, n, "**") for n in unlabeled_only}
+            parts.update(datasets.load_dataset("imagefolder", data_files=files, drop_labels=True))
+        return datasets.DatasetDict(parts)
+    except (FileNotFoundError, ValueError) as err:  # EmptyDatasetError is a FileNotFoundError
+        raise ValueError(
+            f"Folder {folder!r} is neither a save_to_disk dataset (no dataset_dict.json) nor an image folder "
+            f"datasets can read ({type(err).__name__}: {err}). An image folder holds <split>/<class>/<image> files, "
+            "e.g. labeled/cat/1.png, unlabeled/2.png, test/cat/3.png."
+        ) from None
+
+
+def _parse_hub_id(spec: str) -> tuple[str, str | None] | None:
+    from huggingface_hub.utils import validate_repo_id
+
+    name, sep, revision = spec.partition("@")
+    if sep and not revision:
+        return None
+    try:
+        validate_repo_id(name)
+    except ValueError:
+        return None
+    return name, revision or None
+
+
+def _load_hub(spec: str, name: str, revision: str | None):
+    import datasets
+    from datasets import config as ds_config
+    from datasets.exceptions import DatasetNotFoundError
+
+    try:
+        dataset = datasets.load_dataset(name, revision=revision)
+    except DatasetNotFoundError as err:
+        raise ValueError(
+            f"Dataset {spec!r} is not a local folder, nor a dataset on the Hub ({ds_config.HF_ENDPOINT}) that you can "
+            f"access: {err} Check the id and revision (a private or gated dataset needs a token)."
+        ) from None
+    except ConnectionError as err:
+        if ds_config.HF_HUB_OFFLINE:
+            raise ValueError(
+                f"Dataset {spec!r} is not in the datasets cache ({ds_config.HF_DATASETS_CACHE}) and HF_HUB_OFFLINE=1: "
+                "run once online to cache it."
+            ) from None
+        raise ValueError(f"Dataset {spec!r} could not be fetched from the Hub: {err}") from None
+    if isinstance(dataset, datasets.Dataset):  # a builder with one unnamed split
+        dataset = datasets.DatasetDict(train=dataset)
+    return dataset
+
+
+def _open(spec: str, splits: dict[str, str]):
+    """The DatasetDict a `--dataset` value names: a save_to_disk folder, an image folder or a Hub dataset id."""
+    if os.path.isdir(spec):
+        return _load_saved(spec) if _is_saved_dataset(spec) else _load_image_folder(spec, splits)
+    hub = None if os.path.exists(spec) else _parse_hub_id(spec)
+    if hub is None:
+        raise ValueError(
+            f"Unknown dataset {spec!r}: use 'digits-ld[:SETTING]', a folder written by DatasetDict.save_to_disk, an "
+            "image folder, or a Hub dataset id 'org/name[@revision]'."
+        )
+    return _load_hub(spec, *hub)
+
+
+def _select(dataset, spec: str, splits: dict[str, str]):
+    """The `labeled` / `unlabeled` / `test` DatasetDict that the split specs (with `datasets` slicing) select."""
+    import datasets
+
+    if isinstance(dataset, datasets.Dataset):
+        raise ValueError(
+            f"{spec!r} holds a single Dataset (columns {dataset.column_names}), not a DatasetDict with splits: save "
+            "a datasets.DatasetDict(labeled=..., unlabeled=..., test=...) instead."
+        )
+    available = list(dataset)
+    sizes = {name: len(ds) for name, ds in dataset.items()}
+    roles = {}
+    for role, value in splits.items():
+        for name in _split_names(value):
+            if name not in dataset:
+                example = available[0] if available else "train"
+                raise ValueError(
+                    f"Dataset {spec!r} has no split {name!r} (named by {role}_split={value!r}); its splits are "
+                    f"{available}. Pass {role}_split (--{role}_split) naming one of them, with optional slicing such "
+                    f"as '{example}[:10%]'."
+                )
+        if value in dataset:
+            roles[role] = dataset[value]
+            continue
+        try:
+            instructions = datasets.ReadInstruction.from_spec(value).to_absolute(sizes)
+        except (ValueError, AssertionError) as err:
+            raise ValueError(
+                f"{role}_split={value!r} is not a valid split spec ({err}): write e.g. 'train', 'train[:2%]', "
+                "'train[100:200]' or 'train[:50%]+test'."
+            ) from None
+        parts = [dataset[i.splitname].select(range(i.from_, i.to)) for i in instructions]
+        roles[role] = parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
+    return datasets.DatasetDict(roles)
+
+
+def _resolve(spec: str, splits: dict[str, str]):
+    return _select(_open(spec, splits), spec, splits)
+
+
+def _check_domain_column(dataset, column: str | None) -> None:
+    """An explicitly named domain column must exist in the test split (where it is read) and have a usable type."""
+    if column is None:
+        return
+    cols = dataset["test"].column_names
+    if column not in cols:
+        raise ValueError(
+            f"The test split has no domain column {column!r} (columns: {cols}); pass domain_column "
+            "(--domain_column) naming the column that holds each sample's latent domain, or leave it unset."
+        )
+    for role in SPLITS:
+        if column in dataset[role].column_names:
+            _domain_kind(dataset[role].features[column], column, role)
+
+
+def _default_domain_column(dataset) -> str | None:
+    """`domain` where a split has such a column of a usable type; an unusable one is ignored with a warning."""
+    having = [role for role in SPLITS if "domain" in dataset[role].column_names]
+    try:
+        for role in having:
+            _domain_kind(dataset[role].features["domain"], "domain", role)
+    except ValueError as err:
+        logger.warning("Ignoring the 'domain' column: %s", err)
+        return None
+    return "domain" if having else None
+
+
+def _where(spec: str, splits: dict[str, str]) -> dict[str, str]:
+    return {role: f"split {value!r} ({role} split) of {spec!r}" for role, value in splits.items()}
+
+
+def load_target(
+    spec: str,
+    labeled_per_class: int | None = None,
+    seed: int = 0,
+    *,
+    image_column: str = "image",
+    label_column: str = "label",
+    domain_column: str | None = None,
+    image_size: int = 32,
+    labeled_split: str = "labeled",
+    unlabeled_split: str = "unlabeled",
+    test_split: str = "test",
+    skip_bad_images: bool = False,
+) -> tuple[TargetData, DatasetDescription]:
+    """Load a target task from `digits-ld[:SETTING]`, a `save_to_disk` folder, an image folder or a Hub dataset id.
+
+    Args:
+        spec: `digits-ld[:SETTING]` (the embedded benchmark), a folder written by `DatasetDict.save_to_disk`, an
+            image folder (`<split>/<class>/<image>`; the unlabeled split needs no class folders), or a Hub dataset
+            `org/name[@revision]` (read with `datasets.load_dataset`, cached: it loads with `HF_HUB_OFFLINE=1`
+            after one online run).
+        labeled_per_class: draw that many labeled samples per class (seeded): from the benchmark's target-train
+            part (default 10), or from the labeled split (default: all of it).
+        seed: the draw's seed.
+        image_column, label_column: the columns of images and of `ClassLabel` labels (the unlabeled split may
+            lack labels).
+        domain_column: a latent-domain column (strings, integers or a `ClassLabel`), read for evaluation only. By
+            default a column named `domain`, where there is one; a named column must exist in the test split.
+        image_size: side of the square RGB uint8 images (any input size and mode is converted).
+        labeled_split, unlabeled_split, test_split: the splits of each role, with `datasets` slicing
+            (`train[:2%]`, `train[2%:]+validation`).
+        skip_bad_images: leave out images that cannot be decoded (counted in the description's `skipped_images`)
+            instead of raising a `ValueError` that names split and row.
+
+    Returns:
+        `(data, description)`: the `TargetData`, and a `DatasetDescription` (a `str` for cards and metrics, with
+        `skipped_images` and `num_skipped_images`).
+
+    >>> data, desc = load_target("org/pets@v1", labeled_split="train[:2%]", unlabeled_split="train[2%:]")  # doctest: +SKIP
+    """
+    splits = {"labeled": labeled_split, "unlabeled": unlabeled_split, "test": test_split}
+    _check_split_specs(splits)
+    options = dict(image_column=image_column, label_column=label_column, image_size=image_size)
+    if _is_digits_ld(spec):
+        from .data import load_digits_ld
+
+        _digits_ld_defaults(splits)
+        setting = spec.partition(":")[2] or "MUS"
+        n = DIGITS_LD_LABELED_PER_CLASS if labeled_per_class is None else labeled_per_class
+        _check_labeled_per_class(n)
+        dd = load_digits_ld(setting, labeled_per_class=n, seed=seed)
+        data, _ = _convert(dd, domain_column=domain_column or "domain", skip_bad_images=False, **options)
+        return data, DatasetDescription(f"Digits-LD {setting} ({n} labels per class)")
+    dd = _resolve(spec, splits)
+    check_dataset(dd, image_column, label_column, labeled_per_class)
+    _check_domain_column(dd, domain_column)
+    if labeled_per_class is not None:
+        dd = _subsample_labeled(dd, label_column, labeled_per_class, seed)
+    column = domain_column or _default_domain_column(dd)
+    data, skipped = _convert(
+        dd, domain_column=column, skip_bad_images=skip_bad_images, where=_where(spec, splits), **options
+    )
+    default = all(splits[r] == r for r in SPLITS)
+    text = spec if default else f"{spec} (labeled {labeled_split}, unlabeled {unlabeled_split}, test {test_split})"
+    return data, DatasetDescription(text, skipped)
+
+
+def _digits_ld_defaults(splits: dict[str, str]) -> None:
+    if any(splits[r] != r for r in SPLITS):
+        raise ValueError(
+            f"The embedded Digits-LD benchmark has fixed splits; got labeled_split={splits['labeled']!r}, "
+            f"unlabeled_split={splits['unlabeled']!r}, test_split={splits['test']!r}. Leave them unset."
+        )
 
 
 def _subsample_labeled(dataset, label_column: str, labeled_per_class: int, seed: int):
@@ -175,19 +621,57 @@ def _subsample_labeled(dataset, label_column: str, labeled_per_class: int, seed:
 
 
 def check_target(
-    spec: str, labeled_per_class: int | None = None, image_column: str = "image", label_column: str = "label"
+    spec: str,
+    labeled_per_class: int | None = None,
+    image_column: str = "image",
+    label_column: str = "label",
+    *,
+    domain_column: str | None = None,
+    labeled_split: str = "labeled",
+    unlabeled_split: str = "unlabeled",
+    test_split: str = "test",
+    training_domains: bool = False,
 ) -> list[str]:
     """Check a `--dataset` value without decoding any image; return the target label names.
 
-    Cheap enough to run before any long work: for a folder it reads the split metadata and the label column only.
+    Cheap enough to run before any long work: it reads the split metadata and the label and domain columns only
+    (a Hub dataset is downloaded into the datasets cache once, which `load_target` then reuses). Arguments as in
+    `load_target`; `training_domains=True` also requires the domain column in the labeled and unlabeled splits (oracle
+    routing reads it there).
     """
+    splits = {"labeled": labeled_split, "unlabeled": unlabeled_split, "test": test_split}
+    _check_split_specs(splits)
     _check_labeled_per_class(DIGITS_LD_LABELED_PER_CLASS if labeled_per_class is None else labeled_per_class)
     if _is_digits_ld(spec):
         from .data.digits_ld import LABEL_NAMES, _parse_setting
 
+        _digits_ld_defaults(splits)
         _parse_setting(spec.partition(":")[2] or "MUS")
         return list(LABEL_NAMES)
-    return check_dataset(_load_folder(spec), image_column, label_column, labeled_per_class)
+    dd = _resolve(spec, splits)
+    names = check_dataset(dd, image_column, label_column, labeled_per_class)
+    _check_domain_column(dd, domain_column)
+    if training_domains:
+        column = domain_column or "domain"
+        lacking = [splits[r] for r in ("labeled", "unlabeled") if column not in dd[r].column_names]
+        if lacking:
+            raise ValueError(
+                f"Oracle routing reads the latent domain of the training data, but split(s) {lacking} of {spec!r} have "
+                f"no {column!r} column; it is a reference for data with known domains (pass domain_column / "
+                "--domain_column if yours has another name)."
+            )
+    return names
+
+
+def hub_dataset_id(spec: str) -> tuple[str, str | None] | None:
+    """`(repo_id, revision)` when `spec` names a Hub dataset (for cards: `datasets: [repo_id]`), else None.
+
+    >>> hub_dataset_id("org/pets@v1")
+    ('org/pets', 'v1')
+    """
+    if _is_digits_ld(spec) or os.path.exists(spec):
+        return None
+    return _parse_hub_id(spec)
 
 
 def check_dataset(

@@ -13,6 +13,9 @@ directly by ``/{repo_id}/resolve/{revision}/{path}`` (no redirect), with the ``X
 ``huggingface_hub.utils.hf_raise_for_status`` maps to ``RepositoryNotFoundError``, ``RevisionNotFoundError``,
 ``EntryNotFoundError`` and ``GatedRepoError``.
 
+Dataset repositories are served like model repositories: a parquet dataset (:func:`upload_parquet_dataset`) loads
+by id through ``datasets.load_dataset``.
+
 :func:`endpoint_patches` and :func:`cache_patches` list the module attributes that cache the Hub endpoint or the
 cache folders at import time, for tests to monkeypatch.
 """
@@ -700,4 +703,56 @@ def cache_patches(hf_home: str | Path) -> list[Patch]:
     ]:
         if (module := _loaded(name)) is not None and hasattr(module, attr):
             patches.append((module, attr, value))
-    return patches
+    return patches + _datasets_cache_patches(home)
+
+
+def _datasets_cache_patches(home: str) -> list[Patch]:
+    """``datasets`` copies its cache folders from ``HF_HOME`` / ``HF_DATASETS_CACHE`` at import: move them too, or
+    a test's ``load_dataset`` writes to (and, offline, reads "the latest cached version" from) the user's cache."""
+    module = _loaded("datasets.config")
+    if module is None:
+        return []
+    cache = Path(home) / "datasets"
+    downloads = cache / module.DOWNLOADED_DATASETS_DIR
+    values = {
+        "HF_CACHE_HOME": home,
+        "HF_DATASETS_CACHE": cache,
+        "HF_MODULES_CACHE": Path(home) / "modules",
+        "DOWNLOADED_DATASETS_PATH": downloads,
+        "EXTRACTED_DATASETS_PATH": downloads / module.EXTRACTED_DATASETS_DIR,
+    }
+    return [(module, k, v) for k, v in values.items() if hasattr(module, k)]
+
+
+# ----------------------------------------------------------------------------------------------- dataset repositories
+
+
+def upload_parquet_dataset(
+    dataset_dict: Any, repo_id: str, *, revision: str | None = None, token: str | None = None, create: bool = True
+) -> str:
+    """Publish a ``datasets.DatasetDict`` as a parquet dataset repository, laid out as ``push_to_hub`` lays it out.
+
+    One shard a split, ``data/{split}-00000-of-00001.parquet`` (the file names ``datasets`` reads split names from;
+    features such as ``ClassLabel`` names travel in the parquet schema). Uploaded with ``HfApi.upload_folder`` as
+    regular files: ``DatasetDict.push_to_hub`` itself needs LFS or Xet storage, which :class:`LocalHub` does not
+    serve. Returns the commit sha.
+
+    >>> upload_parquet_dataset(dd, "org/pets")  # doctest: +SKIP
+    """
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    if create:
+        api.create_repo(repo_id, repo_type="dataset", exist_ok=True)
+    with tempfile.TemporaryDirectory() as folder:
+        for split, dataset in dataset_dict.items():
+            dataset.to_parquet(os.path.join(folder, "data", f"{split}-00000-of-00001.parquet"))
+        info = api.upload_folder(
+            repo_id=repo_id,
+            repo_type="dataset",
+            folder_path=folder,
+            revision=revision,
+            delete_patterns=["data/*.parquet"],  # a split left out of this upload is gone, as with push_to_hub
+            commit_message="Upload dataset (parquet)",
+        )
+    return info.oid
