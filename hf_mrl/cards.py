@@ -582,6 +582,7 @@ def reuser_card(
         "embed_dim": config.get("embed_dim"),
         "temperature": None if config.get("temperature") is None else f"{config['temperature']:.3g}",
         "use_bias": config.get("use_bias", True),
+        "label_map": config.get("label_map"),
         "training": _training(summary) if summary else None,
         "results": _results(summary) if summary else None,
         "attention": _attention(summary) if summary else None,

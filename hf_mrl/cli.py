@@ -46,7 +46,24 @@ def train_parser(prog: str | None = None) -> argparse.ArgumentParser:
         help="mrl (attention reuse; the default), a baseline, or oracle (a reference that reads the training data's "
         "latent-domain labels). Only mrl trains a reuser; methods without teachers ignore --pool",
     )
-    p.add_argument("--dataset", default="digits-ld:MUS", help="`digits-ld[:SETTING]` or a save_to_disk DatasetDict")
+    p.add_argument(
+        "--dataset",
+        default="digits-ld:MUS",
+        help="`digits-ld[:SETTING]`, a Hub dataset id `org/name[@revision]`, an image folder or a save_to_disk folder",
+    )
+    p.add_argument("--labeled_split", default="labeled", help="split with labels, `datasets` slicing allowed")
+    p.add_argument("--unlabeled_split", default="unlabeled", help="split without (or with unused) labels")
+    p.add_argument("--test_split", default="test", help="split the results are measured on")
+    p.add_argument(
+        "--domain_column",
+        help="latent-domain column (string, integer or ClassLabel), evaluation only (default: domain)",
+    )
+    p.add_argument(
+        "--skip_bad_images", action="store_true", help="leave out images that cannot be decoded (counted in metrics)"
+    )
+    p.add_argument(
+        "--label_map", help="JSON file: target label -> teacher label names, for all teachers or per teacher id"
+    )
     p.add_argument("--output_dir", required=True)
     p.add_argument("--max_steps", type=int, default=MRLConfig.max_steps)
     p.add_argument("--seed", type=int, default=0)
@@ -129,27 +146,42 @@ _RUN_KEYS = (
     *("method", "dataset", "seed", "labeled_per_class", "embedding", "outer_every", "batch_size"),
     *("unlabeled_batch_size", "image_column", "label_column", "image_size", "trust_remote_code", "allow_pickle"),
 )
-_STUDENT_KEYS = ("student", "student_pretrained", "student_image_size")  # recorded when set (older runs lack them)
+# Recorded when they differ from the default (runs from before these flags lack them).
+_OPTIONAL_KEYS = {
+    **{"student": None, "student_pretrained": False, "student_image_size": None, "label_map": None},
+    **{"labeled_split": "labeled", "unlabeled_split": "unlabeled", "test_split": "test"},
+    **{"domain_column": None, "skip_bad_images": False},
+}
 
 
 def run_identity(args: argparse.Namespace, pool: list[str] | None) -> dict:
-    student = {k: getattr(args, k) for k in _STUDENT_KEYS if getattr(args, k)}
-    return {"pool": pool, **{k: getattr(args, k) for k in _RUN_KEYS}, **student}
+    optional = {k: getattr(args, k) for k, default in _OPTIONAL_KEYS.items() if getattr(args, k) != default}
+    return {"pool": pool, **{k: getattr(args, k) for k in _RUN_KEYS}, **optional}
 
 
-def _check_training_domains(args: argparse.Namespace) -> None:
-    """--method oracle reads the latent-domain labels of the labeled and unlabeled data: they must exist."""
-    if args.dataset.startswith("digits-ld"):
-        return  # every Digits-LD split carries its `domain` column
-    import datasets
+def _data_options(args) -> dict:
+    """The dataset flags as `check_target` / `load_target` keywords (also read back from a run's metrics.json)."""
+    get = args.get if isinstance(args, dict) else lambda k, d=None: getattr(args, k, d)
+    return {
+        "image_column": get("image_column", "image"),
+        "label_column": get("label_column", "label"),
+        "domain_column": get("domain_column"),
+        "labeled_split": get("labeled_split", "labeled"),
+        "unlabeled_split": get("unlabeled_split", "unlabeled"),
+        "test_split": get("test_split", "test"),
+    }
 
-    dataset = datasets.load_from_disk(args.dataset)  # check_target has read it already: it loads
-    lacking = [s for s in ("labeled", "unlabeled") if "domain" not in dataset[s].column_names]
-    if lacking:
-        raise ValueError(
-            f"--method oracle reads the latent-domain labels of the training data, but split(s) {lacking} of "
-            f"{args.dataset!r} have no 'domain' column; oracle routing is a reference for data with known domains."
-        )
+
+def _load(args, seed: int):
+    get = args.get if isinstance(args, dict) else lambda k, d=None: getattr(args, k, d)
+    return load_target(
+        get("dataset"),
+        get("labeled_per_class"),
+        seed,
+        image_size=get("image_size", 32),
+        skip_bad_images=get("skip_bad_images", False),
+        **_data_options(args),
+    )
 
 
 def preflight(args: argparse.Namespace) -> None:
@@ -171,9 +203,10 @@ def preflight(args: argparse.Namespace) -> None:
             )
     elif args.pool:
         logger.warning("--method %s uses no teachers: ignoring --pool %s.", args.method, args.pool)
-    check_target(args.dataset, args.labeled_per_class, args.image_column, args.label_column)
-    if args.method == "oracle":
-        _check_training_domains(args)
+    options = _data_options(args)
+    if args.method == "oracle":  # it reads the training data's latent-domain labels: they must exist
+        options["training_domains"] = True
+    check_target(args.dataset, args.labeled_per_class, **options)
     out = Path(args.output_dir)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--output_dir {str(out)!r} is a file, not a folder.")
@@ -222,7 +255,7 @@ def train(args: argparse.Namespace) -> ReuseResult:
     pool = embedding = None
     with accelerator.main_process_first():
         # Teachers and encoder first: a teacher that cannot be used fails before any image is decoded.
-        label_names = check_target(args.dataset, args.labeled_per_class, args.image_column, args.label_column)
+        label_names = check_target(args.dataset, args.labeled_per_class, **_data_options(args))
         if get_strategy(args.method).needs_teachers:
             pool_file = args.pool
             if pool_file is None:
@@ -235,16 +268,10 @@ def train(args: argparse.Namespace) -> ReuseResult:
                 cache_dir=args.cache_dir or cache_root() / "logits",
                 trust_remote_code=args.trust_remote_code,
                 allow_pickle=args.allow_pickle,
+                label_map=args.label_map,
             )
             embedding = ReuseTrainer.prepare_embedding(config, pool)
-        data, description = load_target(
-            args.dataset,
-            args.labeled_per_class,
-            args.seed,
-            image_column=args.image_column,
-            label_column=args.label_column,
-            image_size=args.image_size,
-        )
+        data, description = _load(args, args.seed)
     student = None
     if args.student or args.student_image_size:
         student = {"image_size": args.student_image_size, "pretrained": args.student_pretrained}
@@ -262,6 +289,7 @@ def train(args: argparse.Namespace) -> ReuseResult:
     trainer = ReuseTrainer(pool, data, config, run_args, embedding=embedding, accelerator=accelerator)
     result = trainer.train(Path(args.output_dir) / "checkpoints", resume=args.resume_from_checkpoint)
     result.metrics["args"] = {k: v for k, v in vars(args).items() if "token" not in k}
+    result.metrics["skipped_images"] = getattr(description, "skipped_images", {})
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         result.save_pretrained(args.output_dir, args.hub_model_id)
@@ -346,15 +374,7 @@ def evaluate_main(argv=None) -> int:
     p.add_argument("run_dir")
     run = Path(p.parse_args(argv).run_dir)
     metrics = json.loads((run / "metrics.json").read_text())
-    args = metrics["args"]
-    data, desc = load_target(
-        args["dataset"],
-        args["labeled_per_class"],
-        args["seed"],
-        image_column=args["image_column"],
-        label_column=args["label_column"],
-        image_size=args["image_size"],
-    )
+    data, desc = _load(metrics["args"], metrics["args"]["seed"])
     rows = {}
     if metrics.get("reuse_accuracy") is not None:  # an MRL run: its reuser rebuilds the pool
         reuser = AttentionReuser.from_pretrained(str(run / "reuser"))

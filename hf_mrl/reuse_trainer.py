@@ -144,6 +144,7 @@ class ReuseResult:
             reuser.card_summary = self.summary
             reuser.trust_remote_code = self.summary.trust_remote_code  # recorded in config.json and the card
             reuser.allow_pickle = self.summary.allow_pickle
+            reuser.label_map = self.metrics.get("label_map")
             with atomic_dir(out / "reuser") as tmp:
                 reuser.save_pretrained(tmp, model_card_kwargs={"repo_id": hub_model_id, "student_repo_id": student_id})
         else:
@@ -498,6 +499,9 @@ class ReuseTrainer:
             "num_test": len(data.test_labels),
             "config": cfg.to_dict(),
             "pool": self.teacher_ids,
+            # Given by the user: recorded (and saved with the reuser) so the pool can be rebuilt the same way.
+            "label_map": self.pool.label_mapping if self.pool is not None and self.pool.label_map else None,
+            "label_mapping": self.pool.label_mapping if self.pool is not None else {},
             "num_processes": acc.num_processes,
             "prototypes_in_sync": strategy.replicas_in_sync if is_mrl else None,
             "wall_time_s": round(time.time() - start, 1),
@@ -584,7 +588,13 @@ def _pool_ids(path: str | os.PathLike) -> list[str]:
 
 def _dataset_ids(spec: str, description: str) -> tuple[str, str, str | None]:
     """(name shown on the cards, model-index dataset type, dataset config) of a dataset spec."""
+    from .target import hub_dataset_id
+
     if spec.startswith("digits-ld"):
         return description, "digits-ld", spec.partition(":")[2] or "MUS"
+    hub = hub_dataset_id(spec) if spec != "custom" else None
+    if hub is not None:
+        repo_id, revision = hub
+        return repo_id if revision is None else f"{repo_id}@{revision}", repo_id, None
     name = Path(spec).name or spec  # a local folder: its name only, not the path on this machine
-    return f"local DatasetDict `{name}`", "custom", None
+    return f"local dataset `{name}`", "custom", None

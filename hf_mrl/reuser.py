@@ -45,6 +45,8 @@ class AttentionReuser(
         trust_remote_code: whether the teachers were loaded with their repositories' own code. Recorded in
             config.json and the card; a reloaded reuser runs no remote code unless `from_pretrained` is told so again.
         allow_pickle: whether pickle-only teacher checkpoints were accepted (recorded, like `trust_remote_code`).
+        label_map: the teachers' label mapping when the pool was given one (`ModelPool.label_mapping`), so that the
+            rebuilt pool maps labels as in training; None: by name, as `ModelPool` does by default.
 
     >>> reuser = AttentionReuser(["org/a@1", "org/b@2"], ["0", "1"], embed_dim=4)
     >>> out = reuser(torch.randn(3, 4), torch.softmax(torch.randn(3, 2, 2), -1))
@@ -63,6 +65,7 @@ class AttentionReuser(
         format_version: int = FORMAT_VERSION,
         trust_remote_code: bool = False,
         allow_pickle: bool = False,
+        label_map: dict | None = None,
     ):
         super().__init__()
         _check_init_args(teachers, label_names, embed_dim, format_version)
@@ -70,6 +73,7 @@ class AttentionReuser(
         self.label_names = [str(n) for n in label_names]
         self.trust_remote_code = bool(trust_remote_code)
         self.allow_pickle = bool(allow_pickle)
+        self.label_map = label_map
         self.embedding_spec = Embedding(embedding or "teacher-outputs").spec
         self.temperature = float(temperature) if temperature else math.sqrt(embed_dim)
         if isinstance(self._hub_mixin_config, dict):  # record resolved values (config.json, card), not None
@@ -157,7 +161,7 @@ class AttentionReuser(
     def pool(self) -> ModelPool:
         """The teacher pool, rebuilt from the recorded ids (and commits) on first use."""
         if self._pool is None:
-            self._pool = ModelPool(self.teachers, self.label_names, **self._load_kwargs)
+            self._pool = ModelPool(self.teachers, self.label_names, label_map=self.label_map, **self._load_kwargs)
         return self._pool
 
     def attach_pool(self, pool: ModelPool) -> None:
@@ -222,6 +226,7 @@ class AttentionReuser(
             "format_version": FORMAT_VERSION,
             "trust_remote_code": self.trust_remote_code,
             "allow_pickle": self.allow_pickle,
+            **({"label_map": self.label_map} if self.label_map is not None else {}),
         }
 
     def _save_pretrained(self, save_directory: Path) -> None:

@@ -398,3 +398,33 @@ def test_cli_missing_split_lists_the_splits(recipe, monkeypatch, tiny, tmp_path)
     datasets.DatasetDict(train=dd["labeled"], test=dd["test"]).save_to_disk(str(tmp_path / "dd"))
     message = _cli(recipe, monkeypatch, tiny, tmp_path, tmp_path / "dd")
     assert "has no split 'labeled' (named by labeled_split='labeled'); its splits are ['train', 'test']" in message
+
+
+def test_cli_split_flags_and_label_map_reach_the_run_and_the_saved_reuser(recipe, monkeypatch, tiny, tmp_path):
+    import json
+
+    from hf_mrl import AttentionReuser
+
+    dd = datasets.load_from_disk(str(tiny["data"]))
+    datasets.DatasetDict(train=dd["labeled"], extra=dd["unlabeled"], test=dd["test"]).save_to_disk(
+        str(tmp_path / "dd")
+    )
+    swap = {"a": ["b"], "b": ["a"], "c": ["c"]}  # an explicit map that name matching would never give
+    (tmp_path / "map.json").write_text(json.dumps(swap))
+    splits = ["--labeled_split", "train", "--unlabeled_split", "extra[:20]"]
+    metrics = _cli(
+        recipe, monkeypatch, tiny, tmp_path, tmp_path / "dd", *splits, "--label_map", str(tmp_path / "map.json")
+    )
+    assert isinstance(metrics, dict), metrics
+    assert metrics["num_unlabeled"] == 20
+    assert all(mapping == swap for mapping in metrics["label_mapping"].values())
+    assert metrics["label_map"] == metrics["label_mapping"]
+    reuser = AttentionReuser.from_pretrained(str(tmp_path / "out" / "reuser"))
+    assert reuser.pool.label_mapping == metrics["label_mapping"]  # rebuilt with the run's map, not by name
+    assert "by a label map" in (tmp_path / "out" / "reuser" / "README.md").read_text()
+
+    (tmp_path / "bad.json").write_text(json.dumps({"a": ["zzz"]}))
+    message = _cli(
+        recipe, monkeypatch, tiny, tmp_path, tmp_path / "dd", *splits, "--label_map", str(tmp_path / "bad.json")
+    )
+    assert "no teacher in the pool has such a label" in message and "'zzz'" in message, message
