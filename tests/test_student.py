@@ -338,7 +338,7 @@ def test_the_trainer_runs_mrl_with_a_pretrained_student_from_its_spec(library, t
     from helpers import make_timm_teacher
     from test_trainer import TEACHERS, _config, _data, _reuse
 
-    from hf_mrl import MRLTrainer
+    from hf_mrl import StudentTrainer
 
     if library == "timm":
         source = f"local-dir:{make_timm_teacher(tmp_path / 'src', list('vwxyz'))}"
@@ -347,12 +347,12 @@ def test_the_trainer_runs_mrl_with_a_pretrained_student_from_its_spec(library, t
     data = _data()
     spec = {"architecture": source, "pretrained": True}
     with one_torch_thread():
-        trainer = MRLTrainer(_config(outer_every=1), data, _reuse(data), teacher_ids=TEACHERS, student_spec=spec)
-        before = trainer.reuser.prototypes.detach().clone()
+        trainer = StudentTrainer(_config(outer_every=1), data, _reuse(data), teacher_ids=TEACHERS, student_spec=spec)
+        before = trainer.strategy.reuser.prototypes.detach().clone()
         for step in range(2):
             logs = trainer.training_step(step)
         assert all(np.isfinite(v) for v in logs.values())
-        assert not torch.equal(trainer.reuser.prototypes.detach(), before)  # outer steps reached the prototypes
+        assert not torch.equal(trainer.strategy.reuser.prototypes.detach(), before)  # outer steps reached the prototypes
         predictions = trainer.predict(data.test_images)
         student = trainer.accelerator.unwrap_model(trainer.student)
         save_student(student, tmp_path / "student")
