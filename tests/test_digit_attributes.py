@@ -128,3 +128,16 @@ def test_driver_arguments():
     )
     with pytest.raises(SystemExit):
         run.parse_args(["--attributes", "round"])
+
+
+@pytest.mark.slow
+def test_driver_runs_one_attribute_end_to_end(tmp_path):
+    """Builds (or reuses from the cache) the Even task and its three teachers: minutes on a cold cache."""
+    run = _driver()
+    argv = ["--quick", "--attributes", "even", "--methods", "supervised,mrl", "--max_steps", "2", "--workers", "1"]
+    summary = run.main(argv + ["--results_dir", str(tmp_path)])
+    assert summary["settings"] == ["Even"] and summary["methods"] == ["supervised", "mrl"]
+    assert len(list((tmp_path / "Even" / "records").glob("*.json"))) == 2
+    text = (tmp_path / "README.md").read_text()
+    assert text.startswith("# Digit attributes") and "| MRL |" in text and "The paper's attribute table" in text
+    assert "| Even | teacher-M | **" in text
