@@ -134,7 +134,13 @@ def save_attribute_tasks(
         name = _canonical(attribute)
         folder = attribute_task_dir(root) / setting / name
         if not (folder / "dataset_dict.json").is_file():
-            with atomic_dir(folder) as tmp:
-                build_attribute_task(name, setting).save_to_disk(str(tmp))
+            bars_were_on = not datasets.utils.are_progress_bars_disabled()
+            datasets.utils.disable_progress_bars()  # a bar per split and attribute says nothing
+            try:
+                with atomic_dir(folder) as tmp:
+                    build_attribute_task(name, setting).save_to_disk(str(tmp))
+            finally:
+                if bars_were_on:
+                    datasets.utils.enable_progress_bars()
         out[name] = folder
     return out

@@ -82,6 +82,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max_steps", type=int, help=f"per run (default {FULL['max_steps']}, quick {QUICK['max_steps']})")
     p.add_argument("--batch_size", type=int, default=32)
     p.add_argument("--unlabeled_batch_size", type=int, default=64)
+    p.add_argument(
+        "--config",
+        type=json.loads,
+        default={},
+        help='other MRLConfig fields as JSON, e.g. \'{"embedding": "pixels"}\'',
+    )
     p.add_argument("--workers", type=int, default=2, help="attributes run in parallel (results do not depend on it)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run")
     p.add_argument("--cache_dir", help="teacher-output cache (default: $HF_MRL_CACHE/logits)")
@@ -105,6 +111,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def make_spec(args, folder: Path, pool: Path) -> BenchmarkSpec:
     train = {
+        **args.config,
         "max_steps": args.max_steps,
         "batch_size": args.batch_size,
         "unlabeled_batch_size": args.unlabeled_batch_size,
@@ -154,12 +161,16 @@ def report(results_dir: Path, attributes, labeled_per_class: int, command: str, 
     summary["calibration"] = calibration
     summary["command"] = command
     summary["benchmark"] = records[0]["benchmark"]
+    summary["bench_hash"] = {r["key"]["setting"]: r["bench_hash"] for r in records}  # one per attribute and pool
+    summary["attention"] = {a: summary["attention"][a] for a in summary["settings"] if a in summary["attention"]}
     text = render_markdown(summary, None, command)
     text = text.replace("# Digits-LD benchmark\n", _intro(records, labeled_per_class), 1)
     text = text.replace("![attention](attention.png)\n", "")
     text = text.replace(f"`{records[0]['benchmark']['dataset_template']}`", "one folder per attribute")
     text = text.replace(f"{labeled_per_class} labels per class", f"{labeled_per_class} labels per binary class")
-    text = text.replace("python recipes/benchmark.py --rerun", "python recipes/benchmark.py --rerun <Attribute>/")
+    text = text.replace(f"benchmark hash `{summary['bench_hash']}`", "benchmark hashes in `summary.json`")
+    text = text.replace("a record in `records/`", "a record in `<Attribute>/records/`")
+    text = text.replace("--rerun records/FILE.json", "--rerun RESULTS/<Attribute>/records/FILE.json")
     if timing:
         last = timing["invocations"][-1]
         text += (
