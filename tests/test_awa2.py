@@ -122,7 +122,9 @@ def test_bad_arguments_are_refused_with_what_is_known(awa2, tmp_path):
 
 def test_the_recipe_trains_end_to_end_on_an_attribute_task(awa2, recipe, tmp_path):
     data = tmp_path / "awa2-smart"
-    load_awa2_attribute(awa2, "Smart", labeled_per_class=2).save_to_disk(str(data))
+    copy = _copy(awa2, tmp_path)
+    load_awa2_attribute(copy, "Smart", labeled_per_class=2).save_to_disk(str(data))
+    shutil.rmtree(copy)  # the saved folder holds the images themselves, not paths into the AwA2 folder
     names = attribute_label_names("Smart")
     t1 = make_transformers_teacher(tmp_path / "teacher-hf", names, seed=0)
     t2 = make_timm_teacher(tmp_path / "teacher-timm", names, seed=1)

@@ -11,9 +11,9 @@ Nestspot, Lean, Spots). AwA2 is not downloadable from here (no network, and it i
         JPEGImages/<class>/*.jpg        the photos of each class
 
 An image's label is its class's row of the predicate matrix at the chosen attribute: every photo of a class shares
-it, as in the paper. The images are not decoded or copied: the dataset holds their paths (a `datasets.Image`
-feature) and each is read when a split is converted to tensors. A folder written by `save_to_disk` therefore still
-refers to the JPEGs in place.
+it, as in the paper. Nothing is decoded or copied when a task is built: the dataset holds the image paths (a
+`datasets.Image` feature) and each image is read when a split is converted to tensors. `save_to_disk` (datasets 5)
+embeds the JPEG bytes, so a saved task folder is self-contained (about the size of its images).
 """
 
 from __future__ import annotations
