@@ -1,5 +1,14 @@
-"""Datasets for hf_mrl: the offline Digits-LD benchmark and loaders of the real digit datasets from the Hub."""
+"""Datasets for hf_mrl: the offline Digits-LD benchmark, loaders of the real digit datasets from the Hub, and AwA2
+attribute tasks read from a local copy."""
 
+from .awa2 import (
+    AWA2_ATTRIBUTES,
+    AwA2Metadata,
+    attribute_label_names,
+    load_awa2,
+    load_awa2_attribute,
+    read_awa2_metadata,
+)
 from .digits_ld import (
     DOMAINS,
     LABEL_NAMES,
@@ -18,4 +27,10 @@ __all__ = [
     "load_digits_ld",
     "dataset_to_tensors",
     "load_hub_digits",
+    "AWA2_ATTRIBUTES",
+    "AwA2Metadata",
+    "attribute_label_names",
+    "load_awa2",
+    "load_awa2_attribute",
+    "read_awa2_metadata",
 ]
