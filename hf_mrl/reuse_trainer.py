@@ -494,6 +494,7 @@ class ReuseTrainer:
             "reuse_student_accuracy": reports["method"]["accuracy"] if is_mrl else None,
             "reuse_strength": strategy.reuse_strength if is_mrl else None,
             "dataset": self.args.dataset_description or self.args.dataset,
+            "label_names": list(data.label_names),
             "num_labeled": len(data.labeled_labels),
             "num_unlabeled": len(data.unlabeled_images),
             "num_test": len(data.test_labels),

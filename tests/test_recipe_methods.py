@@ -188,7 +188,9 @@ def test_oracle_needs_the_training_datas_domain_labels(recipe, tiny, tmp_path, m
     with pytest.raises(SystemExit) as exit_info:
         recipe.main(argv)
     message = exit_info.value.code
-    assert isinstance(message, str) and message.startswith("error: Oracle routing reads the latent domain of the training data"), message
+    assert isinstance(message, str) and message.startswith(
+        "error: Oracle routing reads the latent domain of the training data"
+    ), message
     assert "['unlabeled']" in message and "\n" not in message
 
 

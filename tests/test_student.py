@@ -352,7 +352,9 @@ def test_the_trainer_runs_mrl_with_a_pretrained_student_from_its_spec(library, t
         for step in range(2):
             logs = trainer.training_step(step)
         assert all(np.isfinite(v) for v in logs.values())
-        assert not torch.equal(trainer.strategy.reuser.prototypes.detach(), before)  # outer steps reached the prototypes
+        assert not torch.equal(
+            trainer.strategy.reuser.prototypes.detach(), before
+        )  # outer steps reached the prototypes
         predictions = trainer.predict(data.test_images)
         student = trainer.accelerator.unwrap_model(trainer.student)
         save_student(student, tmp_path / "student")

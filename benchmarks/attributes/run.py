@@ -6,7 +6,7 @@
 
 Each attribute is its own binary task (`digit_attributes.py`) with its own pool of three teachers, one per latent
 domain (`attribute_pool.py`); both are built once and cached. Each attribute then runs through
-`hf_mrl.benchmark` exactly as a Digits-LD setting does (one record per run, under RESULTS/<Attribute>/records/; a
+`benchmarks/harness.py` exactly as a Digits-LD setting does (one record per run, under RESULTS/<Attribute>/records/; a
 stopped run started again runs only what is missing), with the attribute as the table's column. Attributes run in
 parallel over `--workers` processes.
 """
@@ -23,12 +23,11 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # benchmarks/: the harness beside this folder
 
 from attribute_pool import build_attribute_pools, calibration_matrix, render_calibration  # noqa: E402
 from digit_attributes import DIGIT_ATTRIBUTES, _canonical, save_attribute_tasks  # noqa: E402
-
-# Imported from the package as it stands; the lead is moving this module to benchmarks/ (update the import then).
-from hf_mrl.benchmark import (  # noqa: E402
+from harness import (  # noqa: E402
     METHOD_NAMES,
     SEEDS,
     BenchmarkSpec,
@@ -40,7 +39,8 @@ from hf_mrl.benchmark import (  # noqa: E402
     select_benchmark,
     summarise,
 )
-from hf_mrl.config import METHODS  # noqa: E402
+
+from hf_mrl.strategies import METHODS  # noqa: E402
 from hf_mrl.utils import atomic_write_json, atomic_write_text  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
