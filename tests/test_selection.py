@@ -219,3 +219,38 @@ def test_offline_rerun_makes_no_request(scored_zoo, local_hub, tmp_path, monkeyp
 def test_cli_needs_candidates_for_no_search(tmp_path):
     with pytest.raises(ValueError, match="--no_search needs --candidates_file"):
         main(["--output_dir", str(tmp_path), "--no_search"])
+
+
+def test_allowed_remote_code_is_still_never_run(zoo, teachers, tmp_path):
+    images = make_images(30, seed=5)
+    labels = Teacher.load(str(teachers["tr"])).logits(images).argmax(-1)
+    cands = [Candidate("org/remote-code"), Candidate("org/good")]
+    result = select_pool(
+        LABELS,
+        images,
+        labels,
+        make_images(20, seed=6),
+        k=1,
+        candidates=cands,
+        allow_remote_code=True,
+        cache_dir=tmp_path / "sel",
+    )
+    assert cands[0].stage == "scored" and cands[0].reason.startswith("could not be loaded (remote_code)")
+    assert [c.repo_id for c in result.selected] == ["org/good"]
+    assert not [p for _, p in zoo.requests_log if p.endswith(".py")]  # its code was not even downloaded
+
+
+@pytest.mark.slow
+def test_candidate_fixture_fills_the_hub_with_every_kind(local_hub):
+    from hf_mrl.testing.candidates import build_candidates, populate_hub
+
+    entries = populate_hub(local_hub, build_candidates())
+    kinds = {e["kind"] for e in entries}
+    assert len(entries) >= 100 and {"expert", "near_duplicate", "permuted_labels", "random_weights"} <= kinds
+    assert {"gated", "pickle_only", "remote_code", "other_labels", "unsupported_library"} <= kinds
+    found = list(HfApi().list_models(pipeline_tag="image-classification", filter="digits", sort="downloads"))
+    assert {m.id for m in found} == {e["repo_id"] for e in entries}
+    assert [m.downloads for m in found] == sorted((m.downloads for m in found), reverse=True)
+    experts = [e for e in entries if e["kind"] == "expert" and e["domain"] == "S"]
+    accs = sorted(e["accuracy"]["S"] for e in experts)
+    assert accs[0] < 0.5 < 0.95 < accs[-1]  # uneven quality, measured
