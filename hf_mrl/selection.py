@@ -199,10 +199,13 @@ def _metadata(c: Candidate, cache_dir: Path, token) -> dict:
     """Model info (pinned) and config.json of a candidate, cached per commit: no weights are downloaded."""
     from huggingface_hub import HfApi, constants, hf_hub_download
 
-    if c.revision and len(c.revision) == 40:
-        cached = cache_dir / "metadata" / c.repo_id.replace("/", "--") / f"{c.revision}.json"
-        if cached.is_file():
-            return json.loads(cached.read_text())
+    folder = cache_dir / "metadata" / c.repo_id.replace("/", "--")
+    ref = folder / f"ref-{hashlib.sha256((c.revision or 'main').encode()).hexdigest()[:16]}.txt"
+    sha = c.revision if c.revision and len(c.revision) == 40 else None
+    if sha is None and constants.HF_HUB_OFFLINE and ref.is_file():
+        sha = ref.read_text().strip()  # the commit this branch or tag had when it was screened online
+    if sha is not None and (folder / f"{sha}.json").is_file():
+        return json.loads((folder / f"{sha}.json").read_text())
     if constants.HF_HUB_OFFLINE:
         raise ValueError("HF_HUB_OFFLINE=1 and its metadata are not cached: run once online")
     info = HfApi().model_info(c.repo_id, revision=c.revision, files_metadata=True, token=token)
@@ -225,7 +228,8 @@ def _metadata(c: Candidate, cache_dir: Path, token) -> dict:
             meta["config"] = json.loads(Path(path).read_text(encoding="utf-8"))
         except ValueError:
             meta["config"] = "invalid"
-    atomic_write_json(cache_dir / "metadata" / c.repo_id.replace("/", "--") / f"{info.sha}.json", meta)
+    atomic_write_json(folder / f"{info.sha}.json", meta)
+    atomic_write_text(ref, info.sha)
     return meta
 
 
@@ -833,6 +837,8 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("httpx", "httpx2", "httpcore"):  # one line per HTTP request otherwise
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     if args.no_search and not args.candidates_file:
         raise ValueError("--no_search needs --candidates_file: there would be no candidate.")
     ids = parse_pool_file(args.candidates_file) if args.candidates_file else []

@@ -203,7 +203,7 @@ def test_offline_rerun_makes_no_request(scored_zoo, local_hub, tmp_path, monkeyp
     import huggingface_hub.constants as constants
 
     d = scored_zoo
-    kwargs = dict(k=2, cache_dir=tmp_path / "sel", search="expert")
+    kwargs = dict(k=2, cache_dir=tmp_path / "sel", search="expert", ids=["org/expert-copy"])  # an id unpinned
     online = select_pool(LABELS, d["images"], d["labels"], d["unlabeled"], output_dir=tmp_path / "on", **kwargs)
     seen = len(local_hub.requests_log)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -211,6 +211,8 @@ def test_offline_rerun_makes_no_request(scored_zoo, local_hub, tmp_path, monkeyp
     offline = select_pool(LABELS, d["images"], d["labels"], d["unlabeled"], output_dir=tmp_path / "off", **kwargs)
     assert local_hub.requests_log[seen:] == []
     assert offline.weight_downloads == 0 and online.weight_downloads == 2
+    copy = next(c for c in offline.candidates if c.repo_id == "org/expert-copy")
+    assert copy.reason.startswith("near-duplicate of org/expert@") and len(copy.revision) == 40
     assert (tmp_path / "off" / "pool.txt").read_text() == (tmp_path / "on" / "pool.txt").read_text()
     with pytest.raises(ValueError, match="never run online"):
         select_pool(LABELS, d["images"], d["labels"], d["unlabeled"], **{**kwargs, "search": "other"})
