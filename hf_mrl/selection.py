@@ -198,6 +198,7 @@ def _labels_from_config(config: dict) -> list[str] | None:
 def _metadata(c: Candidate, cache_dir: Path, token) -> dict:
     """Model info (pinned) and config.json of a candidate, cached per commit: no weights are downloaded."""
     from huggingface_hub import HfApi, constants, hf_hub_download
+    from huggingface_hub.errors import GatedRepoError
 
     folder = cache_dir / "metadata" / c.repo_id.replace("/", "--")
     ref = folder / f"ref-{hashlib.sha256((c.revision or 'main').encode()).hexdigest()[:16]}.txt"
@@ -222,12 +223,16 @@ def _metadata(c: Candidate, cache_dir: Path, token) -> dict:
         "info_config": info.config or {},
         "config": None,
     }
-    if "config.json" in files and not info.gated:
-        path = hf_hub_download(c.repo_id, "config.json", revision=info.sha, token=token)
-        try:
+    if "config.json" in files:
+        try:  # a gated repo may be open to this user's token: ask for the file rather than trust the flag
+            path = hf_hub_download(c.repo_id, "config.json", revision=info.sha, token=token)
             meta["config"] = json.loads(Path(path).read_text(encoding="utf-8"))
+        except GatedRepoError:
+            meta["denied"] = True
         except ValueError:
             meta["config"] = "invalid"
+    elif info.gated:
+        meta["denied"] = True
     atomic_write_json(folder / f"{info.sha}.json", meta)
     atomic_write_text(ref, info.sha)
     return meta
@@ -255,7 +260,7 @@ def _screen_one(
     weights = {f: s for f, s in files.items() if f.endswith(".safetensors")}
     c.weight_bytes = sum(s or 0 for s in weights.values()) if weights else None
     c.num_parameters = meta["parameters"]
-    if meta["gated"]:
+    if meta.get("denied"):
         return c.reject("metadata", "gated: its files need an accepted access request (request access on its page)")
     if library not in libraries:
         return c.reject("metadata", f"unsupported library {library!r}: the pool loads {', '.join(libraries)} models")
@@ -303,7 +308,12 @@ def screen_metadata(
     Every rejected candidate gets `status="rejected"`, `stage="metadata"` and a `reason`; survivors are pinned to
     the commit whose metadata was read. Nothing here downloads weights or imports a candidate's code.
     """
-    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     cache = Path(cache_dir or cache_root() / "selection")
     label_names = [str(n) for n in label_names]
@@ -319,6 +329,8 @@ def screen_metadata(
             return c.reject("metadata", f"revision not found: {c.revision!r}")
         except RepositoryNotFoundError:
             return c.reject("metadata", "not found on the Hub (or private)")
+        except HfHubHTTPError as err:
+            return c.reject("metadata", f"Hub error: {err}")
         except ValueError as err:
             return c.reject("metadata", str(err))
         _screen_one(
