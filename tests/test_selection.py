@@ -94,6 +94,14 @@ def zoo(local_hub, teachers, tmp_path):
     (keras / "model.keras").write_bytes(b"\0" * 64)
     (keras / "config.json").write_text("{}")
     _upload(local_hub, keras, "org/keras-model")
+    bad_config = variant("bad-config")
+    (bad_config / "config.json").write_text("{not json")
+    (bad_config / "README.md").write_text(_card("transformers"))
+    _upload(local_hub, bad_config, "org/bad-config")
+    no_config = variant("no-config")
+    (no_config / "config.json").unlink()
+    (no_config / "README.md").write_text(_card("transformers"))
+    _upload(local_hub, no_config, "org/no-config")
     return local_hub
 
 
@@ -104,16 +112,20 @@ REASONS = {
     "org/remote-code": "remote code: `auto_map` in config.json needs its own Python code to load",
     "org/no-weights": "no weights: no model.safetensors in the repository",
     "org/keras-model": "unsupported library 'keras': the pool loads transformers, timm",
+    "org/bad-config": "config.json invalid JSON: not a loadable transformers checkpoint",
+    "org/no-config": "config.json missing: not a loadable transformers checkpoint",
+    "org/not-there": "not found on the Hub (or private)",
+    "org/good@v9": "revision not found: 'v9'",
 }
 
 
 @pytest.mark.parametrize("repo_id", sorted(REASONS))
 def test_metadata_screen_rejects_with_its_reason(zoo, repo_id, tmp_path):
-    c = Candidate(repo_id)
+    c = Candidate(*repo_id.split("@"))
     kept = screen_metadata([c], LABELS, cache_dir=tmp_path / "sel")
     assert kept == [] and c.status == "rejected" and c.stage == "metadata"
     assert c.reason.startswith(REASONS[repo_id]), c.reason
-    assert c.revision is None or len(c.revision) == 40
+    assert c.revision in (None, "v9") or len(c.revision) == 40  # pinned when the metadata could be read
 
 
 def test_metadata_screen_size_and_overlap_limits_and_what_it_keeps(zoo, tmp_path):
