@@ -742,7 +742,7 @@ def _markdown(result: SelectionResult, weak_threshold: float) -> str:
         "",
         "Reachable accuracy (a labeled sample counts when one selected teacher gets it right) after each pick: "
         + ", ".join(f"K={i + 1}: {a:.3f}" for i, a in enumerate(result.curve))
-        + "; with one teacher per cluster of labeled samples (the objective): "
+        + "; with one teacher per cluster of labeled samples: "
         + ", ".join(f"K={i + 1}: {a:.3f}" for i, a in enumerate(result.routed_curve))
         + " (`reachable.png`).",
         "",
