@@ -303,19 +303,22 @@ def _safetensors_parameters(repo: _Repo, files: dict[str, str]) -> dict[str, Any
     for path, oid in files.items():
         if not path.endswith(".safetensors"):
             continue
+        counts: dict[str, int] = {}
         try:
             with open(repo.blob(oid), "rb") as f:
                 (n,) = struct.unpack("<Q", f.read(8))
-                header = json.loads(f.read(n))
-        except (OSError, ValueError):
-            continue  # a corrupted file is listed but not counted, as on the Hub
+                header = json.loads(f.read(min(n, 1 << 24)))
+            for name, entry in header.items():
+                if name != "__metadata__":
+                    numel = 1
+                    for d in entry["shape"]:
+                        numel *= int(d)
+                    counts[entry["dtype"]] = counts.get(entry["dtype"], 0) + numel
+        except (OSError, ValueError, struct.error, KeyError, TypeError, AttributeError):
+            continue  # a truncated or corrupted file is listed but not counted, as on the Hub
         found = True
-        for name, entry in header.items():
-            if name != "__metadata__":
-                numel = 1
-                for d in entry["shape"]:
-                    numel *= d
-                params[entry["dtype"]] = params.get(entry["dtype"], 0) + numel
+        for dtype, numel in counts.items():
+            params[dtype] = params.get(dtype, 0) + numel
     return {"parameters": params, "total": sum(params.values())} if found else None
 
 
