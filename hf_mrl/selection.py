@@ -53,6 +53,7 @@ __all__ = [
     "greedy_select",
     "group_coverage",
     "select_pool",
+    "write_outputs",
     "main",
 ]
 
