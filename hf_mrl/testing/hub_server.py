@@ -29,6 +29,7 @@ import logging
 import os
 import re
 import shutil
+import struct
 import sys
 import tempfile
 import threading
@@ -38,7 +39,7 @@ from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlencode, urlsplit
 
 logger = logging.getLogger(__name__)
 
@@ -269,7 +270,204 @@ _ROUTES: list[tuple[str, re.Pattern[str], str]] = [
 ]
 
 
-class LocalHub:
+# ------------------------------------------------------------------------------------- model search and model info
+# What the Hub derives from a model repo's files for `GET /api/models` (HfApi.list_models) and model info: the card
+# metadata (README.md YAML), library and pipeline tag, tags, a few config.json keys, safetensors parameter counts,
+# plus download/like counters kept in meta.json (set with `LocalHub.set_model_stats`).
+
+_CONFIG_KEYS = ("architectures", "model_type", "auto_map")  # the config.json keys the Hub shows in model info
+_LIST_FIELDS = ("id", "likes", "trendingScore", "private", "downloads", "tags", "pipeline_tag", "library_name")
+_FULL_FIELDS = ("author", "sha", "lastModified", "gated", "disabled", "siblings")
+_SORT_KEYS = {"downloads", "likes", "lastModified", "createdAt", "trendingScore", "id"}
+_PAGE = 1000  # the Hub's largest page
+
+
+def _card_metadata(repo: _Repo, files: dict[str, str]) -> dict:
+    """The YAML header of README.md (the model card metadata), {} when absent or invalid."""
+    if "README.md" not in files:
+        return {}
+    text = repo.blob(files["README.md"]).read_text(encoding="utf-8", errors="replace")
+    m = re.match(r"^---\s*\n(.*?)\n---\s*(\n|$)", text, re.S)
+    if not m:
+        return {}
+    import yaml  # a huggingface_hub dependency
+
+    try:
+        data = yaml.safe_load(m[1])
+    except yaml.YAMLError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _safetensors_parameters(repo: _Repo, files: dict[str, str]) -> dict[str, Any] | None:
+    """Parameter counts per dtype from the headers of the commit's safetensors files, as the Hub reports them."""
+    params: dict[str, int] = {}
+    found = False
+    for path, oid in files.items():
+        if not path.endswith(".safetensors"):
+            continue
+        counts: dict[str, int] = {}
+        try:
+            with open(repo.blob(oid), "rb") as f:
+                (n,) = struct.unpack("<Q", f.read(8))
+                header = json.loads(f.read(min(n, 1 << 24)))
+            for name, entry in header.items():
+                if name != "__metadata__":
+                    numel = 1
+                    for d in entry["shape"]:
+                        numel *= int(d)
+                    counts[entry["dtype"]] = counts.get(entry["dtype"], 0) + numel
+        except (OSError, ValueError, struct.error, KeyError, TypeError, AttributeError):
+            continue  # a truncated or corrupted file is listed but not counted, as on the Hub
+        found = True
+        for dtype, numel in counts.items():
+            params[dtype] = params.get(dtype, 0) + numel
+    return {"parameters": params, "total": sum(params.values())} if found else None
+
+
+def _model_fields(repo: _Repo, sha: str, meta: dict) -> dict[str, Any]:
+    """The model-only fields of model info at commit `sha` (list_models shows a subset of them)."""
+    files = repo.files(sha)
+    card = _card_metadata(repo, files)
+    config: dict = {}
+    if "config.json" in files:
+        try:
+            loaded = json.loads(repo.blob(files["config.json"]).read_bytes())
+            config = loaded if isinstance(loaded, dict) else {}
+        except ValueError:
+            pass
+    library = card.get("library_name")
+    if not library and ("model_type" in config or "architectures" in config):
+        library = "transformers"
+    elif not library and "architecture" in config and "pretrained_cfg" in config:
+        library = "timm"
+    pipeline = card.get("pipeline_tag")
+    if not pipeline and any(str(a).endswith("ForImageClassification") for a in config.get("architectures") or []):
+        pipeline = "image-classification"
+    card_tags = card.get("tags") or []
+    tags = [str(t) for t in (card_tags if isinstance(card_tags, list) else [card_tags])]
+    tags += [t for t in (library, pipeline, config.get("model_type")) if t]
+    if any(p.endswith(".safetensors") for p in files):
+        tags.append("safetensors")
+    if config.get("auto_map"):
+        tags.append("custom_code")
+    if card.get("license"):
+        tags.append(f"license:{card['license']}")
+    tags.append("region:us")
+    fields: dict[str, Any] = {
+        "modelId": repo.repo_id,
+        "downloads": meta.get("downloads", 0),
+        "likes": meta.get("likes", 0),
+        "trendingScore": 0,
+        "library_name": library,
+        "pipeline_tag": pipeline,
+        "tags": list(dict.fromkeys(tags)),
+        "cardData": card or None,
+        "usedStorage": sum(repo.blob(oid).stat().st_size for oid in set(files.values())),
+    }
+    if config:
+        fields["config"] = {k: config[k] for k in _CONFIG_KEYS if k in config}
+    if (safetensors := _safetensors_parameters(repo, files)) is not None:
+        fields["safetensors"] = safetensors
+    return {k: v for k, v in fields.items() if v is not None}
+
+
+class _ModelSearch:
+    """`GET /api/models`: the Hub's model search (filters, sort, limit, Link-header pages, expand), for LocalHub."""
+
+    root: Path
+
+    def set_model_stats(self, repo_id: str, *, downloads: int | None = None, likes: int | None = None) -> None:
+        """Set the download / like counters that model info reports and `sort="downloads"` orders by."""
+        changes = {k: v for k, v in (("downloads", downloads), ("likes", likes)) if v is not None}
+        with self._lock:  # type: ignore[attr-defined]
+            self._get_repo("model", repo_id).update_meta(**changes)  # type: ignore[attr-defined]
+
+    def _model_repos(self) -> list[_Repo]:
+        base = self.root / "models"
+        repos = []
+        for path in sorted(base.glob("*/*")) if base.is_dir() else []:
+            if (path / "refs.json").exists():
+                repos.append(_Repo(path, "model", f"{path.parent.name}/{path.name}"))
+        return repos
+
+    def _list_models(self, request: _Request) -> _Response:
+        q = request.query
+
+        def one(name: str) -> str | None:
+            return q[name][-1] if q.get(name) else None
+
+        def flag(name: str) -> bool:
+            return (one(name) or "").lower() in ("1", "true")
+
+        search, author, pipeline = (one("search") or "").lower(), one("author"), one("pipeline_tag")
+        wanted = [*q.get("filter", []), *q.get("library", [])]  # `library=` is the older spelling of a filter
+        gated = one("gated")
+        sort, direction = one("sort"), int(one("direction") or -1)
+        if sort is not None and sort not in _SORT_KEYS:
+            raise HubError(400, f"Invalid sort key {sort!r}: expected one of {sorted(_SORT_KEYS)}")
+        try:
+            limit = min(int(one("limit") or _PAGE), _PAGE)
+            cursor = int(one("cursor") or 0)
+        except ValueError as e:
+            raise HubError(400, f"Invalid limit or cursor: {e}") from e
+        expand = q.get("expand", [])
+        rows = []
+        for repo in self._model_repos():
+            meta = repo.meta
+            if meta["private"] and not self._authorized(request):  # type: ignore[attr-defined]
+                continue
+            if search and search not in repo.repo_id.lower():
+                continue
+            if author and repo.repo_id.split("/")[0] != author:
+                continue
+            if gated is not None and bool(meta["gated"]) != (gated.lower() in ("1", "true")):
+                continue
+            sha = repo.refs["branches"].get("main")
+            if sha is None:
+                continue
+            fields = _model_fields(repo, sha, meta)
+            if pipeline and fields.get("pipeline_tag") != pipeline:
+                continue
+            if not all(w in fields["tags"] for w in wanted):
+                continue
+            commit = repo.commit(sha)
+            full = {
+                "_id": hashlib.sha1(repo.repo_id.encode()).hexdigest()[:24],
+                "id": repo.repo_id,
+                "author": repo.repo_id.split("/")[0],
+                "sha": sha,
+                "lastModified": commit["date"],
+                "createdAt": meta["createdAt"],
+                "private": meta["private"],
+                "gated": meta["gated"],
+                "disabled": False,
+                "siblings": [{"rfilename": p} for p in sorted(commit["files"])],
+                **fields,
+            }
+            rows.append(full)
+        if sort is not None:
+            rows.sort(key=lambda r: r["id"])  # ties in a stable, documented order
+            rows.sort(key=lambda r: r.get(sort) or 0, reverse=direction < 0)
+        page = rows[cursor : cursor + limit]
+        if expand:
+            keys = {"_id", "id", *expand}
+        else:
+            keys = {"_id", "id", "modelId", "createdAt", *_LIST_FIELDS}
+            keys |= set(_FULL_FIELDS) if flag("full") else set()
+            keys |= {"cardData"} if flag("cardData") else set()
+            keys |= {"config"} if flag("config") else set()
+        headers = {}
+        if cursor + limit < len(rows):
+            params = [(k, v) for k, vs in q.items() if k != "cursor" for v in vs] + [("cursor", str(cursor + limit))]
+            headers["Link"] = f'<{self.url}/api/models?{urlencode(params)}>; rel="next"'  # type: ignore[attr-defined]
+        return _Response.json([{k: v for k, v in r.items() if k in keys} for r in page], headers=headers)
+
+
+_ROUTES.append(("GET", re.compile(r"/api/models"), "_list_models"))
+
+
+class LocalHub(_ModelSearch):
     """A Hub-protocol server on 127.0.0.1 storing repos under ``root``; use as a context manager.
 
     Reads are anonymous (except private repos); when ``token`` is set, writes and private reads require
@@ -447,14 +645,7 @@ class LocalHub:
             "siblings": siblings,
         }
         if r.repo_type == "model":
-            info["modelId"] = r.repo_id
-            if "config.json" in commit["files"]:
-                # The Hub exposes a few config.json keys in model info; tools read e.g. `model_type` from there.
-                try:
-                    config = json.loads(r.blob(commit["files"]["config.json"]).read_bytes())
-                    info["config"] = {k: config[k] for k in ("architectures", "model_type") if k in config}
-                except ValueError:
-                    pass
+            info.update(_model_fields(r, sha, meta))  # card, config, library, pipeline, tags, safetensors, stats
         return _Response.json(info)
 
     def _tree(self, request: _Request, types: str, repo: str, rev: str, path: str = "") -> _Response:

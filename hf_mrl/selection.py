@@ -1,0 +1,899 @@
+"""From a Hub search to a pool: discover candidate teachers, screen them, and select K for the target's domains.
+
+Four steps, each cheap before the next costs more:
+
+1. **discover**: `HfApi.list_models` (pipeline tag, search, filters, sorted by downloads) and/or a list of ids;
+   every candidate is pinned to a commit.
+2. **metadata screen** (no weights downloaded): model info, the card metadata and `config.json` decide label overlap
+   with the target (the pool's own `map_labels`), library, safetensors, remote code, size and license; then a download
+   budget.
+3. **scored screen**: survivors are downloaded (concurrently, resumable, through huggingface_hub's cache) and loaded
+   with `Teacher.load` (never pickle, never remote code); their outputs on the labeled set and an unlabeled sample
+   (cached as in training) give accuracy, LEEP, confidence, and near-duplicates.
+4. **selection**: a greedy choice of K maximising what routing could reach (`objective="samples"`: per labeled
+   sample, the highest probability a chosen teacher gives its true class; `"clusters"`: per cluster of labeled
+   samples, the accuracy of the best chosen teacher), with a penalty for teachers that agree with one already chosen
+   on the unlabeled sample. The report gives the reachable accuracy (a sample counts when one chosen teacher gets it
+   right) for every K, and each latent domain's (or cluster's) coverage by its best selected teacher.
+
+It writes `pool.txt` (pinned `org/name@commit` lines, usable as `--pool`), `report.md`, `report.json` and
+`reachable.png`. With `HF_HUB_OFFLINE=1` a rerun answers from the caches without a single Hub request.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import math
+import os
+import sys
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from .labels import map_labels
+from .pool import ModelPool, Teacher, TeacherLoadError, parse_teacher_id
+from .screening import screen_teachers
+from .utils import atomic_write_json, atomic_write_text, cache_root
+
+__all__ = [
+    "Candidate",
+    "SelectionResult",
+    "discover_candidates",
+    "screen_metadata",
+    "apply_download_budget",
+    "download_candidates",
+    "score_candidates",
+    "greedy_select",
+    "group_coverage",
+    "select_pool",
+    "write_outputs",
+    "main",
+]
+
+logger = logging.getLogger(__name__)
+
+SUPPORTED_LIBRARIES = ("transformers", "timm")
+_WEIGHT_PATTERNS = ("*.json", "*.safetensors", "*.md")  # what Teacher.load fetches; never *.py, never pickle
+_PICKLE = ("pytorch_model.bin", "model.bin", "open_clip_pytorch_model.bin", "tf_model.h5", "flax_model.msgpack")
+
+
+@dataclass
+class Candidate:
+    """One candidate teacher and everything the screens found out about it.
+
+    Attributes:
+        repo_id: the Hub id; `revision` is the commit it is pinned to (`id` gives `repo_id@revision`).
+        status: "kept" (passed every screen), "selected" (one of the K) or "rejected" (`stage` and `reason` say why).
+        scores: accuracy, LEEP, LEEP gain, confidence on the unlabeled sample, and `duplicate_of` when flagged.
+    """
+
+    repo_id: str
+    revision: str | None = None
+    downloads: int | None = None
+    library: str | None = None
+    license: str | None = None
+    num_parameters: int | None = None
+    weight_bytes: int | None = None
+    covered: int | None = None  # target classes the candidate's labels cover
+    status: str = "kept"
+    stage: str | None = None
+    reason: str | None = None
+    scores: dict = field(default_factory=dict)
+    flags: list[str] = field(default_factory=list)
+    rank: int | None = None  # 1-based order of selection
+
+    @property
+    def id(self) -> str:
+        return f"{self.repo_id}@{self.revision}" if self.revision else self.repo_id
+
+    def reject(self, stage: str, reason: str) -> None:
+        self.status, self.stage, self.reason = "rejected", stage, reason
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class SelectionResult:
+    """What `select_pool` found: every candidate, the chosen ones in order, and the reachable-accuracy curve."""
+
+    candidates: list[Candidate]
+    selected: list[Candidate]
+    curve: list[float]  # reachable accuracy on the labeled set after 1..K picks
+    groups: dict  # per domain / cluster: reachable accuracy of the pool and of all kept candidates
+    weight_downloads: int
+    seconds: float
+    routed_curve: list[float] = field(default_factory=list)  # the objective: competent teacher per cluster
+    pool_file: Path | None = None
+    report_file: Path | None = None
+
+
+# ------------------------------------------------------------------------------------------------ 1. discover
+
+
+def _query_cache(cache_dir: Path, query: dict) -> Path:
+    key = hashlib.sha256(json.dumps(query, sort_keys=True).encode()).hexdigest()[:16]
+    return cache_dir / "searches" / f"{key}.json"
+
+
+def discover_candidates(
+    *,
+    search: str | None = None,
+    filters: Sequence[str] = (),
+    author: str | None = None,
+    pipeline_tag: str | None = "image-classification",
+    max_candidates: int = 100,
+    ids: Sequence[str] = (),
+    use_search: bool = True,
+    cache_dir: str | os.PathLike | None = None,
+    token: str | bool | None = None,
+) -> list[Candidate]:
+    """Candidates from a Hub search (sorted by downloads, at most `max_candidates`) and/or explicit ids.
+
+    Every candidate comes back pinned to a commit: the search result's `sha`, or the id's own `@revision` resolved
+    later by `screen_metadata`. The search result is cached under `cache_dir`, so an `HF_HUB_OFFLINE=1` rerun of the
+    same query finds the same candidates.
+
+    >>> cands = discover_candidates(search="mnist", max_candidates=50)  # doctest: +SKIP
+    """
+    from huggingface_hub import HfApi, constants
+
+    if not isinstance(max_candidates, int) or max_candidates < 1:
+        raise ValueError(f"max_candidates must be a positive integer; got {max_candidates!r}.")
+    out: dict[str, Candidate] = {}
+    for entry in ids:
+        name, revision = parse_teacher_id(entry)
+        out.setdefault(name, Candidate(name, revision))
+    if use_search:
+        query = {"search": search, "filter": sorted(filters), "author": author, "pipeline_tag": pipeline_tag}
+        query["limit"] = max_candidates
+        cached = _query_cache(Path(cache_dir or cache_root() / "selection"), query)
+        if constants.HF_HUB_OFFLINE:
+            if not cached.is_file():
+                raise ValueError(
+                    f"HF_HUB_OFFLINE=1 and this search ({query}) was never run online: run it once online, or pass "
+                    "the candidates as ids (--candidates_file)."
+                )
+            found = json.loads(cached.read_text())
+        else:
+            models = HfApi().list_models(
+                search=search,
+                filter=list(filters) or None,
+                author=author,
+                pipeline_tag=pipeline_tag,
+                sort="downloads",
+                limit=max_candidates,
+                expand=["sha", "downloads", "library_name", "pipeline_tag", "tags", "gated"],
+                token=token,
+            )
+            found = [{"id": m.id, "sha": m.sha, "downloads": m.downloads} for m in models]
+            atomic_write_json(cached, found)
+        for m in found:
+            if m["id"] not in out:
+                out[m["id"]] = Candidate(m["id"], m["sha"], downloads=m["downloads"])
+    return list(out.values())
+
+
+# ------------------------------------------------------------------------------------------ 2. metadata screen
+
+
+def _labels_from_config(config: dict) -> list[str] | None:
+    if "pretrained_cfg" in config:  # timm
+        return config.get("label_names") or config["pretrained_cfg"].get("label_names")
+    id2label = config.get("id2label")
+    if isinstance(id2label, dict):
+        try:
+            return [str(id2label[k]) for k in sorted(id2label, key=int)]
+        except (ValueError, TypeError):
+            return None
+    return None
+
+
+def _metadata(c: Candidate, cache_dir: Path, token) -> dict:
+    """Model info (pinned) and config.json of a candidate, cached per commit: no weights are downloaded."""
+    from huggingface_hub import HfApi, constants, hf_hub_download
+    from huggingface_hub.errors import GatedRepoError
+
+    folder = cache_dir / "metadata" / c.repo_id.replace("/", "--")
+    ref = folder / f"ref-{hashlib.sha256((c.revision or 'main').encode()).hexdigest()[:16]}.txt"
+    sha = c.revision if c.revision and len(c.revision) == 40 else None
+    if sha is None and constants.HF_HUB_OFFLINE and ref.is_file():
+        sha = ref.read_text().strip()  # the commit this branch or tag had when it was screened online
+    if sha is not None and (folder / f"{sha}.json").is_file():
+        return json.loads((folder / f"{sha}.json").read_text())
+    if constants.HF_HUB_OFFLINE:
+        raise ValueError("HF_HUB_OFFLINE=1 and its metadata are not cached: run once online")
+    info = HfApi().model_info(c.repo_id, revision=c.revision, files_metadata=True, token=token)
+    files = {s.rfilename: s.size for s in info.siblings or []}
+    meta = {
+        "sha": info.sha,
+        "gated": info.gated,
+        "downloads": info.downloads,
+        "library": info.library_name,
+        "pipeline_tag": info.pipeline_tag,
+        "license": (info.card_data or {}).get("license") if info.card_data is not None else None,
+        "files": files,
+        "parameters": info.safetensors.total if info.safetensors else None,
+        "info_config": info.config or {},
+        "config": None,
+    }
+    if "config.json" in files:
+        try:  # a gated repo may be open to this user's token: ask for the file rather than trust the flag
+            path = hf_hub_download(c.repo_id, "config.json", revision=info.sha, token=token)
+            meta["config"] = json.loads(Path(path).read_text(encoding="utf-8"))
+        except GatedRepoError:
+            meta["denied"] = True
+        except ValueError:
+            meta["config"] = "invalid"
+    elif info.gated:
+        meta["denied"] = True
+    atomic_write_json(folder / f"{info.sha}.json", meta)
+    atomic_write_text(ref, info.sha)
+    return meta
+
+
+def _screen_one(
+    c: Candidate,
+    meta: dict,
+    label_names: list[str],
+    *,
+    libraries: Sequence[str],
+    allow_remote_code: bool,
+    max_parameters: int | None,
+    max_weight_bytes: int | None,
+    min_covered: int,
+) -> None:
+    c.revision, c.license = meta["sha"], meta["license"]
+    c.downloads = meta["downloads"] if meta["downloads"] is not None else c.downloads
+    files: dict = meta["files"]
+    config = meta["config"] if isinstance(meta["config"], dict) else None
+    library = meta["library"]
+    if library is None and config is not None:
+        library = "timm" if "pretrained_cfg" in config else "transformers" if "model_type" in config else None
+    c.library = library
+    weights = {f: s for f, s in files.items() if f.endswith(".safetensors")}
+    c.weight_bytes = sum(s or 0 for s in weights.values()) if weights else None
+    c.num_parameters = meta["parameters"]
+    if meta.get("denied"):
+        return c.reject("metadata", "gated: its files need an accepted access request (request access on its page)")
+    if library not in libraries:
+        return c.reject("metadata", f"unsupported library {library!r}: the pool loads {', '.join(libraries)} models")
+    if config is None:
+        what = "invalid JSON" if meta["config"] == "invalid" else "missing"
+        return c.reject("metadata", f"config.json {what}: not a loadable {library} checkpoint")
+    auto_map = config.get("auto_map") or meta["info_config"].get("auto_map")
+    if auto_map and not allow_remote_code:
+        return c.reject("metadata", "remote code: `auto_map` in config.json needs its own Python code to load")
+    if not weights:
+        pickles = [f for f in files if f in _PICKLE]
+        if pickles:
+            return c.reject("metadata", f"no safetensors weights: only pickle ({pickles[0]}), which can run code")
+        return c.reject("metadata", "no weights: no model.safetensors in the repository")
+    if max_parameters is not None and c.num_parameters is not None and c.num_parameters > max_parameters:
+        return c.reject("metadata", f"too large: {c.num_parameters:,} parameters > the limit {max_parameters:,}")
+    if max_weight_bytes is not None and c.weight_bytes > max_weight_bytes:
+        return c.reject("metadata", f"too large: {c.weight_bytes:,} bytes of weights > the limit {max_weight_bytes:,}")
+    labels = _labels_from_config(config)
+    try:
+        mapping = map_labels(labels or [], label_names, teacher_name=f"Candidate {c.repo_id!r}")
+    except ValueError as err:
+        return c.reject("metadata", f"no label overlap: {err}")
+    c.covered = mapping.num_covered
+    if c.covered < min_covered:
+        return c.reject("metadata", f"label overlap too small: covers {c.covered}/{len(label_names)} target classes")
+    return None
+
+
+def screen_metadata(
+    candidates: Sequence[Candidate],
+    label_names: Sequence[str],
+    *,
+    libraries: Sequence[str] = SUPPORTED_LIBRARIES,
+    allow_remote_code: bool = False,
+    max_parameters: int | None = 100_000_000,
+    max_weight_bytes: int | None = None,
+    min_covered: int = 1,
+    cache_dir: str | os.PathLike | None = None,
+    token: str | bool | None = None,
+    max_workers: int = 8,
+) -> list[Candidate]:
+    """Screen candidates from model info, card metadata and config.json only; returns the survivors.
+
+    Every rejected candidate gets `status="rejected"`, `stage="metadata"` and a `reason`; survivors are pinned to
+    the commit whose metadata was read. Nothing here downloads weights or imports a candidate's code.
+    """
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    cache = Path(cache_dir or cache_root() / "selection")
+    label_names = [str(n) for n in label_names]
+
+    def one(c: Candidate) -> None:
+        try:
+            meta = _metadata(c, cache, token)
+        except GatedRepoError:
+            return c.reject(
+                "metadata", "gated: its files need an accepted access request (request access on its page)"
+            )
+        except RevisionNotFoundError:
+            return c.reject("metadata", f"revision not found: {c.revision!r}")
+        except RepositoryNotFoundError:
+            return c.reject("metadata", "not found on the Hub (or private)")
+        except HfHubHTTPError as err:
+            return c.reject("metadata", f"Hub error: {err}")
+        except ValueError as err:
+            return c.reject("metadata", str(err))
+        _screen_one(
+            c,
+            meta,
+            label_names,
+            libraries=libraries,
+            allow_remote_code=allow_remote_code,
+            max_parameters=max_parameters,
+            max_weight_bytes=max_weight_bytes,
+            min_covered=min_covered,
+        )
+
+    with ThreadPoolExecutor(max_workers) as pool:
+        list(pool.map(one, candidates))
+    return [c for c in candidates if c.status != "rejected"]
+
+
+def apply_download_budget(candidates: Sequence[Candidate], budget_bytes: int | None) -> list[Candidate]:
+    """Keep candidates, in the given order (most downloaded first), until their weights exceed the budget."""
+    if budget_bytes is None:
+        return list(candidates)
+    kept, spent = [], 0
+    for c in candidates:
+        size = c.weight_bytes or 0
+        if spent + size > budget_bytes:
+            c.reject("budget", f"over the download budget: {spent + size:,} > {budget_bytes:,} bytes")
+            continue
+        spent += size
+        kept.append(c)
+    return kept
+
+
+# ------------------------------------------------------------------------------------------- 3. scored screen
+
+
+def download_candidates(candidates: Sequence[Candidate], *, token=None, max_workers: int = 4) -> int:
+    """Fetch the survivors' weights into huggingface_hub's cache, several repos at once; returns how many downloaded.
+
+    Downloads resume where an interrupted one stopped (huggingface_hub keeps `.incomplete` files); a candidate
+    already in the cache at its pinned commit costs nothing. Only safetensors, JSON and cards are fetched: never
+    pickle weights or Python files.
+    """
+    from huggingface_hub import constants, snapshot_download, try_to_load_from_cache
+
+    def cached(c: Candidate) -> bool:
+        return all(
+            isinstance(try_to_load_from_cache(c.repo_id, f, revision=c.revision), str)
+            for f in ("config.json", "model.safetensors")
+        )
+
+    todo = [c for c in candidates if not cached(c)]
+    if constants.HF_HUB_OFFLINE:
+        return 0  # Teacher.load says which one is missing
+
+    def fetch(c: Candidate) -> None:
+        try:
+            snapshot_download(c.repo_id, revision=c.revision, allow_patterns=list(_WEIGHT_PATTERNS), token=token)
+        except Exception as err:  # reported per candidate by the load that follows
+            logger.warning("Could not download %s: %s", c.id, err)
+
+    with ThreadPoolExecutor(max_workers) as pool:
+        list(pool.map(fetch, todo))
+    return len(todo)
+
+
+@dataclass
+class _Outputs:
+    labeled: torch.Tensor  # (n, K, C) probabilities over the target classes
+    unlabeled: torch.Tensor  # (m, K, C)
+    coverage: torch.Tensor  # (K, C) bool
+
+
+def score_candidates(
+    candidates: Sequence[Candidate],
+    label_names: Sequence[str],
+    labeled_images: torch.Tensor,
+    labeled_labels: torch.Tensor,
+    unlabeled_images: torch.Tensor,
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    duplicate_tolerance: float = 0.01,
+    token=None,
+) -> tuple[list[Candidate], _Outputs]:
+    """Load each candidate with `Teacher.load` and score it on the target; returns the survivors and their outputs.
+
+    Scores: accuracy, LEEP and LEEP gain on the labeled set (`screening.screen_teachers`), mean top probability on
+    the unlabeled sample. Rejected here: candidates that fail to load, are no better than chance, or are
+    near-duplicates (mean absolute difference of their probabilities below `duplicate_tolerance`) of an earlier,
+    more downloaded candidate. Teacher outputs are cached per sample under `cache_dir` as in training.
+    """
+    label_names = [str(n) for n in label_names]
+    logits_dir = Path(cache_dir or cache_root() / "selection") / "logits"
+    loaded, lab, unl, cov = [], [], [], []
+    for c in candidates:
+        try:
+            teacher = Teacher.load(c.id, token=token)  # no pickle, no remote code
+            pool = ModelPool([teacher], label_names, cache_dir=logits_dir)
+            lab.append(pool.probs(labeled_images)[:, 0])
+            unl.append(pool.probs(unlabeled_images)[:, 0])
+            cov.append(pool.coverage[0])
+        except (TeacherLoadError, ValueError) as err:
+            reason = getattr(err, "reason", "load_failed")
+            c.reject("scored", f"could not be loaded ({reason}): {err}")
+            continue
+        loaded.append(c)
+        del teacher, pool
+    if not loaded:
+        empty = torch.empty(0)
+        return [], _Outputs(empty, empty, empty)
+    labeled, unlabeled = torch.stack(lab, 1), torch.stack(unl, 1)  # (n, K, C), (m, K, C)
+    coverage = torch.stack(cov)
+    scores = screen_teachers(labeled, labeled_labels, [c.id for c in loaded], coverage)
+    both = torch.cat([labeled, unlabeled])  # (n + m, K, C)
+    keep = []
+    for j, (c, s) in enumerate(zip(loaded, scores, strict=True)):
+        c.scores = {
+            "accuracy": round(s.accuracy, 4),
+            "leep": round(s.leep, 4),
+            "leep_gain": round(s.leep_gain, 4),
+            "confidence": round(unlabeled[:, j].max(-1).values.mean().item(), 4),
+        }
+        c.flags = [f for f in s.flags if not f.startswith("duplicates")]
+        twin = next(
+            (i for i in keep if (both[:, i] - both[:, j]).abs().sum(-1).mean().item() / 2 < duplicate_tolerance), None
+        )
+        if twin is not None:
+            c.scores["duplicate_of"] = loaded[twin].id
+            c.reject("scored", f"near-duplicate of {loaded[twin].id} (almost identical outputs)")
+            continue
+        if any("no better than chance" in f for f in s.flags):
+            c.reject("scored", f"no better than chance on the labeled set (accuracy {s.accuracy:.2f})")
+            continue
+        keep.append(j)
+    idx = torch.tensor(keep, dtype=torch.long)
+    return [loaded[j] for j in keep], _Outputs(labeled[:, idx], unlabeled[:, idx], coverage[idx])
+
+
+# ---------------------------------------------------------------------------------------------- 4. selection
+
+
+def greedy_select(
+    correct: torch.Tensor,
+    k: int,
+    agreement: torch.Tensor | None = None,
+    redundancy: float = 0.05,
+    weights: torch.Tensor | None = None,
+) -> tuple[list[int], list[float]]:
+    """Greedy choice of `k` columns of `correct` maximising reachable accuracy, redundancy penalised.
+
+    Args:
+        correct: (n, K) float in [0, 1]: whether (or how much: the probability of the true class) teacher j gets
+            labeled sample i right.
+        k: how many to choose (at most K).
+        agreement: (K, K) in [0, 1], how often two teachers agree on unlabeled data; each step subtracts
+            `redundancy` times the largest agreement of a candidate with those already chosen.
+        weights: (n,) weight of each row (default uniform): rows may be groups of samples, e.g. clusters weighted by
+            their size, with `correct` a teacher's accuracy on each group.
+
+    Returns:
+        The chosen columns in order, and the reachable accuracy `mean_i max_{j chosen} correct[i, j]` after each pick.
+
+    >>> correct = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    >>> greedy_select(correct, 2)[0]  # the second pick covers what the first misses, not a copy of it
+    [0, 2]
+    """
+    n, total = correct.shape
+    k = min(k, total)
+    w = torch.full((n,), 1.0 / n) if weights is None else weights / weights.sum()
+    chosen: list[int] = []
+    best = torch.zeros(n)  # (n,) reachable so far per sample
+    curve = []
+    for _ in range(k):
+        gain = w @ torch.clamp(correct - best[:, None], min=0)  # (K,)
+        if chosen and agreement is not None:
+            gain = gain - redundancy * agreement[:, chosen].max(1).values
+        gain[chosen] = -math.inf
+        j = int(torch.argmax(gain))
+        chosen.append(j)
+        best = torch.maximum(best, correct[:, j])
+        curve.append((w @ best).item())
+    return chosen, curve
+
+
+def _kmeans(x: torch.Tensor, k: int, seed: int = 0, iters: int = 50) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    centres = x[torch.randperm(len(x), generator=gen)[:k]].clone()
+    for _ in range(iters):
+        assign = torch.cdist(x, centres).argmin(1)
+        for c in range(len(centres)):
+            if (assign == c).any():
+                centres[c] = x[assign == c].mean(0)
+    return torch.cdist(x, centres).argmin(1)
+
+
+def group_coverage(
+    hard: torch.Tensor, chosen: Sequence[int], groups: torch.Tensor, names: Sequence[str]
+) -> dict[str, dict]:
+    """Per group (latent domain or cluster) of labeled samples, from hard correctness (n, K):
+
+    - `teacher`: accuracy of the best chosen teacher on the group: whether the group has a competent teacher
+      (routing sends a group's samples to one teacher; it cannot pick, per sample, whichever weak one is right);
+    - `reach`: oracle reachable accuracy of the chosen teachers (an upper bound, optimistic with many weak ones);
+    - `best_candidate`: accuracy of the best kept candidate on the group (what the search offered).
+    """
+    out = {}
+    for g, name in enumerate(names):
+        rows = groups == g
+        if not rows.any():
+            continue
+        sub = hard[rows]
+        pool = sub[:, list(chosen)]
+        out[name] = {
+            "samples": int(rows.sum()),
+            "teacher": round(pool.mean(0).max().item(), 4) if len(chosen) else 0.0,
+            "reach": round(pool.max(1).values.mean().item(), 4) if len(chosen) else 0.0,
+            "best_candidate": round(sub.mean(0).max().item(), 4),
+        }
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ the whole job
+
+
+def select_pool(
+    label_names: Sequence[str],
+    labeled_images: torch.Tensor,
+    labeled_labels: torch.Tensor,
+    unlabeled_images: torch.Tensor,
+    *,
+    k: int = 3,
+    output_dir: str | os.PathLike | None = None,
+    candidates: Sequence[Candidate] | None = None,
+    search: str | None = None,
+    filters: Sequence[str] = (),
+    author: str | None = None,
+    pipeline_tag: str | None = "image-classification",
+    max_candidates: int = 100,
+    ids: Sequence[str] = (),
+    use_search: bool = True,
+    labeled_groups: torch.Tensor | None = None,
+    group_names: Sequence[str] | None = None,
+    allow_remote_code: bool = False,
+    max_parameters: int | None = 100_000_000,
+    max_weight_bytes: int | None = None,
+    min_covered: int = 1,
+    download_budget_bytes: int | None = None,
+    redundancy: float = 0.05,
+    weak_threshold: float = 0.7,
+    clusters: int | None = None,
+    objective: str = "samples",
+    cache_dir: str | os.PathLike | None = None,
+    token: str | bool | None = None,
+    max_workers: int = 4,
+) -> SelectionResult:
+    """Discover, screen and select K teachers for a target; writes the pool file and the report to `output_dir`.
+
+    Args:
+        label_names, labeled_images, labeled_labels, unlabeled_images: the target (uint8 images (N, 3, H, W)).
+        k: how many teachers to select.
+        candidates / search, filters, author, pipeline_tag, max_candidates, ids, use_search: see
+            `discover_candidates` (`candidates` skips discovery).
+        labeled_groups, group_names: latent domains of the labeled samples when known (evaluation data); otherwise
+            the labeled samples are clustered (k-means on all kept candidates' outputs) into `k` groups.
+        allow_remote_code, max_parameters, max_weight_bytes, min_covered: the metadata screen.
+        download_budget_bytes: most bytes of weights to download (most downloaded candidates first).
+        redundancy: weight of the agreement penalty in the greedy choice.
+        weak_threshold: a group whose best selected teacher stays below it is reported as poorly covered.
+        clusters: how many clusters of labeled samples the objective asks a competent teacher for (default 2k).
+        cache_dir: searches, metadata and teacher outputs (default `cache_root()/selection`).
+
+    >>> result = select_pool(names, x_l, y_l, x_u, k=3, search="digits", output_dir="sel")  # doctest: +SKIP
+    >>> result.pool_file.read_text().splitlines()[1]  # doctest: +SKIP
+    'digits-lab/svhn-resnet-n000-s0@6f1c...'
+    """
+    start = time.perf_counter()
+    cache = Path(cache_dir or cache_root() / "selection")
+    if candidates is None:
+        candidates = discover_candidates(
+            search=search,
+            filters=filters,
+            author=author,
+            pipeline_tag=pipeline_tag,
+            max_candidates=max_candidates,
+            ids=ids,
+            use_search=use_search,
+            cache_dir=cache,
+            token=token,
+        )
+    candidates = list(candidates)
+    if not candidates:
+        raise ValueError("No candidate teachers: widen the search (--search, --filter) or pass --candidates_file.")
+    survivors = screen_metadata(
+        candidates,
+        label_names,
+        allow_remote_code=allow_remote_code,
+        max_parameters=max_parameters,
+        max_weight_bytes=max_weight_bytes,
+        min_covered=min_covered,
+        cache_dir=cache,
+        token=token,
+    )
+    survivors.sort(key=lambda c: -(c.downloads or 0))
+    survivors = apply_download_budget(survivors, download_budget_bytes)
+    downloads = download_candidates(survivors, token=token, max_workers=max_workers)
+    kept, outs = score_candidates(
+        survivors, label_names, labeled_images, labeled_labels, unlabeled_images, cache_dir=cache, token=token
+    )
+    if not kept:
+        raise ValueError("No candidate passed the screens: see the reasons in the report; widen the search.")
+    y = labeled_labels
+    hard = (outs.labeled.argmax(-1) == y[:, None]).float()  # (n, K)
+    soft = outs.labeled[torch.arange(len(y)), :, y]  # (n, K) probability of the true class
+    preds = outs.unlabeled.argmax(-1)  # (m, K)
+    agreement = (preds[:, :, None] == preds[:, None, :]).float().mean(0)  # (K, K)
+    # Routing sends a region of the input space to one teacher, so the objective asks for a competent teacher per
+    # cluster of labeled samples (k-means on how all kept candidates see them), weighted by cluster size; with one
+    # sample per cluster it is the oracle reachable accuracy, which many weak teachers inflate by luck.
+    # The true-class probability only breaks ties between equally good teachers.
+    n_clusters = min(clusters or 2 * k, len(y))
+    cluster = _kmeans(outs.labeled.flatten(1), n_clusters)  # (n,)
+    members = torch.nn.functional.one_hot(cluster, n_clusters).float().T  # (G, n)
+    sizes = members.sum(1)
+    group_acc = (members @ (hard + 0.01 * soft)) / sizes.clamp_min(1)[:, None]  # (G, K)
+    if objective == "clusters":
+        chosen, _ = greedy_select(group_acc[sizes > 0], k, agreement, redundancy, sizes[sizes > 0])
+    elif objective == "samples":
+        # The probability a teacher gives the true class: a weak teacher right by luck adds little.
+        chosen, _ = greedy_select(soft, k, agreement, redundancy)
+    else:
+        raise ValueError(f"objective must be 'samples' or 'clusters'; got {objective!r}.")
+    curve = [hard[:, chosen[: i + 1]].max(1).values.mean().item() for i in range(len(chosen))]
+    exact = (members @ hard) / sizes.clamp_min(1)[:, None]  # (G, K) hard accuracy per cluster
+    routed = [(sizes @ exact[:, chosen[: i + 1]].max(1).values).item() / len(y) for i in range(len(chosen))]
+    for rank, j in enumerate(chosen, start=1):
+        kept[j].status, kept[j].rank = "selected", rank
+    if labeled_groups is None:
+        labeled_groups, group_names = cluster, [f"cluster {g}" for g in range(n_clusters)]
+    elif group_names is None:
+        group_names = [str(g) for g in range(int(labeled_groups.max()) + 1)]
+    groups = group_coverage(hard, chosen, labeled_groups, group_names)
+    for g in groups.values():
+        g["weak"] = g["teacher"] < weak_threshold
+    result = SelectionResult(
+        candidates, [kept[j] for j in chosen], curve, groups, downloads, time.perf_counter() - start, routed
+    )
+    if output_dir is not None:
+        write_outputs(result, output_dir, weak_threshold=weak_threshold)
+    return result
+
+
+# --------------------------------------------------------------------------------------------------- outputs
+
+
+def write_outputs(result: SelectionResult, output_dir: str | os.PathLike, weak_threshold: float = 0.7) -> None:
+    out = Path(output_dir)
+    lines = ["# Teachers selected by hf_mrl.selection, pinned to the commits that were screened"]
+    for c in result.selected:
+        lines.append(f"{c.id}  # accuracy {c.scores['accuracy']:.3f}, LEEP {c.scores['leep']:.3f}")
+    result.pool_file = atomic_write_text(out / "pool.txt", "\n".join(lines) + "\n")
+    _plot(result.curve, result.routed_curve, out / "reachable.png")
+    atomic_write_json(
+        out / "report.json",
+        {
+            "selected": [c.id for c in result.selected],
+            "reachable_accuracy": result.curve,
+            "reachable_one_teacher_per_cluster": result.routed_curve,
+            "groups": result.groups,
+            "weight_downloads": result.weight_downloads,
+            "seconds": result.seconds,
+            "candidates": [c.to_dict() for c in result.candidates],
+        },
+    )
+    result.report_file = atomic_write_text(out / "report.md", _markdown(result, weak_threshold))
+
+
+def _plot(curve: list[float], routed: list[float], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4, 3))
+    ax.plot(range(1, len(curve) + 1), curve, marker="o", label="oracle: any teacher right")
+    if routed:
+        ax.plot(range(1, len(routed) + 1), routed, marker="s", label="one teacher per cluster")
+    ax.set_xlabel("K (teachers selected)")
+    ax.set_ylabel("reachable accuracy (labeled set)")
+    ax.legend(fontsize=7, loc="lower right")
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _fmt(v) -> str:
+    return "" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+def _markdown(result: SelectionResult, weak_threshold: float) -> str:
+    n_rej = sum(c.status == "rejected" for c in result.candidates)
+    lines = [
+        "# Teacher selection report",
+        "",
+        f"{len(result.candidates)} candidates, {n_rej} rejected, {len(result.selected)} selected; "
+        f"{result.weight_downloads} weight downloads; {result.seconds:.1f} s.",
+        "",
+        "Reachable accuracy (a labeled sample counts when one selected teacher gets it right) after each pick: "
+        + ", ".join(f"K={i + 1}: {a:.3f}" for i, a in enumerate(result.curve))
+        + "; with one teacher per cluster of labeled samples: "
+        + ", ".join(f"K={i + 1}: {a:.3f}" for i, a in enumerate(result.routed_curve))
+        + " (`reachable.png`).",
+        "",
+        "## Coverage per group",
+        "",
+        "A group is covered when one selected teacher is competent on it (routing picks a teacher per region of "
+        "the input space, not per sample). `oracle reach` counts a sample when any selected teacher is right.",
+        "",
+        "| group | samples | best selected teacher | oracle reach | best candidate found | |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, g in result.groups.items():
+        note = f"**weak: below {weak_threshold:.2f}**" if g["weak"] else ""
+        lines.append(
+            f"| {name} | {g['samples']} | {g['teacher']:.3f} | {g['reach']:.3f} | {g['best_candidate']:.3f} | {note} |"
+        )
+    weak = [n for n, g in result.groups.items() if g["weak"]]
+    none_found = [n for n in weak if result.groups[n]["best_candidate"] < weak_threshold]
+    if weak:
+        lines += [
+            "",
+            f"**Poorly covered: {', '.join(weak)}.** No selected teacher is competent there, so MRL cannot route those "
+            "samples to a good teacher and the student learns them mostly from their labels.",
+        ]
+        if none_found:
+            lines.append(
+                f"No candidate found is competent on {', '.join(none_found)} either: search for teachers of that "
+                "domain (other --search terms or --filter tags, a larger --max_candidates), label more samples of it, "
+                "or fine-tune a teacher on its labeled samples and add it with --candidates_file. See docs/selection.md."
+            )
+        else:
+            lines.append("A competent candidate exists but was not selected: raise --k or lower --redundancy.")
+    lines += [
+        "",
+        "## Candidates",
+        "",
+        "| candidate | status | reason | downloads | library | license | accuracy | LEEP | confidence |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    order = {"selected": 0, "kept": 1, "rejected": 2}
+    for c in sorted(result.candidates, key=lambda c: (order[c.status], c.rank or 0, -(c.scores.get("accuracy") or 0))):
+        status = f"selected #{c.rank}" if c.status == "selected" else c.status
+        reason = f"{c.stage}: {c.reason}" if c.reason else ""
+        reason = reason.replace("|", "/").replace("\n", " ")
+        s = c.scores
+        lines.append(
+            f"| {c.id} | {status} | {reason} | {_fmt(c.downloads)} | {_fmt(c.library)} | {_fmt(c.license)} "
+            f"| {_fmt(s.get('accuracy'))} | {_fmt(s.get('leep'))} | {_fmt(s.get('confidence'))} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+# -------------------------------------------------------------------------------------------------------- CLI
+
+
+def _parse_size(text: str | None) -> int | None:
+    if text is None:
+        return None
+    units = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
+    t = text.strip().upper().removesuffix("B")
+    unit = t[-1] if t and t[-1] in units else ""
+    try:
+        return int(float(t[: len(t) - len(unit)]) * units[unit])
+    except ValueError:
+        raise ValueError(
+            f"Invalid size {text!r}: expected a number with an optional K/M/G unit (e.g. 500M)."
+        ) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="hf-mrl select", description=__doc__.splitlines()[0])
+    p.add_argument("--output_dir", required=True, help="writes pool.txt, report.md, report.json, reachable.png")
+    p.add_argument("--k", type=int, default=3, help="how many teachers to select")
+    p.add_argument("--dataset", default="digits-ld", help="target: digits-ld[:SETTING] or a save_to_disk folder")
+    p.add_argument("--labeled_per_class", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0, help="seed of the labeled draw (as in train_mrl.py)")
+    p.add_argument("--unlabeled_sample", type=int, default=2000, help="unlabeled samples scored per candidate")
+    p.add_argument("--search", default=None, help="Hub search term (model id substring)")
+    p.add_argument("--filter", action="append", default=[], help="Hub filter tag, e.g. a library (repeatable)")
+    p.add_argument("--author", default=None)
+    p.add_argument("--pipeline_tag", default="image-classification")
+    p.add_argument("--max_candidates", type=int, default=100, help="most candidates from the search, by downloads")
+    p.add_argument("--candidates_file", default=None, help="ids to consider, one `org/name[@rev]` a line")
+    p.add_argument("--no_search", action="store_true", help="only the ids of --candidates_file")
+    p.add_argument("--allow_remote_code", action="store_true", help="do not reject `auto_map` repos at metadata")
+    p.add_argument("--max_parameters", type=int, default=100_000_000)
+    p.add_argument("--max_weight_size", default=None, help="per candidate, e.g. 500M")
+    p.add_argument("--min_covered", type=int, default=1, help="fewest target classes a candidate must know")
+    p.add_argument("--download_budget", default=None, help="total weights to download, e.g. 2G")
+    p.add_argument("--redundancy", type=float, default=0.05)
+    p.add_argument("--weak_threshold", type=float, default=0.7)
+    p.add_argument("--clusters", type=int, default=None, help="clusters of labeled samples (default 2k)")
+    p.add_argument("--objective", choices=["samples", "clusters"], default="samples")
+    p.add_argument("--cache_dir", default=None, help="searches, metadata, teacher outputs")
+    p.add_argument("--max_workers", type=int, default=4, help="concurrent downloads")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`hf-mrl select`: discover, screen and select K teachers; prints where the pool file and report are."""
+    from .pool import parse_pool_file
+    from .target import load_target
+    from .utils import torch_threads
+
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("httpx", "httpx2", "httpcore"):  # one line per HTTP request otherwise
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    if args.no_search and not args.candidates_file:
+        raise ValueError("--no_search needs --candidates_file: there would be no candidate.")
+    ids = parse_pool_file(args.candidates_file) if args.candidates_file else []
+    target, described = load_target(args.dataset, args.labeled_per_class, args.seed)
+    gen = torch.Generator().manual_seed(args.seed)
+    sample = torch.randperm(len(target.unlabeled_images), generator=gen)[: args.unlabeled_sample]
+    with torch_threads(min(torch.get_num_threads(), 2)):
+        result = select_pool(
+            target.label_names,
+            target.labeled_images,
+            target.labeled_labels,
+            target.unlabeled_images[sample],
+            k=args.k,
+            output_dir=args.output_dir,
+            search=args.search,
+            filters=args.filter,
+            author=args.author,
+            pipeline_tag=args.pipeline_tag or None,
+            max_candidates=args.max_candidates,
+            ids=ids,
+            use_search=not args.no_search,
+            labeled_groups=target.labeled_domains,
+            group_names=target.domain_names,
+            allow_remote_code=args.allow_remote_code,
+            max_parameters=args.max_parameters,
+            max_weight_bytes=_parse_size(args.max_weight_size),
+            min_covered=args.min_covered,
+            download_budget_bytes=_parse_size(args.download_budget),
+            redundancy=args.redundancy,
+            weak_threshold=args.weak_threshold,
+            clusters=args.clusters,
+            objective=args.objective,
+            cache_dir=args.cache_dir,
+            max_workers=args.max_workers,
+        )
+    print(f"Target: {described}")
+    print(f"Selected {len(result.selected)}: " + ", ".join(c.id for c in result.selected))
+    print("Reachable accuracy by K: " + ", ".join(f"{a:.3f}" for a in result.curve))
+    print(f"{result.weight_downloads} weight downloads, {result.seconds:.1f} s")
+    print(f"Pool file: {result.pool_file}\nReport: {result.report_file}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
