@@ -1,9 +1,10 @@
-"""The `hf-mrl` command: `train`, `evaluate` and `push` (also `accelerate launch -m hf_mrl.cli train ...`).
+"""The `hf-mrl` command: `train`, `evaluate`, `push` and `select` (also `accelerate launch -m hf_mrl.cli train ...`).
 
     hf-mrl train --pool hub-ids.txt --output_dir runs/mus          # or: accelerate launch -m hf_mrl.cli train ...
     hf-mrl train --output_dir runs/mus                              # the embedded Digits-LD default
     hf-mrl evaluate runs/mus                                        # reload the outputs, re-measure them
     hf-mrl push runs/mus ORG/NAME                                   # push (or retry a push of) a finished run
+    hf-mrl select --filter digits --k 3 --output_dir pool/          # choose the pool from the Hub (docs/selection.md)
 
 `recipes/train_mrl.py` is the same `train` as a script. Bad input ends in one line, `error: ...`, exit 1, before any
 model is loaded or image decoded where it can be seen that early.
@@ -398,8 +399,9 @@ def evaluate_main(argv=None) -> int:
 
 COMMANDS = {
     "train": "train a student (see `hf-mrl train -h`)",
-    "evaluate": evaluate_main.__doc__,
-    "push": "push a run",
+    "evaluate": "reload a finished run's reuser and student and re-measure them (see `hf-mrl evaluate -h`)",
+    "push": "push a run (see `hf-mrl push -h`)",
+    "select": "discover, screen and select K teachers from the Hub (see `hf-mrl select -h`)",
 }
 
 
@@ -413,6 +415,10 @@ def main(argv=None) -> None:
         train_main(rest, prog="hf-mrl train")
     elif command == "evaluate":
         sys.exit(evaluate_main(rest))
+    elif command == "select":
+        from .selection import main as select_main
+
+        sys.exit(select_main(rest))
     else:
         push_main(rest)
 
