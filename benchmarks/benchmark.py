@@ -25,6 +25,8 @@ from harness import (
     SEEDS,
     SETTINGS,
     BenchmarkSpec,
+    apply_preset,
+    csv_arg,
     plan_runs,
     quiet_progress_bars,
     rerun_record,
@@ -55,22 +57,17 @@ QUICK = {
 }
 
 
-def _csv(kind):
-    def parse(text: str):
-        return [kind(x) for x in text.split(",") if x.strip()] if text else []
-
-    return parse
-
-
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="settings M,MUS, seed 0, budgets 2,10,50, 100 steps")
     p.add_argument("--results_dir", help=f"default {FULL['results_dir']} ({QUICK['results_dir']} with --quick)")
-    p.add_argument("--methods", type=_csv(str), default=list(METHODS), help="comma-separated (default: all)")
-    p.add_argument("--settings", type=_csv(str), help="comma-separated, e.g. M,MUS (default: all seven)")
-    p.add_argument("--seeds", type=_csv(int), help="comma-separated (default 0,1,2,3,4)")
+    p.add_argument("--methods", type=csv_arg(str), default=list(METHODS), help="comma-separated (default: all)")
+    p.add_argument("--settings", type=csv_arg(str), help="comma-separated, e.g. M,MUS (default: all seven)")
+    p.add_argument("--seeds", type=csv_arg(int), help="comma-separated (default 0,1,2,3,4)")
     p.add_argument("--labeled_per_class", type=int, default=10, help="the main table's budget")
-    p.add_argument("--budgets", type=_csv(int), help="budget curve, labels per class (default 2,5,10,20,50; '' none)")
+    p.add_argument(
+        "--budgets", type=csv_arg(int), help="budget curve, labels per class (default 2,5,10,20,50; '' none)"
+    )
     p.add_argument("--budget_setting", default="MUS")
     p.add_argument("--max_steps", type=int, help=f"per run (default {FULL['max_steps']}, quick {QUICK['max_steps']})")
     p.add_argument("--batch_size", type=int, help=f"labeled per step (default {FULL['batch_size']})")
@@ -89,13 +86,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--render_only", action="store_true", help="only rebuild the report from the records")
     p.add_argument("--rerun", metavar="RECORD.json", help="re-execute one record; exit 1 unless it reproduces")
     args = p.parse_args(argv)
-    preset = QUICK if args.quick else FULL
-    for name, value in preset.items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
-    for name in ("max_steps", "batch_size", "unlabeled_batch_size", "workers", "threads", "labeled_per_class"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name} must be >= 1.")
+    apply_preset(p, args, QUICK if args.quick else FULL)
     unknown = sorted(set(args.methods) - set(METHODS))
     if unknown:
         p.error(f"unknown --methods {unknown}; choose from {', '.join(METHODS)}.")

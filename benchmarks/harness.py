@@ -1167,3 +1167,28 @@ def _finite(obj):
     if isinstance(obj, (list, tuple)):
         return [_finite(v) for v in obj]
     return obj
+
+
+# ------------------------------------------------------------------------------------------------ command lines
+
+
+def csv_arg(kind):
+    """An argparse type: comma-separated values of `kind`."""
+
+    def parse(text: str):
+        return [kind(x) for x in text.split(",") if x.strip()]
+
+    return parse
+
+
+POSITIVE_FLAGS = ("max_steps", "batch_size", "unlabeled_batch_size", "workers", "threads", "labeled_per_class")
+
+
+def apply_preset(parser, args, preset: dict, positive: Sequence[str] = POSITIVE_FLAGS) -> None:
+    """Fill the flags `preset` (a script's FULL or QUICK) sets and the user left out; refuse values below 1."""
+    for name, value in preset.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    for name in positive:
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be >= 1.")

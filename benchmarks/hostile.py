@@ -365,14 +365,14 @@ def make_unrelated_teacher(
     """
     import timm
 
-    from hf_mrl.pool_builder import _accuracy, _make_timm, train_classifier
+    from hf_mrl.pool_builder import _accuracy, make_timm_classifier, train_classifier
 
     out_dir = Path(out_dir)
     architecture = architecture or UNRELATED_TASKS[task]
     images, labels = synthetic_task(task, num_train + 500, seed=seed)
     with torch_threads(1):  # the same seed gives the same weights whatever the core count
         torch.manual_seed(seed)
-        model, preprocess = _make_timm(architecture)
+        model, preprocess = make_timm_classifier(architecture)
         train_classifier(model, preprocess, images[:num_train], labels[:num_train], epochs, seed=seed)
         acc = _accuracy(model, preprocess, images[num_train:], labels[num_train:])
     with atomic_dir(out_dir) as tmp:

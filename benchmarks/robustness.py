@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from harness import read_json, write_json
+from harness import apply_preset, csv_arg, read_json, write_json
 
 from hf_mrl.config import MRLConfig
 
@@ -761,21 +761,14 @@ def write_report(results_dir: str | os.PathLike, spec: Spec, seeds: list[int], c
 # ------------------------------------------------------------------------------------------------ command line
 
 
-def _csv(kind):
-    def parse(text: str):
-        return [kind(x) for x in text.split(",") if x.strip()]
-
-    return parse
-
-
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="seed 0, 80 steps, into results/robustness_quick/")
     p.add_argument("--results_dir", help=f"default {FULL['results_dir']} ({QUICK['results_dir']} with --quick)")
     p.add_argument(
-        "--pools", type=_csv(str), default=list(POOLS), help=f"comma-separated (default: {','.join(POOLS)})"
+        "--pools", type=csv_arg(str), default=list(POOLS), help=f"comma-separated (default: {','.join(POOLS)})"
     )
-    p.add_argument("--seeds", type=_csv(int), help="comma-separated (default 0,1,2,3,4; quick 0)")
+    p.add_argument("--seeds", type=csv_arg(int), help="comma-separated (default 0,1,2,3,4; quick 0)")
     p.add_argument("--setting", default="MUS")
     p.add_argument("--labeled_per_class", type=int, default=10)
     p.add_argument(
@@ -800,13 +793,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--cache_dir", help="teacher-output cache (default: $HF_MRL_CACHE/logits)")
     p.add_argument("--render_only", action="store_true", help="only rebuild the report from the records")
     args = p.parse_args(argv)
-    preset = QUICK if args.quick else FULL
-    for name, value in preset.items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
-    for name in ("max_steps", "batch_size", "unlabeled_batch_size", "workers", "threads", "labeled_per_class"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name} must be >= 1.")
+    apply_preset(p, args, QUICK if args.quick else FULL)
     if args.guard_folds < 2:
         p.error("--guard_folds must be >= 2.")
     if not args.seeds:

@@ -302,15 +302,15 @@ def _hub_format_pool(root: Path) -> Path:
     as Hub checkpoints: realistic teacher inference cost without training anything."""
     import timm
 
-    from hf_mrl.pool_builder import _LABELS, _make_timm, _make_transformers
+    from hf_mrl.pool_builder import _LABELS, make_timm_classifier, make_transformers_classifier
 
     torch.manual_seed(0)
-    model, _ = _make_timm("test_resnet")
+    model, _ = make_timm_classifier("test_resnet")
     timm.models.save_for_hf(
         model, str(root / "teacher-M"), model_config={"label_names": _LABELS}, safe_serialization=True
     )
     for name, kind in (("U", "convnext"), ("S", "resnet")):
-        model, processor, _ = _make_transformers(kind)
+        model, processor, _ = make_transformers_classifier(kind)
         model.save_pretrained(root / f"teacher-{name}")
         processor.save_pretrained(root / f"teacher-{name}")
     pool_file = root / "hub-ids.txt"

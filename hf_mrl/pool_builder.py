@@ -16,7 +16,14 @@ import torch.nn.functional as F
 
 from .utils import atomic_dir, atomic_write_text, cache_root
 
-__all__ = ["TEACHER_SPECS", "build_digits_pool", "default_pool_dir", "train_classifier"]
+__all__ = [
+    "TEACHER_SPECS",
+    "build_digits_pool",
+    "default_pool_dir",
+    "make_timm_classifier",
+    "make_transformers_classifier",
+    "train_classifier",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -36,10 +43,11 @@ def default_pool_dir() -> Path:
     return cache_root() / f"digits_ld_pool_v{_VERSION}"
 
 
-def _make_timm(architecture: str):
+def make_timm_classifier(architecture: str, labels: list[str] = _LABELS):
+    """A fresh 32 px timm classifier over `labels` and its preprocessing (uint8 tensors -> model inputs)."""
     import timm
 
-    model = timm.create_model(architecture, num_classes=len(_LABELS))
+    model = timm.create_model(architecture, num_classes=len(labels))
     mean, std = _IMAGENET
     model.pretrained_cfg = {
         **model.pretrained_cfg,
@@ -49,14 +57,15 @@ def _make_timm(architecture: str):
         "test_crop_pct": 1.0,
         "mean": mean,
         "std": std,
-        "label_names": _LABELS,
+        "label_names": list(labels),
     }
     from .pool import _timm_preprocess
 
     return model, _timm_preprocess(model.pretrained_cfg)
 
 
-def _make_transformers(model_type: str):
+def make_transformers_classifier(model_type: str, labels: list[str] = _LABELS):
+    """A fresh 32 px transformers classifier (`resnet` or `convnext`) over `labels`, its processor and preprocessing."""
     from transformers import (
         ConvNextConfig,
         ConvNextForImageClassification,
@@ -65,7 +74,7 @@ def _make_transformers(model_type: str):
         ViTImageProcessor,
     )
 
-    labels = {"id2label": dict(enumerate(_LABELS)), "label2id": {n: i for i, n in enumerate(_LABELS)}}
+    names = {"id2label": dict(enumerate(labels)), "label2id": {n: i for i, n in enumerate(labels)}}
     if model_type == "resnet":
         config = ResNetConfig(
             num_channels=3,
@@ -73,13 +82,13 @@ def _make_transformers(model_type: str):
             hidden_sizes=[24, 48, 96],
             depths=[1, 1, 1],
             layer_type="basic",
-            **labels,
+            **names,
         )
         model = ResNetForImageClassification(config)
         mean, std = _IMAGENET
     else:
         config = ConvNextConfig(
-            num_channels=3, patch_size=2, num_stages=3, hidden_sizes=[24, 48, 96], depths=[1, 1, 1], **labels
+            num_channels=3, patch_size=2, num_stages=3, hidden_sizes=[24, 48, 96], depths=[1, 1, 1], **names
         )
         model = ConvNextForImageClassification(config)
         mean, std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
@@ -169,11 +178,11 @@ def _build_teacher(domain: str, out_dir: Path, seed: int) -> float:
         if spec["library"] == "timm":
             import timm
 
-            model, preprocess = _make_timm(spec["architecture"])
+            model, preprocess = make_timm_classifier(spec["architecture"])
             train_classifier(model, preprocess, x_tr, y_tr, spec["epochs"], seed=seed)
             timm.models.save_for_hf(model, str(tmp), model_config={"label_names": _LABELS}, safe_serialization=True)
         else:
-            model, processor, preprocess = _make_transformers(spec["model_type"])
+            model, processor, preprocess = make_transformers_classifier(spec["model_type"])
             train_classifier(model, preprocess, x_tr, y_tr, spec["epochs"], seed=seed)
             model.save_pretrained(tmp)
             processor.save_pretrained(tmp)

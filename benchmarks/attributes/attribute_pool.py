@@ -31,7 +31,7 @@ from digit_attributes import DIGIT_ATTRIBUTES, _canonical, attribute_labels  # n
 
 from hf_mrl.data import DOMAINS, attribute_label_names, dataset_to_tensors, load_domain, load_source  # noqa: E402
 from hf_mrl.data.digits_ld import _split_indices  # noqa: E402
-from hf_mrl.pool_builder import TEACHER_SPECS, train_classifier  # noqa: E402
+from hf_mrl.pool_builder import TEACHER_SPECS, make_timm_classifier, make_transformers_classifier, train_classifier  # noqa: E402
 from hf_mrl.utils import atomic_dir, atomic_write_json, atomic_write_text, cache_root  # noqa: E402
 
 __all__ = ["build_attribute_pools", "calibration_matrix", "default_pool_dir", "pool_file", "teacher_dir"]
@@ -39,7 +39,6 @@ __all__ = ["build_attribute_pools", "calibration_matrix", "default_pool_dir", "p
 logger = logging.getLogger(__name__)
 
 _VERSION = 1
-_IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
 
 def default_pool_dir() -> Path:
@@ -53,55 +52,6 @@ def teacher_dir(attribute: str, domain: str, root: str | os.PathLike | None = No
 def pool_file(attribute: str, root: str | os.PathLike | None = None) -> Path:
     """The pool file of one attribute task (its three domain teachers, paths relative to the file)."""
     return Path(root or default_pool_dir()) / f"{_canonical(attribute).lower()}.txt"
-
-
-# The digits pool's model makers (hf_mrl/pool_builder.py) with the task's label names instead of the ten digits.
-def _make_timm(architecture: str, labels: list[str]):
-    import timm
-
-    from hf_mrl.pool import _timm_preprocess
-
-    model = timm.create_model(architecture, num_classes=len(labels))
-    mean, std = _IMAGENET
-    model.pretrained_cfg = {
-        **model.pretrained_cfg,
-        "input_size": (3, 32, 32),
-        "test_input_size": (3, 32, 32),
-        "crop_pct": 1.0,
-        "test_crop_pct": 1.0,
-        "mean": mean,
-        "std": std,
-        "label_names": labels,
-    }
-    return model, None, _timm_preprocess(model.pretrained_cfg)
-
-
-def _make_transformers(model_type: str, labels: list[str]):
-    from transformers import (
-        ConvNextConfig,
-        ConvNextForImageClassification,
-        ResNetConfig,
-        ResNetForImageClassification,
-        ViTImageProcessor,
-    )
-
-    names = {"id2label": dict(enumerate(labels)), "label2id": {n: i for i, n in enumerate(labels)}}
-    if model_type == "resnet":
-        config = ResNetConfig(
-            num_channels=3, embedding_size=24, hidden_sizes=[24, 48, 96], depths=[1, 1, 1], layer_type="basic", **names
-        )
-        model, (mean, std) = ResNetForImageClassification(config), _IMAGENET
-    else:
-        config = ConvNextConfig(
-            num_channels=3, patch_size=2, num_stages=3, hidden_sizes=[24, 48, 96], depths=[1, 1, 1], **names
-        )
-        model, (mean, std) = ConvNextForImageClassification(config), ((0.5,) * 3, (0.5,) * 3)
-    processor = ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=list(mean), image_std=list(std))
-
-    def preprocess(images: torch.Tensor) -> torch.Tensor:
-        return processor(images=images, return_tensors="pt")["pixel_values"]
-
-    return model, processor, preprocess
 
 
 @torch.no_grad()
@@ -151,9 +101,9 @@ def _train_teacher(attribute: str, domain: str, folder: Path, seed: int, data) -
     (x_tr, y_tr), (x_va, y_va) = data
     torch.manual_seed(seed)
     if spec["library"] == "timm":
-        model, processor, preprocess = _make_timm(spec["architecture"], labels)
+        (model, preprocess), processor = make_timm_classifier(spec["architecture"], labels), None
     else:
-        model, processor, preprocess = _make_transformers(spec["model_type"], labels)
+        model, processor, preprocess = make_transformers_classifier(spec["model_type"], labels)
     train_classifier(model, preprocess, x_tr, y_tr, spec["epochs"], seed=seed)
     acc = (_predict(model, preprocess, x_va) == y_va).float().mean().item()
     with atomic_dir(folder) as tmp:

@@ -31,6 +31,8 @@ from harness import (  # noqa: E402
     METHOD_NAMES,
     SEEDS,
     BenchmarkSpec,
+    apply_preset,
+    csv_arg,
     load_records,
     plan_runs,
     quiet_progress_bars,
@@ -64,20 +66,13 @@ FULL = {"results_dir": "results/digit_attributes", "seeds": list(SEEDS), "max_st
 QUICK = {"results_dir": "results/digit_attributes_quick", "seeds": [0], "max_steps": 80}
 
 
-def _csv(kind):
-    def parse(text: str):
-        return [kind(x) for x in text.split(",") if x.strip()]
-
-    return parse
-
-
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="seed 0 and 80 steps per run")
     p.add_argument("--results_dir", help=f"default {FULL['results_dir']} ({QUICK['results_dir']} with --quick)")
-    p.add_argument("--attributes", type=_csv(str), default=list(DIGIT_ATTRIBUTES), help="comma-separated")
-    p.add_argument("--methods", type=_csv(str), default=list(METHODS), help="comma-separated (default: all)")
-    p.add_argument("--seeds", type=_csv(int), help="comma-separated (default 0,1,2,3,4; quick 0)")
+    p.add_argument("--attributes", type=csv_arg(str), default=list(DIGIT_ATTRIBUTES), help="comma-separated")
+    p.add_argument("--methods", type=csv_arg(str), default=list(METHODS), help="comma-separated (default: all)")
+    p.add_argument("--seeds", type=csv_arg(int), help="comma-separated (default 0,1,2,3,4; quick 0)")
     p.add_argument("--labeled_per_class", type=int, default=50, help="labels per binary class (default 50)")
     p.add_argument("--max_steps", type=int, help=f"per run (default {FULL['max_steps']}, quick {QUICK['max_steps']})")
     p.add_argument("--batch_size", type=int, default=32)
@@ -93,9 +88,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--cache_dir", help="teacher-output cache (default: $HF_MRL_CACHE/logits)")
     p.add_argument("--render_only", action="store_true", help="only rebuild the report from the records")
     args = p.parse_args(argv)
-    for name, value in (QUICK if args.quick else FULL).items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
+    apply_preset(p, args, QUICK if args.quick else FULL, positive=())
     try:
         args.attributes = [_canonical(a) for a in args.attributes]
     except ValueError as err:
