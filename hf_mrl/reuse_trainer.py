@@ -493,7 +493,7 @@ class ReuseTrainer:
             "method_student_accuracy": reports["method"]["accuracy"],
             "reuse_student_accuracy": reports["method"]["accuracy"] if is_mrl else None,
             "reuse_strength": strategy.reuse_strength if is_mrl else None,
-            "dataset": self.args.dataset_description or self.args.dataset,
+            "dataset": str(self.args.dataset_description or self.args.dataset),  # a plain str: YAML and JSON
             "label_names": list(data.label_names),
             "num_labeled": len(data.labeled_labels),
             "num_unlabeled": len(data.unlabeled_images),

@@ -107,3 +107,16 @@ def test_arguments_and_inputs_are_checked():
         ReuseArguments(guard_workers=0)
     with pytest.raises(TypeError, match="data must be a TargetData"):
         ReuseTrainer(None, {"images": torch.zeros(1)}, MRLConfig(method="supervised"))
+
+
+def test_a_digits_ld_run_description_renders_into_the_cards(task, tmp_path):
+    """`load_target` describes the data with a `str` subclass; the cards' YAML must get a plain string (a run of
+    `make run` once failed at its very end, saving the cards)."""
+    from hf_mrl.target import DatasetDescription
+
+    pool, data, _ = task
+    args = _args(guard_folds=0, dataset="digits-ld:MUS", dataset_description=DatasetDescription("Digits-LD MUS"))
+    result = ReuseTrainer(pool, data, MRLConfig(**TINY), args).train()
+    result.save_pretrained(tmp_path / "run")
+    for part in ("reuser", "student"):
+        assert "name: Digits-LD MUS" in (tmp_path / "run" / part / "README.md").read_text()
