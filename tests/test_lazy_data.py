@@ -7,7 +7,7 @@ import pytest
 import torch
 from helpers import make_target_dataset, make_timm_teacher, make_transformers_teacher
 
-from hf_mrl import ImageSet, MRLConfig, ModelPool, ReuseArguments, ReuseTrainer, StudentTrainer
+from hf_mrl import ImageSet, ModelPool, MRLConfig, ReuseArguments, ReuseTrainer, StudentTrainer
 from hf_mrl.target import load_target
 
 LABELS = ["a", "b", "c"]
