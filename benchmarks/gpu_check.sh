@@ -5,6 +5,7 @@
 #   bash benchmarks/gpu_check.sh --quick         # extra arguments go to benchmarks/speed.py
 #
 # Teachers run under torch.autocast(cuda, bf16|fp16); the student trains with Accelerate's mixed precision.
+# Then benchmarks/data_scale.py: the 224 px data path (teacher images/s, student step time, memory vs data size).
 # Without a CUDA device it says so, runs the CPU smoke test instead (speed.py --quick) and exits 3, so a CI
 # job or a person never mistakes the fallback for a GPU result.
 set -euo pipefail
@@ -21,5 +22,9 @@ fi
 
 PRECISION=${PRECISION:-$("$PY" -c "import torch; print('bf16' if torch.cuda.is_bf16_supported() else 'fp16')")}
 "$PY" -c "import torch; p = torch.cuda.get_device_properties(0); print(f'gpu_check: {p.name}, {p.total_memory / 2**30:.0f} GiB, precision $PRECISION')"
-exec "$PY" benchmarks/speed.py --device cuda --precision "$PRECISION" --threads "${THREADS:-4}" \
+"$PY" benchmarks/speed.py --device cuda --precision "$PRECISION" --threads "${THREADS:-4}" \
     --max_unlabeled 1000000 --out "benchmarks/results/speed-cuda-$PRECISION.json" "$@"
+# The 224 px path: lazy decoding in DataLoader workers, each teacher through its own processor in $PRECISION
+# (teacher images/s against a plain loop), a 224 px student (seconds per step), memory at 10,000 vs 100,000 images.
+"$PY" benchmarks/data_scale.py --device cuda --precision "$PRECISION" --student_size 224 \
+    --workers "${WORKERS:-8}" --threads "${THREADS:-4}" --out "benchmarks/results/data_scale-cuda-$PRECISION.json"

@@ -231,7 +231,7 @@ def test_push_then_load_by_repo_id_in_a_new_process_and_offline_rerun(hub_task, 
 
     # A new process with an empty cache loads both by repo id and reproduces the recorded test accuracy.
     data = target_from_datasets(datasets.load_from_disk(str(hub_task["data"])), image_size=16)
-    save_file({"images": data.test_images, "labels": data.test_labels}, tmp_path / "test.safetensors")
+    save_file({"images": data.test_images[:], "labels": data.test_labels}, tmp_path / "test.safetensors")
     env = {**os.environ, "OMP_NUM_THREADS": "1", **_fresh_hf_home(tmp_path / "elsewhere")}
     script = textwrap.dedent(LOAD_BOTH.format(images=str(tmp_path / "test.safetensors")))
     load = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=env)
