@@ -270,7 +270,7 @@ def main(argv=None) -> None:
     p.add_argument("--sizes", type=lambda s: [int(x) for x in s.split(",")], help="small,large unlabeled sizes")
     p.add_argument("--image_size", type=int)
     p.add_argument("--steps", type=int, help="student steps after the teacher pass")
-    p.add_argument("--student_size", type=int, default=64, help="the student's input side")
+    p.add_argument("--student_size", type=int, default=32, help="the student's input side (32: the default student)")
     p.add_argument(
         "--memory_teacher_size",
         type=int,
@@ -313,7 +313,8 @@ def main(argv=None) -> None:
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__},
         "load_avg_before": os.getloadavg(),
         "settings": {
-            k: getattr(args, k) for k in ("sizes", "image_size", "steps", "student_size", "workers", "threads")
+            k: getattr(args, k)
+            for k in ("sizes", "image_size", "steps", "student_size", "memory_teacher_size", "workers", "threads")
         },
     }
     tp_n = min(args.sizes[0], preset["throughput_images"])
