@@ -166,3 +166,36 @@ def test_skip_bad_images_on_a_lazy_split_keeps_rows_aligned(tmp_path):
     good, _ = load_target(str(path), image_size=12, lazy=False)
     keep = np.array([0, 1, 2, 4, 5])
     assert torch.equal(data.unlabeled_images[:], good.unlabeled_images[keep])
+
+
+def test_an_encoder_embedding_is_pinned_to_its_commit_and_reads_originals(task, local_hub, tmp_path):
+    """`encoder:org/name` resolves to the commit it loaded (saved with the reuser); on a lazy split its features come
+    from the encoder's own processor on the originals, cached by each image's bytes."""
+    from huggingface_hub import HfApi
+
+    from hf_mrl import Embedding
+
+    folder = make_timm_teacher(tmp_path / "enc", LABELS, seed=9)
+    api = HfApi()
+    api.create_repo("org/enc", exist_ok=True)
+    commit = api.upload_folder(repo_id="org/enc", folder_path=folder).oid
+    embedding = Embedding("encoder:org/enc", cache_dir=tmp_path / "cache").prepare()
+    assert embedding.spec["model_id"] == f"org/enc@{commit}"
+    api.upload_file(path_or_fileobj=b"x", path_in_repo="other.txt", repo_id="org/enc")  # main moves on
+    assert Embedding(embedding.spec).prepare().pinned_id == f"org/enc@{commit}"
+
+    data, _ = load_target(task["data"], image_size=8)
+    feats = embedding(data.test_images, None)
+    model, _, transform, _ = embedding._encoder
+    originals = data.test_images.originals(range(len(data.test_images)))
+    with torch.no_grad():
+        expected = model(transform(originals))
+    torch.testing.assert_close(feats, expected, atol=1e-5, rtol=1e-4)
+    # Cached by bytes: another size, another Embedding object, no encoder call.
+    again = Embedding(embedding.spec, cache_dir=tmp_path / "cache").prepare()
+    again._encoder = (_refuse, *again._encoder[1:])
+    torch.testing.assert_close(again(data.test_images.resized(16), None), feats)
+
+
+def _refuse(_):
+    raise AssertionError("the encoder ran although its features are cached")
