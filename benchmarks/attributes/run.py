@@ -5,9 +5,10 @@
     python benchmarks/attributes/run.py --render_only    # rebuild README.md / summary.json from the records
 
 Time (design/benchmark.md: the full table in at most 60 minutes on a 2-core CPU, a quick mode in at most 5): the
-full table (7 attributes x 9 methods x 5 seeds, 250 steps) does not fit 60 minutes on 2 cores, so `--quick` is the
-budgeted path: two attributes (one arithmetic 5/5 split, one shape 4/6 split), every method, one seed, 80 steps;
-measured and extrapolated times are in results/digit_attributes/README.md ("Time budget").
+full table (7 attributes x 9 methods x 5 seeds, 250 steps) is the long path, extrapolated from its records to about
+72 min of runs on the shared 2-core machine it ran on; `--quick` is the budgeted path: two attributes (one
+arithmetic 5/5 split, one shape 4/6 split), every method, one seed, 80 steps, on a warm cache (a cold one first
+trains their 6 teachers). Measured and extrapolated times: results/digit_attributes/README.md ("Time budget").
 
 Each attribute is its own binary task (`digit_attributes.py`) with its own pool of three teachers, one per latent
 domain (`attribute_pool.py`); both are built once and cached. Each attribute then runs through
@@ -73,7 +74,7 @@ FULL = {
     "seeds": list(SEEDS),
     "max_steps": 250,
 }
-# The 5-minute path: one attribute per worker (2 workers on 2 cores), so the 18 runs take one round, and only the
+# The budgeted path (5 minutes, warm cache): one attribute per worker (2 workers on 2 cores), so the 18 runs take one round, and only the
 # 6 teachers of these two attributes are trained on a cold cache (21 for the full table). Even: arithmetic, a 5/5
 # split of the digits; Symmetric: shape, a 4/6 split, where MRL routed worst in the full table.
 QUICK = {
