@@ -122,12 +122,24 @@ def test_driver_arguments():
     args = run.parse_args(["--quick", "--attributes", "even,PRIME"])
     assert args.attributes == ["Even", "Prime"] and args.seeds == [0] and args.max_steps == 80
     assert args.results_dir == "results/digit_attributes_quick"
+    quick = run.parse_args(["--quick"])  # the 5-minute path: two attributes, every method
+    assert quick.attributes == ["Even", "Symmetric"] and quick.seeds == [0] and quick.methods == list(run.METHODS)
     full = run.parse_args([])
     assert (
         full.seeds == [0, 1, 2, 3, 4] and full.labeled_per_class == 50 and full.attributes == list(da.DIGIT_ATTRIBUTES)
     )
     with pytest.raises(SystemExit):
         run.parse_args(["--attributes", "round"])
+
+
+def test_report_keeps_the_time_budget_section(tmp_path):
+    run = _driver()
+    readme = tmp_path / "README.md"
+    assert run._kept_section(readme) == ""
+    readme.write_text("# T\n\ntable\n\n## Time budget\n\nmeasured by hand\n\n## The paper's table\n\nrows\n")
+    assert run._kept_section(readme) == "\n## Time budget\n\nmeasured by hand\n"
+    readme.write_text("# T\n\n## Time budget\n\nlast section\n")
+    assert run._kept_section(readme) == "\n## Time budget\n\nlast section\n"
 
 
 @pytest.mark.slow

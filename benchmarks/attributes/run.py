@@ -1,8 +1,14 @@
 """The paper's attribute table, offline: every method x seven digit attributes x seeds on Digits-LD MUS.
 
-    python benchmarks/attributes/run.py                  # the full table -> results/digit_attributes/
-    python benchmarks/attributes/run.py --quick          # 1 seed, 80 steps -> results/digit_attributes_quick/
+    python benchmarks/attributes/run.py                  # the full table -> results/digit_attributes/ (the long path)
+    python benchmarks/attributes/run.py --quick          # Even + Symmetric, 1 seed, 80 steps -> results/digit_attributes_quick/
     python benchmarks/attributes/run.py --render_only    # rebuild README.md / summary.json from the records
+
+Time (design/benchmark.md: the full table in at most 60 minutes on a 2-core CPU, a quick mode in at most 5): the
+full table (7 attributes x 9 methods x 5 seeds, 250 steps) is the long path, extrapolated from its records to about
+72 min of runs on the shared 2-core machine it ran on; `--quick` is the budgeted path: two attributes (one
+arithmetic 5/5 split, one shape 4/6 split), every method, one seed, 80 steps, on a warm cache (a cold one first
+trains their 6 teachers). Measured and extrapolated times: results/digit_attributes/README.md ("Time budget").
 
 Each attribute is its own binary task (`digit_attributes.py`) with its own pool of three teachers, one per latent
 domain (`attribute_pool.py`); both are built once and cached. Each attribute then runs through
@@ -62,15 +68,29 @@ PAPER_ATTRIBUTE_TABLE = {
 }
 PAPER_MRL_GAIN = 5.1
 # 50 labels per binary class: 100 labels per task, the digits table's budget (10 per digit class).
-FULL = {"results_dir": "results/digit_attributes", "seeds": list(SEEDS), "max_steps": 250}
-QUICK = {"results_dir": "results/digit_attributes_quick", "seeds": [0], "max_steps": 80}
+FULL = {
+    "results_dir": "results/digit_attributes",
+    "attributes": list(DIGIT_ATTRIBUTES),
+    "seeds": list(SEEDS),
+    "max_steps": 250,
+}
+# The budgeted path (5 minutes, warm cache): one attribute per worker (2 workers on 2 cores), so the 18 runs take one round, and only the
+# 6 teachers of these two attributes are trained on a cold cache (21 for the full table). Even: arithmetic, a 5/5
+# split of the digits; Symmetric: shape, a 4/6 split, where MRL routed worst in the full table.
+QUICK = {
+    "results_dir": "results/digit_attributes_quick",
+    "attributes": ["Even", "Symmetric"],
+    "seeds": [0],
+    "max_steps": 80,
+}
+BUDGET_MIN = {"full": 60, "quick": 5}  # design/benchmark.md, on a 2-core CPU
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="seed 0 and 80 steps per run")
+    p.add_argument("--quick", action="store_true", help="Even and Symmetric, seed 0, 80 steps per run")
     p.add_argument("--results_dir", help=f"default {FULL['results_dir']} ({QUICK['results_dir']} with --quick)")
-    p.add_argument("--attributes", type=csv_arg(str), default=list(DIGIT_ATTRIBUTES), help="comma-separated")
+    p.add_argument("--attributes", type=csv_arg(str), help="comma-separated (default: all 7; quick Even,Symmetric)")
     p.add_argument("--methods", type=csv_arg(str), default=list(METHODS), help="comma-separated (default: all)")
     p.add_argument("--seeds", type=csv_arg(int), help="comma-separated (default 0,1,2,3,4; quick 0)")
     p.add_argument("--labeled_per_class", type=int, default=50, help="labels per binary class (default 50)")
@@ -166,22 +186,48 @@ def report(results_dir: Path, attributes, labeled_per_class: int, command: str, 
     text = text.replace("--rerun records/FILE.json", "--rerun RESULTS/<Attribute>/records/FILE.json")
     if timing:
         last = timing["invocations"][-1]
+        setup = last.get("setup_time_s")
         text += (
-            f"\nMeasured wall time of the driver: {summary['wall_time_s'] / 60:.1f} min over "
+            f"\nMeasured wall time of the driver's runs: {summary['wall_time_s'] / 60:.1f} min over "
             f"{len(timing['invocations'])} invocation(s) (last: {last['runs']} runs, {last['workers']} worker(s), "
-            f"{last['cpus']} CPUs, load average at start {last['load_average_at_start']}).\n"
+            f"{last['cpus']} CPUs, load average at start {_load(last['load_average_at_start'])}"
+            + ("" if setup is None else f"; before them, {setup / 60:.1f} min building task folders and teachers")
+            + "). The design's budget on a 2-core CPU: "
+            f"{BUDGET_MIN['quick']} min for a quick mode, {BUDGET_MIN['full']} min for the full table.\n"
         )
+    text += _kept_section(results_dir / "README.md")
     text += "\n" + _paper_table() + _calibration_section(calibration)
     atomic_write_text(results_dir / "README.md", text)
     atomic_write_json(results_dir / "summary.json", summary)
     return summary
 
 
+def _load(load) -> str:
+    return "unknown" if not load else ", ".join(f"{x:.1f}" for x in load)
+
+
+KEPT = "## Time budget"
+
+
+def _kept_section(readme: Path) -> str:
+    """A hand-written `## Time budget` section of the existing README (measured by hand, kept on a re-render)."""
+    if not readme.is_file():
+        return ""
+    text = readme.read_text()
+    start = text.find("\n" + KEPT)
+    if start < 0:
+        return ""
+    end = text.find("\n## ", start + 1)
+    return text[start : end if end >= 0 else len(text)].rstrip("\n") + "\n"
+
+
 def _intro(records, n: int) -> str:
-    defs = "; ".join(f"{a}: {', '.join(map(str, d))}" for a, d in DIGIT_ATTRIBUTES.items())
+    present = {r["key"]["setting"] for r in records}
+    defs = "; ".join(f"{a}: {', '.join(map(str, d))}" for a, d in DIGIT_ATTRIBUTES.items() if a in present)
+    count = "Seven" if len(present) == len(DIGIT_ATTRIBUTES) else f"{len(present)} of the seven"
     return (
         "# Digit attributes: the paper's attribute table, offline\n\n"
-        f"Seven binary attributes of the digit class (label 1 for the digits listed; {defs}) over the target data "
+        f"{count} binary attributes of the digit class (label 1 for the digits listed; {defs}) over the target data "
         f"of Digits-LD {SETTING} (latent domains M, U, S). Each attribute is a binary task (`not even` / `even`) "
         "with its own pool of three binary teachers, one per domain, each trained on its domain's source part only. "
         f"{n} labels per binary class ({2 * n} per task, the digits table's 100), drawn per seed from "
@@ -216,8 +262,10 @@ def main(argv=None) -> dict:
     quiet_progress_bars()
     results = Path(args.results_dir)
     command = "python benchmarks/attributes/run.py " + " ".join(shlex.quote(a) for a in argv if a != "--render_only")
+    setup_start = time.time()
     folders = save_attribute_tasks(args.attributes, SETTING)
     pools = build_attribute_pools(args.attributes)
+    setup = time.time() - setup_start  # task folders and teachers: seconds on a warm cache, minutes on a cold one
     if not args.render_only:
         start = time.time()
         load_start = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
@@ -242,6 +290,7 @@ def main(argv=None) -> dict:
             {
                 "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(start)),
                 "wall_time_s": round(wall, 1),
+                "setup_time_s": round(setup, 1),
                 "runs": runs,
                 "workers": args.workers,
                 "threads": args.threads,
@@ -251,7 +300,10 @@ def main(argv=None) -> dict:
             }
         )
         atomic_write_json(timing_path, timing)
-        print(f"attribute benchmark wall time this invocation: {wall / 60:.2f} min ({runs} runs)")
+        print(
+            f"attribute benchmark wall time this invocation: {wall / 60:.2f} min ({runs} runs), "
+            f"after {setup / 60:.2f} min building task folders and teachers"
+        )
     calibration = calibration_matrix(args.attributes)
     summary = report(results, args.attributes, args.labeled_per_class, command, calibration)
     print(f"report: {results / 'README.md'}")
