@@ -42,6 +42,9 @@ _DTYPES = {"F32": np.float32, "I64": np.int64}
 def fingerprint(images: torch.Tensor) -> str:
     """Content hash of an input tensor: the same images in the same order give the same key."""
     h = hashlib.sha256(str((tuple(images.shape), str(images.dtype))).encode())
+    if not isinstance(images, torch.Tensor):  # an ImageSet: its originals' keys (the shape says its decode size)
+        h.update(np.ascontiguousarray(images.keys()).data)
+        return h.hexdigest()[:32]
     h.update(np.ascontiguousarray(images.numpy()).reshape(-1).view(np.uint8).data)  # no bytes copy
     return h.hexdigest()[:32]
 
