@@ -47,11 +47,28 @@ def _edit_config(folder: Path, **changes) -> None:
     (folder / "config.json").write_text(json.dumps({**config, **changes}))
 
 
+def spread_classes(folder: Path, images: torch.Tensor) -> Path:
+    """Rescale a tiny random transformers teacher's classifier so that it predicts every class on `images`.
+
+    Untrained, it puts every image in one class; labels it defines would then leave nothing for accuracy, a
+    permutation or a cluster to tell apart.
+    """
+    from safetensors.torch import load_file, save_file
+
+    z = Teacher.load(str(folder)).logits(images)
+    w = load_file(folder / "model.safetensors")
+    scale = 1.0 / z.std(0).mean()
+    w["classifier.1.bias"] = -scale * (z.mean(0) - w["classifier.1.bias"])
+    w["classifier.1.weight"] = w["classifier.1.weight"] * scale
+    save_file(w, folder / "model.safetensors", metadata={"format": "pt"})
+    return folder
+
+
 @pytest.fixture(scope="module")
 def teachers(tmp_path_factory):
     root = tmp_path_factory.mktemp("teachers")
     return {
-        "tr": make_transformers_teacher(root / "tr", LABELS, seed=0),
+        "tr": spread_classes(make_transformers_teacher(root / "tr", LABELS, seed=0), make_images(60, seed=3)),
         "timm": make_timm_teacher(root / "timm", LABELS, seed=1),
     }
 
@@ -183,6 +200,7 @@ def scored_zoo(local_hub, teachers, tmp_path):
     images = make_images(60, seed=3)
     teacher = Teacher.load(str(teachers["tr"]))
     labels = teacher.logits(images).argmax(-1)
+    assert torch.bincount(labels, minlength=3).min() >= 5  # every class present: a permutation can show
     return {"images": images, "labels": labels, "unlabeled": make_images(40, seed=4)}
 
 
@@ -194,7 +212,11 @@ def test_scored_screen_reasons_selection_and_pinned_pool_file(scored_zoo, local_
     )
     by_id = {c.repo_id: c for c in result.candidates}
     assert by_id["org/expert-copy"].reason.startswith("near-duplicate of org/expert@")
-    assert by_id["org/permuted"].reason.startswith("no better than chance on the labeled set (accuracy 0.")
+    # The permuted copy is the expert with id2label rotated: a -> b, b -> c, c -> a on every labeled sample.
+    assert by_id["org/permuted"].reason.startswith(
+        "labels permuted: looks like a->b, b->c, c->a (true -> predicted, 100%"
+    )
+    assert by_id["org/permuted"].scores["permutation"] == [["a", "b", 1.0], ["b", "c", 1.0], ["c", "a", 1.0]]
     assert by_id["org/broken"].reason.startswith("could not be loaded (corrupted_weights)")
     assert all(by_id[r].stage == "scored" for r in ("org/expert-copy", "org/permuted", "org/broken"))
     assert [c.repo_id for c in result.selected] == ["org/expert"] and result.curve == [1.0]
@@ -203,6 +225,8 @@ def test_scored_screen_reasons_selection_and_pinned_pool_file(scored_zoo, local_
     assert parse_pool_file(out / "pool.txt") == [f"org/expert@{sha}"]
     report = (out / "report.md").read_text()
     assert "| org/expert@" in report and "selected #1" in report and "near-duplicate of org/expert@" in report
+    assert "scored: labels permuted: looks like a->b" in report and "; labels permuted |" in report
+    assert "Rejected: 1 scored: near-duplicate; 1 scored: labels permuted; 1 scored: could not be loaded" in report
     assert (out / "reachable.png").read_bytes()[:4] == b"\x89PNG"
 
     # A new commit on the Hub does not change what the pool file pins.
