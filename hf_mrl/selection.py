@@ -778,13 +778,14 @@ def cluster_competence(
     n_clusters: int,
     *,
     seed: int = 0,
-    prior: float = 5.0,
+    prior: float = 2.0,
     bins: Sequence[float] = (0.5, 0.7, 0.85, 0.95),
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Clusters of the unlabeled sample and how competent each teacher is on each, from outputs alone.
 
-    The clusters are k-means (seeded) over each sample's confidence profile, the top probability of every kept
-    candidate: which teachers are sure of a sample says which latent domain it comes from, whatever its class.
+    The clusters are k-means (seeded) over each sample's confidence profile, the log-odds of the top probability of
+    every kept candidate: which teachers are sure of a sample says which latent domain it comes from, whatever its
+    class.
     Labeled samples fall in the cluster of the nearest centre. A teacher's competence on a cluster is its accuracy
     on the cluster's labeled samples, shrunk (with weight `prior` samples) towards an estimate from the unlabeled
     ones: the mean over them of the teacher's labeled-set accuracy at that confidence (per confidence bin,
@@ -800,8 +801,14 @@ def cluster_competence(
     """
     n_clusters = max(1, min(n_clusters, len(unlabeled)))
     conf_l, conf_u = labeled.max(-1).values, unlabeled.max(-1).values  # (n, K), (m, K)
-    assign_u, centres = _kmeans(conf_u, n_clusters, seed, centres_too=True)
-    assign_l = torch.cdist(conf_l, centres).argmin(1)
+
+    # In log-odds: a domain's experts differ from the others between 0.99 and 0.9999 as much as between 0.5 and 0.9
+    # (on the Digits-LD MUS candidates, 6 clusters are 91% one domain this way, 79% on raw confidence).
+    def profile(conf: torch.Tensor) -> torch.Tensor:
+        return torch.logit(conf.clamp(1e-4, 1 - 1e-4))
+
+    assign_u, centres = _kmeans(profile(conf_u), n_clusters, seed, centres_too=True)
+    assign_l = torch.cdist(profile(conf_l), centres).argmin(1)
     hard = (labeled.argmax(-1) == labels[:, None]).float()  # (n, K)
     edges = torch.tensor(list(bins))
     bin_l, bin_u = torch.bucketize(conf_l, edges), torch.bucketize(conf_u, edges)  # bin index per sample and teacher

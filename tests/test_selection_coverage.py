@@ -27,7 +27,9 @@ def test_permuted_labels_tells_a_shuffle_from_weakness():
     wrong = torch.rand(100, generator=gen) < 0.2  # a fifth of the predictions are noise
     noisy = torch.where(wrong, torch.randint(0, 10, (100,), generator=gen), perm[y])
     moved = permuted_labels(_onehot(noisy), y)
-    assert moved is not None and {(t, p) for t, p, _ in moved} == {(t, int(perm[t])) for t in range(10) if perm[t] != t}
+    assert moved is not None and {(t, p) for t, p, _ in moved} == {
+        (t, int(perm[t])) for t in range(10) if perm[t] != t
+    }
     assert all(share >= 0.5 for _, _, share in moved)
     # An expert with 20% errors, a teacher that says 3 to everything, a weak one that confuses 4 with 9: no shuffle.
     assert permuted_labels(_onehot(torch.where(wrong, torch.randint(0, 10, (100,), generator=gen), y)), y) is None
