@@ -354,6 +354,16 @@ def test_label_map_scores_like_the_training_pool_and_is_written_for_it(scored_zo
         ModelPool.from_file(out / "pool.txt", LABELS, label_map=tmp_path / "map.json")
     pool = ModelPool.from_file(out / "pool.txt", LABELS, label_map=out / "label_map.json")
     assert pool.label_mapping[chosen.id] == {"a": ["x"], "b": ["y"], "c": ["z"]}
+    # Entries keyed by the candidate's repo id: written keyed by its pinned id, which a training pool matches.
+    own = {"org/renamed": {"a": "x", "b": "y", "c": "z"}, "org/elsewhere": {"a": "q"}}
+    again = select_pool(
+        LABELS, d["images"], d["labels"], d["unlabeled"], output_dir=tmp_path / "own", label_map=own, **kwargs
+    )
+    assert again.selected[0].scores["accuracy"] == 1.0
+    written = json.loads((tmp_path / "own" / "label_map.json").read_text())
+    assert written == {chosen.id: {"a": ["x"], "b": ["y"], "c": ["z"]}}
+    pool = ModelPool.from_file(tmp_path / "own" / "pool.txt", LABELS, label_map=tmp_path / "own" / "label_map.json")
+    assert pool.label_mapping[chosen.id] == {"a": ["x"], "b": ["y"], "c": ["z"]}
     # Without the map, the same candidate has no shared label at all.
     with pytest.raises(ValueError, match="No candidate passed the screens"):
         select_pool(LABELS, d["images"], d["labels"], d["unlabeled"], **kwargs)
