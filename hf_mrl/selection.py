@@ -1350,7 +1350,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--keep_permuted",
         action="store_true",
-        help="do not reject candidates whose labels look permuted on the labeled set",
+        help="do not reject candidates whose labels look permuted (on the labeled set or against other candidates)",
     )
     p.add_argument("--cache_dir", default=None, help="searches, metadata, teacher outputs")
     p.add_argument("--max_workers", type=int, default=4, help="concurrent downloads")
