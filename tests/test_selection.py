@@ -47,11 +47,28 @@ def _edit_config(folder: Path, **changes) -> None:
     (folder / "config.json").write_text(json.dumps({**config, **changes}))
 
 
+def spread_classes(folder: Path, images: torch.Tensor) -> Path:
+    """Rescale a tiny random transformers teacher's classifier so that it predicts every class on `images`.
+
+    Untrained, it puts every image in one class; labels it defines would then leave nothing for accuracy, a
+    permutation or a cluster to tell apart.
+    """
+    from safetensors.torch import load_file, save_file
+
+    z = Teacher.load(str(folder)).logits(images)
+    w = load_file(folder / "model.safetensors")
+    scale = 1.0 / z.std(0).mean()
+    w["classifier.1.bias"] = -scale * (z.mean(0) - w["classifier.1.bias"])
+    w["classifier.1.weight"] = w["classifier.1.weight"] * scale
+    save_file(w, folder / "model.safetensors", metadata={"format": "pt"})
+    return folder
+
+
 @pytest.fixture(scope="module")
 def teachers(tmp_path_factory):
     root = tmp_path_factory.mktemp("teachers")
     return {
-        "tr": make_transformers_teacher(root / "tr", LABELS, seed=0),
+        "tr": spread_classes(make_transformers_teacher(root / "tr", LABELS, seed=0), make_images(60, seed=3)),
         "timm": make_timm_teacher(root / "timm", LABELS, seed=1),
     }
 
@@ -183,6 +200,7 @@ def scored_zoo(local_hub, teachers, tmp_path):
     images = make_images(60, seed=3)
     teacher = Teacher.load(str(teachers["tr"]))
     labels = teacher.logits(images).argmax(-1)
+    assert torch.bincount(labels, minlength=3).min() >= 5  # every class present: a permutation can show
     return {"images": images, "labels": labels, "unlabeled": make_images(40, seed=4)}
 
 
@@ -194,7 +212,11 @@ def test_scored_screen_reasons_selection_and_pinned_pool_file(scored_zoo, local_
     )
     by_id = {c.repo_id: c for c in result.candidates}
     assert by_id["org/expert-copy"].reason.startswith("near-duplicate of org/expert@")
-    assert by_id["org/permuted"].reason.startswith("no better than chance on the labeled set (accuracy 0.")
+    # The permuted copy is the expert with id2label rotated: a -> b, b -> c, c -> a on every labeled sample.
+    assert by_id["org/permuted"].reason.startswith(
+        "labels permuted: looks like a->b, b->c, c->a (true -> predicted, 100%"
+    )
+    assert by_id["org/permuted"].scores["permutation"] == [["a", "b", 1.0], ["b", "c", 1.0], ["c", "a", 1.0]]
     assert by_id["org/broken"].reason.startswith("could not be loaded (corrupted_weights)")
     assert all(by_id[r].stage == "scored" for r in ("org/expert-copy", "org/permuted", "org/broken"))
     assert [c.repo_id for c in result.selected] == ["org/expert"] and result.curve == [1.0]
@@ -203,6 +225,8 @@ def test_scored_screen_reasons_selection_and_pinned_pool_file(scored_zoo, local_
     assert parse_pool_file(out / "pool.txt") == [f"org/expert@{sha}"]
     report = (out / "report.md").read_text()
     assert "| org/expert@" in report and "selected #1" in report and "near-duplicate of org/expert@" in report
+    assert "scored: labels permuted: looks like a->b" in report and "; labels permuted |" in report
+    assert "Rejected: 1 scored: near-duplicate; 1 scored: labels permuted; 1 scored: could not be loaded" in report
     assert (out / "reachable.png").read_bytes()[:4] == b"\x89PNG"
 
     # A new commit on the Hub does not change what the pool file pins.
@@ -268,3 +292,124 @@ def test_candidate_fixture_fills_the_hub_with_every_kind(local_hub):
     experts = [e for e in entries if e["kind"] == "expert" and e["domain"] == "S"]
     accs = sorted(e["accuracy"]["S"] for e in experts)
     assert accs[0] < 0.5 < 0.95 < accs[-1]  # uneven quality, measured
+
+
+# ------------------------------------------------------------------------------------------------- label map
+
+RENAMED = {"0": "x", "1": "y", "2": "z"}
+
+
+def test_label_map_lets_renamed_labels_through_the_metadata_screen(zoo, tmp_path):
+    # org/other-labels is the toy teacher with labels x, y, z: no overlap by name with a, b, c.
+    shared = {"a": ["x"], "b": ["y"], "c": ["z"]}
+    own = {"org/other-labels": {"a": "x", "b": "y", "c": "z"}}
+    for label_map in (shared, own):
+        c = Candidate("org/other-labels")
+        assert screen_metadata([c], LABELS, label_map=label_map, cache_dir=tmp_path / "sel") == [c]
+        assert c.covered == 3 and c.status == "kept"
+    # A map for another teacher does not apply to it; a partial map covers what it names.
+    c = Candidate("org/other-labels")
+    screen_metadata([c], LABELS, label_map={"org/good": {"a": "b"}}, cache_dir=tmp_path / "sel")
+    assert c.reason.startswith("no label overlap")
+    c = Candidate("org/other-labels")
+    screen_metadata([c], LABELS, label_map={"a": ["x"]}, min_covered=2, cache_dir=tmp_path / "sel")
+    assert c.reason == "label overlap too small: covers 1/3 target classes"
+    # Its own entries must name its labels (as in training): a clear reason, not a silent miss.
+    c = Candidate("org/other-labels")
+    screen_metadata([c], LABELS, label_map={"org/other-labels": {"a": "w"}}, cache_dir=tmp_path / "sel")
+    assert c.reason.startswith("its label map entries do not fit: The label map names 'w' for target class 'a'")
+
+
+def test_label_map_naming_a_class_the_target_lacks_fails_before_any_request(zoo, tmp_path):
+    seen = len(zoo.requests_log)
+    with pytest.raises(ValueError, match="names target class 'd', which the target task does not have"):
+        screen_metadata([Candidate("org/good")], LABELS, label_map={"d": ["x"]}, cache_dir=tmp_path / "sel")
+    with pytest.raises(ValueError, match=r"\(entries of 'org/good'\) names target class 'q'"):
+        screen_metadata([Candidate("org/good")], LABELS, label_map={"org/good": {"q": "a"}})
+    assert len(zoo.requests_log) == seen
+
+
+def test_label_map_scores_like_the_training_pool_and_is_written_for_it(scored_zoo, teachers, local_hub, tmp_path):
+    from hf_mrl.pool import ModelPool
+
+    d = scored_zoo
+    renamed = tmp_path / "renamed"
+    shutil.copytree(teachers["tr"], renamed)
+    _edit_config(renamed, id2label=RENAMED, label2id={v: int(k) for k, v in RENAMED.items()})
+    _upload(local_hub, renamed, "org/renamed", downloads=60)
+    (tmp_path / "map.json").write_text(json.dumps({"a": ["x"], "b": ["y", "not-a-label"], "c": ["z"]}))
+    kwargs = dict(k=1, cache_dir=tmp_path / "sel", search="renamed")
+    out = tmp_path / "out"
+    result = select_pool(
+        LABELS, d["images"], d["labels"], d["unlabeled"], output_dir=out, label_map=tmp_path / "map.json", **kwargs
+    )
+    # Mapped as a training pool maps it, the renamed expert is the expert: right on every labeled sample.
+    (chosen,) = result.selected
+    assert chosen.repo_id == "org/renamed" and chosen.scores["accuracy"] == 1.0
+    # label_map.json keeps what the selected pool uses (a name no teacher has would make training refuse the map).
+    written = json.loads((out / "label_map.json").read_text())
+    assert written == {"a": ["x"], "b": ["y"], "c": ["z"]}
+    assert "--label_map label_map.json" in (out / "pool.txt").read_text()
+    with pytest.raises(ValueError, match="no teacher in the pool has such a label"):
+        ModelPool.from_file(out / "pool.txt", LABELS, label_map=tmp_path / "map.json")
+    pool = ModelPool.from_file(out / "pool.txt", LABELS, label_map=out / "label_map.json")
+    assert pool.label_mapping[chosen.id] == {"a": ["x"], "b": ["y"], "c": ["z"]}
+    # Entries keyed by the candidate's repo id: written keyed by its pinned id, which a training pool matches.
+    own = {"org/renamed": {"a": "x", "b": "y", "c": "z"}, "org/elsewhere": {"a": "q"}}
+    again = select_pool(
+        LABELS, d["images"], d["labels"], d["unlabeled"], output_dir=tmp_path / "own", label_map=own, **kwargs
+    )
+    assert again.selected[0].scores["accuracy"] == 1.0
+    written = json.loads((tmp_path / "own" / "label_map.json").read_text())
+    assert written == {chosen.id: {"a": ["x"], "b": ["y"], "c": ["z"]}}
+    pool = ModelPool.from_file(tmp_path / "own" / "pool.txt", LABELS, label_map=tmp_path / "own" / "label_map.json")
+    assert pool.label_mapping[chosen.id] == {"a": ["x"], "b": ["y"], "c": ["z"]}
+    # Without the map, the same candidate has no shared label at all.
+    with pytest.raises(ValueError, match="No candidate passed the screens"):
+        select_pool(LABELS, d["images"], d["labels"], d["unlabeled"], **kwargs)
+
+
+def test_cli_label_map_errors_come_before_the_target_loads(tmp_path, monkeypatch):
+    import hf_mrl.target
+
+    monkeypatch.setattr(hf_mrl.target, "load_target", lambda *a, **k: pytest.fail("the target was loaded"))
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        main(["--output_dir", str(tmp_path), "--label_map", str(tmp_path / "missing.json")])
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(ValueError, match="is not valid JSON"):
+        main(["--output_dir", str(tmp_path), "--label_map", str(tmp_path / "bad.json")])
+    with pytest.raises(ValueError, match="--clusters must be at least 1"):
+        main(["--output_dir", str(tmp_path), "--clusters", "0"])
+
+
+def test_report_shows_the_coverage_of_unlabeled_clusters(scored_zoo, local_hub, tmp_path):
+    d = scored_zoo
+    domains = torch.arange(2).repeat_interleave(20)  # the 40 unlabeled samples, as if from two latent domains
+    out = tmp_path / "out"
+    result = select_pool(
+        LABELS,
+        d["images"],
+        d["labels"],
+        d["unlabeled"],
+        k=1,
+        clusters=3,
+        unlabeled_groups=domains,
+        group_names=["P", "Q"],
+        output_dir=out,
+        cache_dir=tmp_path / "sel",
+        search="expert",
+    )
+    rows = json.loads((out / "report.json").read_text())["unlabeled_clusters"]
+    assert rows == result.clusters and 1 <= len(rows) <= 3
+    assert sum(r["samples"] for r in rows) == 40 and sum(r["labeled"] for r in rows) == 60
+    expert = result.selected[0].id
+    # The expert defines the labels: right on every labeled sample of every cluster, so competent everywhere.
+    assert all(r["teacher"] == expert and r["competence"] > 0.9 and not r["weak"] for r in rows)
+    assert all(r["domain"].split()[0] in ("P", "Q") for r in rows)
+    report = (out / "report.md").read_text()
+    assert "## Coverage of the unlabeled data's clusters" in report and "| org/expert |" in report
+    assert (out / "coverage.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(ValueError, match="clusters must be a positive integer"):
+        select_pool(LABELS, d["images"], d["labels"], d["unlabeled"], clusters=0, cache_dir=tmp_path / "sel")
+    with pytest.raises(ValueError, match="objective must be"):
+        select_pool(LABELS, d["images"], d["labels"], d["unlabeled"], objective="best", cache_dir=tmp_path / "sel")
