@@ -428,3 +428,52 @@ def test_unroll_steps_above_one_need_the_unrolled_hypergradient():
     trainer = _trainer(_config(hypergradient="unrolled", unroll_steps=2))
     trainer.train(progress=False)
     assert torch.isfinite(trainer.strategy.reuser.prototypes).all()
+
+
+# ----------------------------------------------------------------------------------------------- routing
+
+ROUTING_RATE = (
+    0.85  # the stated bar: share of Digits-LD MUS test images whose top attention weight is their domain's teacher
+)
+
+
+def _domain_experts(labels: torch.Tensor, domains: torch.Tensor, k: int, seed: int) -> torch.Tensor:
+    """(N, k, 10) outputs of k simulated domain experts: teacher d is right (0.9) on domain d and confidently wrong
+    (0.9 on a seeded wrong class) elsewhere, so only routing by domain makes reuse pay."""
+    gen = torch.Generator().manual_seed(seed)
+    n = len(labels)
+    p = torch.full((n, k, 10), 0.1 / 9)
+    for t in range(k):
+        wrong = (labels + 1 + torch.randint(0, 9, (n,), generator=gen)) % 10
+        cls = torch.where(domains == t, labels, wrong)
+        p[torch.arange(n), t, cls] = 0.9
+    return p
+
+
+def test_mrl_attention_routes_digits_ld_domains_to_their_teachers(tmp_path, monkeypatch):
+    """On Digits-LD MUS (real images, 10 labels per class) with one expert teacher per latent domain, MRL's
+    attention (pixel embedding, labeled initialisation, bi-level steps) sends at least ROUTING_RATE of the test
+    images to their own domain's teacher. The experts' outputs are simulated from the domain labels (a real
+    Digits-LD pool takes minutes to train); the images, domains, embedding and training are the product's."""
+    from hf_mrl.target import load_target
+
+    monkeypatch.setenv("HF_MRL_CACHE", str(tmp_path / "cache"))
+    data, _ = load_target("digits-ld:MUS", 10, 0)
+    k = len(data.domain_names)
+    emb = Embedding("pixels")
+    sets = {
+        "l": (data.labeled_images, data.labeled_labels, data.labeled_domains),
+        "u": (data.unlabeled_images, data.unlabeled_labels, data.unlabeled_domains),
+        "t": (data.test_images, data.test_labels, data.test_domains),
+    }
+    probs = {s: _domain_experts(y, d, k, seed=i) for i, (s, (_, y, d)) in enumerate(sets.items())}
+    feats = {s: emb(x, probs[s]) for s, (x, _, _) in sets.items()}
+    reuse = ReuseInputs(probs["l"], probs["u"], probs["t"], feats["l"], feats["u"], feats["t"])
+    config = MRLConfig(method="mrl", embedding="pixels", max_steps=20, batch_size=32, unlabeled_batch_size=64)
+    trainer = StudentTrainer(config, data, reuse, teacher_ids=[f"expert-{d}" for d in data.domain_names])
+    trainer.train(progress=False)
+    weights = trainer.strategy.reuse_predictions("t")["weights"]
+    routed = (weights.argmax(-1) == data.test_domains).float()
+    per_domain = [routed[data.test_domains == d].mean().item() for d in range(k)]
+    assert routed.mean().item() >= ROUTING_RATE, per_domain
+    assert min(per_domain) >= ROUTING_RATE - 0.15, per_domain  # no domain left to the wrong teacher
