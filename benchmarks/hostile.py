@@ -14,6 +14,10 @@ Kinds of teacher (`role` in each folder's `hostile_info.json`; a folder without 
 - `unrelated`: a tiny timm classifier trained for a few seconds on a synthetic 10-class task that has nothing to do
   with digits (grating orientation, grating frequency, colour hue), saved with the digit names as its labels.
 - `duplicate`: a byte-for-byte copy of an honest teacher in another folder (the pool refuses the same id twice).
+- `swapped`: a good Digits-LD teacher whose label names are cycled among `k` of the 10 classes only (`swap<k>-<domain>`;
+  the k classes are the first k of one seeded class order, so `swap6` errs on a superset of `swap5`'s classes): right
+  on the other 10 - k classes, confidently wrong on those k. The harm grows with k; the power curve of the guard uses
+  pools of such teachers (`swap-<k>`: all three honest teachers swapped on the same k classes).
 
 Pools (`HOSTILE_POOLS`): `random`, `permuted` and `unrelated` hold only hostile teachers (no good teacher to fall
 back on: the strictest test of the never-worse mechanisms); `one-good` hides one good teacher (teacher-S) among six
@@ -43,6 +47,7 @@ __all__ = [
     "BAD_ROLES",
     "DIGITS",
     "HOSTILE_POOLS",
+    "SWAP_LEVELS",
     "UNRELATED_TASKS",
     "build_hostile_pools",
     "default_hostile_dir",
@@ -51,6 +56,7 @@ __all__ = [
     "make_permuted_teacher",
     "make_random_teacher",
     "make_unrelated_teacher",
+    "swap_permutation",
     "synthetic_task",
     "teacher_role",
 ]
@@ -60,7 +66,7 @@ logger = logging.getLogger(__name__)
 HOSTILE_VERSION = 1
 INFO_FILE = "hostile_info.json"
 DIGITS = [str(i) for i in range(10)]
-ROLES = ("honest", "random", "permuted", "unrelated", "duplicate")
+ROLES = ("honest", "random", "permuted", "unrelated", "duplicate", "swapped")
 BAD_ROLES = ("random", "permuted", "unrelated")
 
 # task -> the timm architecture of its teacher
@@ -82,6 +88,9 @@ HOSTILE_POOLS = {
     ],
     "duplicates": ["teacher-M", "duplicate-M-1", "duplicate-M-2", "teacher-U", "teacher-S"],
 }
+# Graded harm: the honest pool with every teacher's labels cycled among the same k classes (see `swap_permutation`).
+SWAP_LEVELS = (4, 5, 6, 7, 8)
+HOSTILE_POOLS.update({f"swap-{k}": [f"swap{k}-M", f"swap{k}-U", f"swap{k}-S"] for k in SWAP_LEVELS})
 
 
 def default_hostile_dir() -> Path:
@@ -145,6 +154,20 @@ def derangement(n: int, seed: int) -> list[int]:
         perm = rng.permutation(n)
         if not (perm == np.arange(n)).any():
             return perm.tolist()
+
+
+def swap_permutation(n: int, k: int, seed: int = 0) -> list[int]:
+    """A permutation of range(n) that cycles the first `k` classes of a seeded class order and fixes the others.
+
+    Nested in k: the classes moved at k are among those moved at k + 1 (same `seed`).
+    """
+    if not 2 <= k <= n:
+        raise ValueError(f"k must be in [2, {n}]; got {k}.")
+    order = np.random.default_rng(seed).permutation(n).tolist()[:k]
+    perm = list(range(n))
+    for i, c in enumerate(order):
+        perm[c] = order[(i + 1) % k]
+    return perm
 
 
 # ------------------------------------------------------------------------------------------------ builders
@@ -240,7 +263,9 @@ def _make_random_teacher(source, out_dir, seed, calibration_images, logit_std) -
     return out_dir
 
 
-def make_permuted_teacher(source: str | os.PathLike, out_dir: str | os.PathLike, permutation: Sequence[int]) -> Path:
+def make_permuted_teacher(
+    source: str | os.PathLike, out_dir: str | os.PathLike, permutation: Sequence[int], role: str = "permuted"
+) -> Path:
     """A copy of `source` whose output `i` is renamed `label_names[permutation[i]]` (weights unchanged).
 
     When `source` says class d, the pool now reads class `permutation[d]`; `inverse[c]` for the pool's class c
@@ -282,7 +307,7 @@ def make_permuted_teacher(source: str | os.PathLike, out_dir: str | os.PathLike,
             tmp,
             {
                 "version": HOSTILE_VERSION,
-                "role": "permuted",
+                "role": role,
                 "source": source.name,
                 "source_hash": _source_hash(source),
                 "permutation": perm,
@@ -495,7 +520,9 @@ def build_hostile_pools(
         kind, _, arg = name.partition("-")
         folder = out / name
         code = arg.partition("-")[0]
-        if kind in ("random", "permuted", "duplicate") and code not in teachers:
+        if kind.startswith("swap"):
+            kind, code = "swapped", arg
+        if kind in ("random", "permuted", "duplicate", "swapped") and code not in teachers:
             raise ValueError(f"Teacher {name!r} needs the honest teacher `teacher-{code}`; have {sorted(teachers)}.")
         if kind == "random":
             if calibration is None:
@@ -521,6 +548,17 @@ def build_hostile_pools(
             if not _is_built(folder, expected):
                 logger.info("Building label-permuted teacher %s", name)
                 make_permuted_teacher(teachers[code], folder, perm)
+        elif kind == "swapped":
+            perm = swap_permutation(10, int(name.partition("-")[0].removeprefix("swap")), seed=seed)
+            expected = {
+                "version": HOSTILE_VERSION,
+                "role": "swapped",
+                "source_hash": _source_hash(teachers[code]),
+                "permutation": perm,
+            }
+            if not _is_built(folder, expected):
+                logger.info("Building label-swapped teacher %s", name)
+                make_permuted_teacher(teachers[code], folder, perm, role="swapped")
         elif kind == "duplicate":
             copy = int(arg.partition("-")[2] or 1)
             expected = {

@@ -4,12 +4,14 @@ attention and the screening each recorded (issue #5).
     python benchmarks/robustness.py                      # 6 pools x 5 seeds -> results/robustness/
     python benchmarks/robustness.py --quick              # seed 0, 80 steps -> results/robustness_quick/
     python benchmarks/robustness.py --render_only        # rebuild report.md / summary.json / PNG from the records
+    python benchmarks/robustness.py --pools honest,swap-6,swap-7,swap-8,permuted --seeds 0,1   # the guard's power curve
 
 Pools (`hostile`, built once under $HF_MRL_CACHE/robustness_pools_v1): the honest Digits-LD pool, random-logit
 teachers, label-permuted teachers, teachers of unrelated tasks, one good teacher among six bad ones, and the honest
-pool with duplicates. On each pool and seed (Digits-LD MUS, 10 labels per class, the benchmark's training settings)
-the recipe trains MRL, runs the never-worse guard (3-fold cross-validation against supervised-only, as
-`recipes/train_mrl.py --guard_folds 3`), and records the supervised, MRL and delivered students' test accuracy.
+pool with duplicates; and `swap-k` pools of graded harm (the honest teachers with labels cycled among k classes)
+for the guard's power curve (share of seeds caught against the MRL student's measured loss). On each pool and seed (Digits-LD MUS, 10 labels per class, the benchmark's training settings)
+the recipe trains MRL, runs the never-worse guard (2 x 3-fold non-inferiority check against supervised-only at a
+2-point margin, as `recipes/train_mrl.py` by default), and records the supervised, MRL and delivered students' test accuracy.
 
 Supervised does not read the pool, so its student and its side of the guard are trained once per seed and shared by
 every pool (a `supervised__...` record). Each (pool, seed) writes one JSON record, atomically; a stopped run started
@@ -46,6 +48,13 @@ REPORT = "report.md"
 FIGURE = "robustness.png"
 TIMING_FILE = "timing.json"
 POOLS = ("honest", "random", "permuted", "unrelated", "one-good", "duplicates")
+SWAP_POOLS = tuple(f"swap-{k}" for k in (4, 5, 6, 7, 8))  # graded harm (`hostile.SWAP_LEVELS`)
+# The guard's power curve (issue 13): honest (a large gain), then pools whose MRL student loses about 0, 5, 10 and
+# 25 points against Supervised on Digits-LD MUS at 10 labels per class (measured per seed; see the report).
+POWER_POOLS = ("honest", "swap-6", "swap-7", "swap-8", "permuted")
+# Nominal true-loss levels of the power curve (points) and the bin edges between them.
+LOSS_LEVELS = (0, 2, 5, 10, 25)
+LOSS_EDGES = (1.0, 3.5, 7.5, 17.5)
 POOL_TITLES = {
     "honest": "Honest Digits-LD pool (teacher-M, teacher-U, teacher-S)",
     "random": "Random-logit teachers (3, the honest teachers' architectures with random weights)",
@@ -53,6 +62,10 @@ POOL_TITLES = {
     "unrelated": "Unrelated-task teachers (3, grating orientation / grating frequency / hue, labels named 0-9)",
     "one-good": "One good teacher (teacher-S) among six bad ones (2 random, 2 permuted, 2 unrelated)",
     "duplicates": "Duplicates: the honest pool plus two copies of teacher-M",
+    **{
+        f"swap-{k}": f"Label-swapped teachers (the honest three, labels cycled among the same {k} of 10 classes)"
+        for k in (4, 5, 6, 7, 8)
+    },
 }
 BAD_ROLES = ("random", "permuted", "unrelated")
 
@@ -74,6 +87,8 @@ class Spec:
     student_spec: dict | None = None
     threads: int = 1
     guard_folds: int = 3
+    guard_repeats: int = 2
+    guard_margin: float = 0.02
     cache_dir: str | None = None
 
     def __post_init__(self):
@@ -102,6 +117,8 @@ class Spec:
             "student_spec": self.student_spec,
             "threads": self.threads,
             "guard_folds": self.guard_folds,
+            "guard_repeats": self.guard_repeats,
+            "guard_margin": self.guard_margin,
         }
 
     def to_dict(self) -> dict:
@@ -198,7 +215,7 @@ def run_supervised(spec_dict: dict, seed: int, records_dir: str) -> dict:
     from harness import environment
 
     from hf_mrl import ReuseArguments, ReuseTrainer
-    from hf_mrl.guard import stratified_folds
+    from hf_mrl.guard import repeated_folds
     from hf_mrl.metrics import accuracy_report
 
     spec = Spec(**spec_dict)
@@ -206,7 +223,14 @@ def run_supervised(spec_dict: dict, seed: int, records_dir: str) -> dict:
     start = time.perf_counter()
     data, description = _load_data(spec, seed)
     config = spec.config("supervised", seed)
-    args = ReuseArguments(guard_folds=spec.guard_folds, guard_workers=1, student=spec.student_spec, progress=False)
+    args = ReuseArguments(
+        guard_folds=spec.guard_folds,
+        guard_repeats=spec.guard_repeats,
+        guard_margin=spec.guard_margin,
+        guard_workers=1,
+        student=spec.student_spec,
+        progress=False,
+    )
     runner = ReuseTrainer(None, data, config, args)
     result = runner.train()
     preds = result.predictions["method"]
@@ -215,8 +239,8 @@ def run_supervised(spec_dict: dict, seed: int, records_dir: str) -> dict:
     ok, folds = runner.supervised_guard_side(result.supervised), runner.guard_folds()
     guard = None
     if ok is not None:
-        fold = stratified_folds(data.labeled_labels, folds, seed=seed)
-        guard = {"folds": folds, "fold": fold.tolist(), "correct": ok.int().tolist()}
+        fold = repeated_folds(data.labeled_labels, folds, spec.guard_repeats, seed=seed)
+        guard = {"folds": folds, "repeats": spec.guard_repeats, "fold": fold.tolist(), "correct": ok.int().tolist()}
     record = {
         "format": RECORD_FORMAT,
         "kind": "supervised",
@@ -244,7 +268,7 @@ def run_pool(spec_dict: dict, pool: str, info: dict, seed: int, records_dir: str
     from harness import environment, load_pool
 
     from hf_mrl import ReuseArguments, ReuseTrainer
-    from hf_mrl.guard import stratified_folds
+    from hf_mrl.guard import repeated_folds
     from hf_mrl.metrics import accuracy_report
     from hf_mrl.reuse_trainer import SupervisedRun
 
@@ -261,12 +285,19 @@ def run_pool(spec_dict: dict, pool: str, info: dict, seed: int, records_dir: str
     side = sup.get("guard_side")
     shared = SupervisedRun()  # the seed's supervised guard side: no supervised training here
     if side is not None:
-        fold = stratified_folds(data.labeled_labels, side["folds"], seed=seed)
+        fold = repeated_folds(data.labeled_labels, side["folds"], side["repeats"], seed=seed)
         if fold.tolist() != side["fold"]:
             raise RuntimeError("The supervised record's guard folds differ from this data's: stale record?")
-        shared.guard_correct[side["folds"]] = torch.tensor(side["correct"], dtype=torch.bool)
+        shared.guard_correct[(side["folds"], side["repeats"])] = torch.tensor(side["correct"], dtype=torch.bool)
     folds = side["folds"] if side is not None else 0
-    args = ReuseArguments(guard_folds=folds, guard_workers=1, student=spec.student_spec, progress=False)
+    args = ReuseArguments(
+        guard_folds=folds,
+        guard_repeats=spec.guard_repeats,
+        guard_margin=spec.guard_margin,
+        guard_workers=1,
+        student=spec.student_spec,
+        progress=False,
+    )
     runner = ReuseTrainer(model_pool, data, config, args)
     runner.compute_reuse_inputs()
     prep_s = time.perf_counter() - start
@@ -473,13 +504,16 @@ def flag_codes(flags: list[str]) -> list[str]:
     return [next((code for text, code in _FLAG_CODES if text in f), f) for f in flags]
 
 
-def summarise(sup: dict[int, dict], runs: dict[str, dict[int, dict]], seeds: list[int] | None = None) -> dict:
+def summarise(
+    sup: dict[int, dict], runs: dict[str, dict[int, dict]], seeds: list[int] | None = None, margin: float = 0.02
+) -> dict:
     """Per pool: accuracies (points), the acceptance criterion, and how often each mechanism acted."""
     seeds = sorted(seeds if seeds is not None else sup)
     sup_acc = {s: 100 * sup[s]["accuracy"] for s in seeds if s in sup}
     noise = _stats(list(sup_acc.values()))["std"]
     pools = {}
-    for name in [p for p in POOLS if p in runs] + sorted(set(runs) - set(POOLS)):
+    order = POOLS + SWAP_POOLS
+    for name in [p for p in order if p in runs] + sorted(set(runs) - set(order)):
         recs = [runs[name][s] for s in seeds if s in runs[name]]
         if not recs:
             continue
@@ -500,7 +534,11 @@ def summarise(sup: dict[int, dict], runs: dict[str, dict[int, dict]], seeds: lis
                     "mrl_delta": 100 * (r["mrl_accuracy"] - r["supervised_accuracy"]),
                     "decision": g["decision"] if g else "off",
                     "guard_gain": 100 * g["gain"] if g else None,
-                    "guard_z": g["z"] if g else None,
+                    "guard_loss_upper": 100 * g["loss_upper"] if g else None,
+                    "guard_harmful_clusters": [c["cluster"] for c in g.get("clusters", []) if c["harmful"]]
+                    if g
+                    else [],
+                    "true_loss": 100 * (r["supervised_accuracy"] - r["mrl_accuracy"]),
                     "s": r["reuse_strength"],
                     "attention_bad": sum(att[k] for k in bad),
                     "reuser": 100 * r["reuser_accuracy"],
@@ -550,12 +588,82 @@ def summarise(sup: dict[int, dict], runs: dict[str, dict[int, dict]], seeds: lis
             "screening_bad_flagged": [flagged_bad, len(bad) * len(recs)],
             "screening_honest_flagged": [flagged_honest, honest_count * len(recs)],
         }
-        entry["criterion"] = _criterion(name, entry, noise)
+        entry["criterion"] = _criterion(name, entry, noise, margin)
         pools[name] = entry
-    return {"seeds": seeds, "supervised": sup_acc, "noise": noise, "pools": pools}
+    out = {"seeds": seeds, "supervised": sup_acc, "noise": noise, "margin": margin, "pools": pools}
+    out["power"] = power_curve(pools)
+    out["acceptance"] = acceptance(out)
+    return out
 
 
-def _criterion(name: str, entry: dict, noise: float) -> dict:
+def loss_level(loss: float) -> int | None:
+    """The nominal loss level (points) a measured true loss falls nearest to; None for a gain (loss < -1)."""
+    if loss < -LOSS_EDGES[0]:
+        return None
+    for level, edge in zip(LOSS_LEVELS, LOSS_EDGES, strict=False):
+        if loss < edge:
+            return level
+    return LOSS_LEVELS[-1]
+
+
+def power_curve(pools: dict) -> list[dict]:
+    """Share of (pool, seed) pairs the guard caught (fell back on), by the MRL student's measured true loss against
+    Supervised on the test split (binned to the nearest of `LOSS_LEVELS`; gains in their own row)."""
+    rows = []
+    pairs = [(name, q) for name, p in pools.items() for q in p["per_seed"] if q["decision"] != "off"]
+    for level in (None, *LOSS_LEVELS):
+        hits = [(n, q) for n, q in pairs if loss_level(q["true_loss"]) == level]
+        caught = sum(q["decision"] == "fall_back" for _, q in hits)
+        rows.append(
+            {
+                "level": level,
+                "pairs": len(hits),
+                "caught": caught,
+                "rate": caught / len(hits) if hits else None,
+                "mean_loss": sum(q["true_loss"] for _, q in hits) / len(hits) if hits else None,
+                "pools": sorted({n for n, _ in hits}),
+            }
+        )
+    return rows
+
+
+def acceptance(summary: dict) -> list[dict]:
+    """Issue 13's three checks on the guard, from the summary."""
+    pools, noise, margin = summary["pools"], summary["noise"], summary["margin"]
+    out = []
+    if "honest" in pools:
+        h = pools["honest"]
+        out.append(
+            {
+                "check": "the honest pool keeps on every seed",
+                "ok": h["fell_back"] == 0,
+                "evidence": f"kept on {len(h['per_seed']) - h['fell_back']}/{len(h['per_seed'])} seeds",
+            }
+        )
+    five = next(r for r in summary["power"] if r["level"] == 5)
+    out.append(
+        {
+            "check": "catch rate >= 80% at a ~5-point loss",
+            "ok": None if not five["pairs"] else five["rate"] >= 0.8,
+            "evidence": f"{five['caught']}/{five['pairs']} pairs caught" if five["pairs"] else "no pair in that bin",
+        }
+    )
+    bound = 100 * margin + noise if math.isfinite(noise) else float("nan")
+    worst = [(n, q) for n, p in pools.items() for q in p["per_seed"]]
+    below = [f"{n} seed {q['seed']} ({q['delta']:+.1f})" for n, q in worst if q["delta"] < -bound]
+    out.append(
+        {
+            "check": "no (pool, seed) delivers below Supervised by more than margin + Supervised's seed std",
+            "ok": None if not math.isfinite(bound) else not below,
+            "evidence": f"bound -{bound:.1f} points; worst delivered - supervised "
+            f"{min((q['delta'] for _, q in worst), default=float('nan')):+.1f}"
+            + (": " + ", ".join(below) if below else ""),
+        }
+    )
+    return out
+
+
+def _criterion(name: str, entry: dict, noise: float, margin: float = 0.0) -> dict:
     """Pass / fail of the acceptance criterion (see `CRITERION`)."""
     if name == "honest":
         ok = entry["fell_back"] == 0
@@ -566,10 +674,11 @@ def _criterion(name: str, entry: dict, noise: float) -> dict:
         }
     if not math.isfinite(noise):
         return {"ok": None, "evidence": "needs >= 2 seeds of Supervised to measure its noise"}
-    below = [p for p in entry["per_seed"] if p["delta"] < -noise]
+    bound = noise + 100 * margin
+    below = [p for p in entry["per_seed"] if p["delta"] < -bound]
     return {
         "ok": not below,
-        "evidence": f"worst delivered - supervised {entry['worst_delta']:+.1f} vs -noise {-noise:.1f}"
+        "evidence": f"worst delivered - supervised {entry['worst_delta']:+.1f} vs -(margin + noise) {-bound:.1f}"
         + (": below on seed(s) " + ", ".join(str(p["seed"]) for p in below) if below else ""),
     }
 
@@ -577,7 +686,8 @@ def _criterion(name: str, entry: dict, noise: float) -> dict:
 CRITERION = (
     "**Acceptance criterion.** Let sigma be the sample standard deviation (n - 1) over the report's seeds of the "
     "Supervised student's test accuracy (the same student for every pool at a given seed; its records are shared). "
-    "A hostile pool **passes** when, on *every* seed, delivered - supervised >= -sigma, where *delivered* is the "
+    "A hostile pool **passes** when, on *every* seed, delivered - supervised >= -(margin + sigma), with the guard's "
+    "non-inferiority margin in points, where *delivered* is the "
     "student the recipe ships: the MRL student, or the Supervised one when the guard falls back. The honest pool "
     "**passes** when the guard keeps the MRL student on every seed (it never throws the gain away)."
 )
@@ -608,9 +718,13 @@ def render_markdown(summary: dict, spec_identity: dict, timing: dict | None, com
         f"{s['seeds']}. Every student: the same `MRLConfig` but `method` (max_steps {train['max_steps']}, batch "
         f"{train['batch_size']} labeled + {train['unlabeled_batch_size']} unlabeled, lr {train['learning_rate']}, "
         f"learned reuse strength {train['learn_reuse_strength']} from s = {train['reuse_strength_init']}), "
-        f"{spec_identity['threads']} torch thread(s) per run. Guard: {spec_identity['guard_folds']}-fold stratified "
-        "cross-validation of MRL against Supervised on the labeled data, falling back when reuse is significantly "
-        "worse (one-sided z < -1.645), as `recipes/train_mrl.py --guard_folds 3`. Test accuracy in %.\n"
+        f"{spec_identity['threads']} torch thread(s) per run. Guard: {spec_identity.get('guard_repeats', 1)} x "
+        f"{spec_identity['guard_folds']}-fold stratified cross-validation of MRL against Supervised on the labeled "
+        f"data; non-inferiority at margin {100 * spec_identity.get('guard_margin', 0):.1f} points: MRL is kept only "
+        "when the 95% upper bound of its loss (Nadeau-Bengio corrected resampled t) is below the margin and no "
+        "latent psi cluster shows a loss confidently above it, as `recipes/train_mrl.py` by default "
+        f"(`--guard_folds {spec_identity['guard_folds']} --guard_repeats {spec_identity.get('guard_repeats', 1)} "
+        f"--guard_margin {spec_identity.get('guard_margin', 0)}`). Test accuracy in %.\n"
     )
     noise = s["noise"]
     sup_line = ", ".join(f"seed {k}: {v:.1f}" for k, v in s["supervised"].items())
@@ -620,6 +734,26 @@ def render_markdown(summary: dict, spec_identity: dict, timing: dict | None, com
         else f"Supervised (shared by every pool): {sup_line}; sigma needs >= 2 seeds.\n"
     )
     lines.append(CRITERION + "\n")
+    if s.get("power"):
+        lines.append("## The guard's power curve\n")
+        lines.append(
+            "Each (pool, seed) pair's *true loss* is Supervised's test accuracy minus the MRL student's (points, "
+            "measured on the test split, which the guard never sees); pairs are binned to the nearest nominal level "
+            "(edges " + ", ".join(f"{e:g}" for e in LOSS_EDGES) + "; a loss below -1 is a gain). *Caught*: the guard "
+            "fell back. Pools of graded harm: `swap-k` (the honest teachers with labels cycled among k classes), "
+            "`permuted` (all 10).\n"
+        )
+        lines.append("| true loss (nominal) | pairs | caught | catch rate | mean true loss | pools |")
+        lines.append("| --- | ---: | ---: | ---: | ---: | --- |")
+        for r in s["power"]:
+            name = "gain (< -1)" if r["level"] is None else f"~{r['level']}"
+            rate = "-" if r["rate"] is None else f"{100 * r['rate']:.0f}%"
+            ml = "-" if r["mean_loss"] is None else f"{r['mean_loss']:+.1f}"
+            lines.append(f"| {name} | {r['pairs']} | {r['caught']} | {rate} | {ml} | {', '.join(r['pools'])} |")
+        lines.append("\n**Acceptance (issue 13).**\n")
+        for a in s.get("acceptance", []):
+            lines.append(f"- {a['check']}: {_verdict(a)} ({a['evidence']})")
+        lines.append("")
     lines.append("## Overview\n")
     lines.append(
         "| pool | Supervised | MRL | delivered | worst delivered - sup. | guard fell back | mean s (s < 0.5) | "
@@ -664,13 +798,13 @@ def render_markdown(summary: dict, spec_identity: dict, timing: dict | None, com
             f"{p['fell_back']}/{p['guard_ran']} seed(s); final reuse strength s {_pm(p['s'], 2)}.\n"
         )
         lines.append(
-            "| seed | Supervised | MRL | delivered | delivered - sup. | guard (CV gain, z) | s | attention on bad | "
+            "| seed | Supervised | MRL | delivered | delivered - sup. | guard (CV gain, loss bound) | s | attention on bad | "
             "reuser |"
         )
         lines.append("| ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: |")
         for q in p["per_seed"]:
             g = (
-                f"{q['decision']} ({q['guard_gain']:+.1f}, {q['guard_z']:+.2f})"
+                f"{q['decision']} ({q['guard_gain']:+.1f}, {q['guard_loss_upper']:+.1f})"
                 if q["guard_gain"] is not None
                 else q["decision"]
             )
@@ -744,7 +878,7 @@ def write_report(results_dir: str | os.PathLike, spec: Spec, seeds: list[int], c
     sup, runs = load_records(results, spec)
     if not sup or not runs:
         raise ValueError(f"No robustness records in {results / RECORDS_DIR} for this configuration.")
-    summary = summarise(sup, runs, [s for s in seeds if s in sup])
+    summary = summarise(sup, runs, [s for s in seeds if s in sup], margin=spec.guard_margin)
     timing = read_json(results / TIMING_FILE)
     if timing:
         timing = {
@@ -777,6 +911,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch_size", type=int, default=32, help="labeled per step (the benchmark's)")
     p.add_argument("--unlabeled_batch_size", type=int, default=64, help="unlabeled per step (the benchmark's)")
     p.add_argument("--guard_folds", type=int, default=3)
+    p.add_argument("--guard_repeats", type=int, default=2)
+    p.add_argument("--guard_margin", type=float, default=0.02, help="non-inferiority margin (accuracy)")
     p.add_argument("--config", type=json.loads, default={}, help="other MRLConfig fields as JSON")
     p.add_argument("--student", type=json.loads, help="student spec JSON (default: the library's student)")
     p.add_argument("--workers", type=int, default=2, help="worker processes (results do not depend on it)")
@@ -815,6 +951,8 @@ def make_spec(args: argparse.Namespace) -> Spec:
         student_spec=args.student,
         threads=args.threads,
         guard_folds=args.guard_folds,
+        guard_repeats=args.guard_repeats,
+        guard_margin=args.guard_margin,
         cache_dir=args.cache_dir,
     )
 

@@ -88,6 +88,19 @@ def train_parser(prog: str | None = None) -> argparse.ArgumentParser:
         "--guard_folds", type=int, default=3, help="folds of the never-worse check against supervised-only (0: off)"
     )
     p.add_argument(
+        "--guard_repeats",
+        type=int,
+        default=2,
+        help="repeats of the guard's cross-validation (fold dependence corrected)",
+    )
+    p.add_argument(
+        "--guard_margin",
+        type=float,
+        default=0.02,
+        help="non-inferiority margin in accuracy: the reuse student is delivered only when its cross-validated loss "
+        "against supervised-only is, at 95%% confidence, below it (default 0.02 = 2 points)",
+    )
+    p.add_argument(
         "--guard_workers", type=int, help="processes training the guard's folds (default: one per core on CPU)"
     )
     p.add_argument(
@@ -295,6 +308,8 @@ def train(args: argparse.Namespace) -> ReuseResult:
         student=student,
         guard_folds=args.guard_folds,
         guard_workers=args.guard_workers,
+        guard_repeats=args.guard_repeats,
+        guard_margin=args.guard_margin,
         dataset=args.dataset,
         dataset_description=description,
         progress=not args.no_progress,

@@ -1,11 +1,38 @@
-"""The never-worse guard: cross-validate the reuse student against the supervised-only student.
+"""The never-worse guard: a non-inferiority test of the reuse student against the supervised-only student.
 
-Each labeled sample is held out once (stratified folds); on every fold both methods train on the other
-folds' labels (and the same unlabeled data and budget) and predict the held-out samples. The paired
-per-sample differences give the mean gain of reuse and its standard error, and the decision:
+**What it decides.** Deliver the reuse student only when its cross-validated loss against supervised-only is, with
+confidence, smaller than a stated margin; otherwise deliver the supervised-only student. In symbols, with
+L = (supervised accuracy - reuse accuracy) the loss of reuse in accuracy points:
 
-- `keep`: reuse is not significantly worse (the gain's upper bound is above zero), deliver the reuse student;
-- `fall_back`: reuse is significantly worse, deliver the supervised-only student.
+- `keep` when the one-sided upper confidence bound of L (level `confidence`, 95% by default) is below `margin`
+  **and** no latent cluster of the labeled data shows a loss confidently above `margin` (see below);
+- `fall_back` otherwise, including when there is no held-out evidence at all.
+
+The burden of proof is on reuse (non-inferiority): a pool that helps a little but not provably is not delivered,
+and a true loss larger than the margin is caught at least half the time whatever the sample size.
+
+**The estimate and its variance.** `repeats` x `folds` stratified cross-validation: in each repeat every labeled
+sample is held out once; on every (repeat, fold) both methods train on the other folds' labels (same unlabeled data
+and budget) and the fold's mean difference d_j of 0/1 correctness is recorded. The J = repeats x folds values of
+d_j share training data, so their plain variance understates the uncertainty; the guard uses the corrected resampled
+t-test of Nadeau & Bengio (2003): Var(mean d) ~ (1/J + n_test/n_train) * s^2, with s^2 the sample variance of the
+d_j and n_test/n_train = 1/(folds - 1), against a Student t with J - 1 degrees of freedom.
+
+**Latent clusters.** Harm confined to one latent domain can hide in the average. When psi features of the labeled
+data are given (the reuser's embedding, `ReuseInputs.feats_l`), they are standardised and split by a seeded k-means
+into as many clusters as teachers (at most one per `min_cluster` scored samples); in each cluster the same corrected
+test is run on the cluster's samples, Bonferroni-corrected over the clusters, and a cluster whose *lower* bound of L
+is above the margin (confident harm there) makes the guard fall back. Smaller clusters are reported, not tested.
+
+**Classes with one label.** A class with a single labeled sample cannot be held out without removing it from
+training: such samples are trained on in every fold and never scored (`unscored` in the report). The decision rests
+on the other classes. When no class has two labels there is no evidence and the guard falls back (switch it off with
+`guard_folds=0` to deliver the reuse student unchecked).
+
+**Cost.** repeats x folds trainings of each method (2 x 3 = 6 per method by default, 12 student trainings in all;
+the supervised side does not depend on the pool and can be shared across pools), on (folds - 1)/folds of the labels.
+The models judged are the fold models: the test estimates the risk of the *training procedure* at that label count,
+which is what the delivered student (trained on all labels) is one draw of.
 
 Why there is no third decision, `blend`. What is delivered is ONE timm student, and whatever is delivered must
 carry cross-validated evidence that it is not worse than supervised-only. None of the blends we considered meets
@@ -34,7 +61,7 @@ import logging
 import math
 import os
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 
@@ -42,13 +69,19 @@ from .config import MRLConfig
 from .trainer import ReuseInputs, StudentTrainer, TargetData
 
 __all__ = [
+    "DEFAULT_CONFIDENCE",
+    "DEFAULT_MARGIN",
     "GUARD_DECISIONS",
     "GuardReport",
+    "corrected_bound",
     "cross_validate_reuse",
     "decide",
     "default_workers",
     "fold_correctness",
     "guard_report",
+    "latent_clusters",
+    "no_evidence_report",
+    "repeated_folds",
     "stratified_folds",
 ]
 
@@ -56,11 +89,23 @@ logger = logging.getLogger(__name__)
 
 # The decisions `GuardReport.decision` can take; `ReuseTrainer` delivers the supervised student on "fall_back".
 GUARD_DECISIONS = ("keep", "fall_back")
+# Non-inferiority margin, in accuracy (0.02 = 2 points): well under the Supervised student's seed-to-seed spread on
+# the benchmark (4.6 points on Digits-LD MUS at 10 labels per class), so a loss inside it cannot be told from
+# re-running supervised-only with another seed, and well under the 5-point loss the guard must catch.
+DEFAULT_MARGIN = 0.02
+DEFAULT_CONFIDENCE = 0.95
+MIN_CLUSTER = 15  # scored samples per latent cluster below which a cluster is reported but not tested
 
 
 @dataclass
 class GuardReport:
-    """Evidence and decision of the guard (written to metrics.json and the model card)."""
+    """Evidence and decision of the guard (written to metrics.json and the model card). Accuracies in [0, 1].
+
+    `gain` = reuse - supervised held-out accuracy (mean over repeats); `loss_upper` the one-sided upper confidence
+    bound of the loss (-gain); `z` the non-inferiority statistic (margin - loss) / stderr (a t with `df` degrees of
+    freedom); `trainings` the student trainings the check costs (both methods); `clusters` the per-latent-cluster
+    checks; `reason` the decision in words.
+    """
 
     folds: int
     held_out: int
@@ -70,38 +115,163 @@ class GuardReport:
     gain_stderr: float
     z: float
     decision: str
+    margin: float = DEFAULT_MARGIN
+    confidence: float = DEFAULT_CONFIDENCE
+    repeats: int = 1
+    df: int = 0
+    loss_upper: float = float("nan")
+    unscored: int = 0
+    trainings: int = 0
+    clusters: list[dict] = field(default_factory=list)
+    reason: str = ""
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 def stratified_folds(labels: torch.Tensor, folds: int, seed: int = 0) -> torch.Tensor:
-    """Fold index (n,) per labeled sample, each class spread over the folds as evenly as possible."""
+    """Fold index (n,) per labeled sample, each class spread over the folds as evenly as possible.
+
+    A class with a single labeled sample gets fold -1: trained on in every fold, never held out (it cannot be held
+    out without removing the class from training). Every other class needs at least `folds` samples.
+    """
     if folds < 2:
         raise ValueError(f"folds must be >= 2; got {folds}.")
     counts = torch.bincount(labels)
-    if int(counts[counts > 0].min()) < folds:
+    multi = counts[counts > 1]
+    if len(multi) and int(multi.min()) < folds:
         raise ValueError(
             f"{folds} folds need at least {folds} labeled samples per class; the rarest class has "
-            f"{int(counts[counts > 0].min())}. Use fewer folds."
+            f"{int(multi.min())}. Use fewer folds."
         )
     gen = torch.Generator().manual_seed(seed)
-    fold = torch.empty_like(labels)
+    fold = torch.full_like(labels, -1)
     for c in labels.unique():
         idx = (labels == c).nonzero().flatten()
+        if len(idx) < 2:
+            continue
         idx = idx[torch.randperm(len(idx), generator=gen)]
         fold[idx] = torch.arange(len(idx)) % folds
     return fold
 
 
-def decide(reuse_correct: torch.Tensor, supervised_correct: torch.Tensor, z_threshold: float = 1.645) -> tuple:
-    """(gain, stderr, z, decision) from paired 0/1 correctness vectors; one-sided test at `z_threshold`."""
-    diff = reuse_correct.double() - supervised_correct.double()
-    n = len(diff)
-    gain = diff.mean().item()
-    stderr = diff.std(unbiased=True).item() / math.sqrt(n) if n > 1 else float("inf")
-    z = gain / stderr if stderr > 0 else (0.0 if gain == 0 else math.copysign(float("inf"), gain))
-    return gain, stderr, z, "fall_back" if z < -z_threshold else "keep"
+def repeated_folds(labels: torch.Tensor, folds: int, repeats: int, seed: int = 0) -> torch.Tensor:
+    """(repeats, n) fold indices: `repeats` independent stratified splits (the first is `stratified_folds(seed)`)."""
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1; got {repeats}.")
+    return torch.stack([stratified_folds(labels, folds, seed=seed + 100_003 * r) for r in range(repeats)])
+
+
+def _t_quantile(p: float, df: int) -> float:
+    if df <= 0:
+        return float("inf")
+    from scipy.stats import t
+
+    return float(t.ppf(p, df))
+
+
+def _fold_losses(reuse_ok: torch.Tensor, sup_ok: torch.Tensor, fold: torch.Tensor, mask=None) -> list[float]:
+    """Per (repeat, fold) mean loss (supervised - reuse correctness) over its held-out samples (within `mask`)."""
+    out = []
+    for r in range(fold.shape[0]):
+        for f in fold[r].unique().tolist():
+            if f < 0:
+                continue
+            held = fold[r] == f
+            if mask is not None:
+                held = held & mask
+            if held.any():
+                out.append((sup_ok[r][held].double() - reuse_ok[r][held].double()).mean().item())
+    return out
+
+
+def corrected_bound(losses: list[float], folds: int, confidence: float, upper: bool = True) -> tuple:
+    """(mean, corrected stderr, df, bound): Nadeau-Bengio corrected resampled t bound of the mean of `losses`.
+
+    `losses` are J per-(repeat, fold) means; Var(mean) = (1/J + 1/(folds - 1)) * s^2. A one-sided bound at
+    `confidence`: upper (mean + t * se) or lower (mean - t * se). With J < 2 the bound is infinite.
+    """
+    j = len(losses)
+    if j == 0:
+        return float("nan"), float("inf"), 0, (float("inf") if upper else float("-inf"))
+    x = torch.tensor(losses, dtype=torch.float64)
+    mean = x.mean().item()
+    if j < 2:
+        return mean, float("inf"), 0, (float("inf") if upper else float("-inf"))
+    se = math.sqrt((1 / j + 1 / (folds - 1)) * x.var(unbiased=True).item())
+    t = _t_quantile(confidence, j - 1)
+    return mean, se, j - 1, (mean + t * se if upper else mean - t * se)
+
+
+def decide(
+    reuse_correct: torch.Tensor,
+    supervised_correct: torch.Tensor,
+    fold: torch.Tensor,
+    margin: float = DEFAULT_MARGIN,
+    confidence: float = DEFAULT_CONFIDENCE,
+) -> tuple:
+    """(gain, stderr, z, decision, loss_upper, df) of the overall non-inferiority test.
+
+    `reuse_correct`, `supervised_correct`: held-out 0/1 correctness, (repeats, n) or (n,); `fold`: the same shape,
+    -1 for unscored samples. Keep when the upper bound of the loss is below `margin`.
+    """
+    reuse_correct, supervised_correct, fold = (
+        t if t.ndim == 2 else t[None] for t in (reuse_correct, supervised_correct, fold)
+    )
+    folds = int(fold.max()) + 1
+    losses = _fold_losses(reuse_correct, supervised_correct, fold)
+    mean, se, df, upper = corrected_bound(losses, max(folds, 2), confidence)
+    if not losses:
+        return float("nan"), float("inf"), float("-inf"), "fall_back", float("inf"), 0
+    if se > 0 and math.isfinite(se):
+        z = (margin - mean) / se
+    else:
+        z = math.copysign(float("inf"), margin - mean) if margin != mean else 0.0
+    return -mean, se, z, "keep" if upper < margin else "fall_back", upper, df
+
+
+def latent_clusters(feats: torch.Tensor, k: int, seed: int = 0, iters: int = 50) -> torch.Tensor:
+    """Seeded k-means (k-means++ start) of standardised features (n, p) -> cluster index (n,)."""
+    x = feats.double()
+    x = (x - x.mean(0)) / x.std(0, unbiased=False).clamp_min(1e-8)
+    n = len(x)
+    k = max(1, min(k, n))
+    gen = torch.Generator().manual_seed(seed)
+    centres = [x[torch.randint(n, (1,), generator=gen)].squeeze(0)]
+    for _ in range(1, k):
+        d2 = torch.cdist(x, torch.stack(centres)).min(1).values ** 2
+        if float(d2.sum()) <= 0:
+            break
+        centres.append(x[torch.multinomial(d2 / d2.sum(), 1, generator=gen)].squeeze(0))
+    c = torch.stack(centres)
+    assign = torch.cdist(x, c).argmin(1)
+    for _ in range(iters):
+        c = torch.stack([x[assign == j].mean(0) if (assign == j).any() else c[j] for j in range(len(c))])
+        new = torch.cdist(x, c).argmin(1)
+        if torch.equal(new, assign):
+            break
+        assign = new
+    return assign
+
+
+def _cluster_checks(reuse_ok, sup_ok, fold, clusters, margin, confidence, min_cluster) -> list[dict]:
+    """Per latent cluster: size, gain, corrected lower bound of the loss (Bonferroni over tested clusters), harm."""
+    folds = int(fold.max()) + 1
+    scored = fold[0] >= 0
+    ids = clusters.unique().tolist()
+    sizes = {c: int(((clusters == c) & scored).sum()) for c in ids}
+    tested = [c for c in ids if sizes[c] >= min_cluster]
+    level = 1 - (1 - confidence) / max(1, len(tested))
+    out = []
+    for c in ids:
+        mask = clusters == c
+        entry = {"cluster": int(c), "size": sizes[c], "tested": c in tested}
+        losses = _fold_losses(reuse_ok, sup_ok, fold, mask)
+        mean, se, df, lower = corrected_bound(losses, max(folds, 2), level, upper=False)
+        entry.update(gain=-mean, gain_stderr=se, loss_lower=lower, confidence=level)
+        entry["harmful"] = bool(c in tested and lower > margin)
+        out.append(entry)
+    return out
 
 
 def _fold_job(config: MRLConfig, data: TargetData, reuse, teacher_ids, fold: torch.Tensor, f: int, student_spec):
@@ -187,7 +357,8 @@ def fold_correctness(
     workers: int = 1,
     progress: bool = False,
 ) -> torch.Tensor:
-    """Whether each labeled sample is predicted right by `config.method` trained on the other folds -> bool (n,).
+    """Whether each labeled sample is predicted right by `config.method` trained on the other folds -> bool, the
+    shape of `fold` ((n,) or (repeats, n); False where fold is -1, never held out).
 
     A method that reads no teacher (supervised) ignores `reuse` and `teacher_ids`, so its vector depends only on the
     data, the folds and the config: it can be computed once and shared by the guards of several pools. `workers`
@@ -198,31 +369,106 @@ def fold_correctness(
 
 def _correctness(configs, data, reuse, teacher_ids, fold, student_spec, workers, progress) -> list[torch.Tensor]:
     """`fold_correctness` of several configs, all their fold trainings in one pool of workers."""
-    folds = fold.unique().tolist()
-    jobs = [(c, data, reuse, teacher_ids, fold, f, student_spec) for c in configs for f in folds]
-    results = _run_jobs(jobs, workers, progress, desc=f"guard ({len(folds)} folds)")
+    flat = fold.ndim == 1
+    fold2 = fold[None] if flat else fold
+    cells = [(r, f) for r in range(fold2.shape[0]) for f in fold2[r].unique().tolist() if f >= 0]
+    jobs = [(c, data, reuse, teacher_ids, fold2[r], f, student_spec) for c in configs for r, f in cells]
+    results = _run_jobs(jobs, workers, progress, desc=f"guard ({len(cells)} folds)")
     out = []
     for i in range(len(configs)):
-        ok = torch.zeros(len(fold), dtype=torch.bool)
-        for j, f in enumerate(folds):
-            ok[fold == f] = results[i * len(folds) + j]
-        out.append(ok)
+        ok = torch.zeros(fold2.shape, dtype=torch.bool)
+        for j, (r, f) in enumerate(cells):
+            ok[r][fold2[r] == f] = results[i * len(cells) + j]
+        out.append(ok[0] if flat else ok)
     return out
 
 
-def guard_report(reuse_correct: torch.Tensor, supervised_correct: torch.Tensor, folds: int) -> GuardReport:
-    """The guard's evidence and decision from the two methods' held-out correctness vectors."""
-    gain, stderr, z, decision = decide(reuse_correct, supervised_correct)
+def no_evidence_report(
+    n: int, folds: int, repeats: int, margin: float = DEFAULT_MARGIN, confidence: float = DEFAULT_CONFIDENCE
+) -> GuardReport:
+    """The report when no labeled sample can be held out (every class has one label): fall back, no training."""
     return GuardReport(
         folds=folds,
-        held_out=len(reuse_correct),
-        reuse_accuracy=reuse_correct.float().mean().item(),
-        supervised_accuracy=supervised_correct.float().mean().item(),
+        held_out=0,
+        reuse_accuracy=float("nan"),
+        supervised_accuracy=float("nan"),
+        gain=float("nan"),
+        gain_stderr=float("inf"),
+        z=float("-inf"),
+        decision="fall_back",
+        margin=margin,
+        confidence=confidence,
+        repeats=repeats,
+        loss_upper=float("inf"),
+        unscored=n,
+        trainings=0,
+        reason="no class has two labeled samples, so nothing can be held out: no evidence that reuse is not worse",
+    )
+
+
+def guard_report(
+    reuse_correct: torch.Tensor,
+    supervised_correct: torch.Tensor,
+    folds: torch.Tensor,
+    margin: float = DEFAULT_MARGIN,
+    confidence: float = DEFAULT_CONFIDENCE,
+    clusters: torch.Tensor | None = None,
+    min_cluster: int = MIN_CLUSTER,
+) -> GuardReport:
+    """The guard's evidence and decision from the two methods' held-out correctness ((repeats, n) or (n,)).
+
+    `folds`: the fold assignment, the same shape (-1: never held out).
+    `clusters`: latent cluster per labeled sample (n,), or None for no per-cluster check.
+    """
+    if isinstance(folds, int):
+        raise TypeError("guard_report needs the fold assignment tensor, not a fold count.")
+    fold = folds if folds.ndim == 2 else folds[None]
+    reuse_ok = reuse_correct if reuse_correct.ndim == 2 else reuse_correct[None]
+    sup_ok = supervised_correct if supervised_correct.ndim == 2 else supervised_correct[None]
+    scored = fold[0] >= 0
+    k = int(fold.max()) + 1
+    gain, se, z, decision, upper, df = decide(reuse_ok, sup_ok, fold, margin, confidence)
+    checks = []
+    if clusters is not None:
+        checks = _cluster_checks(reuse_ok, sup_ok, fold, clusters, margin, confidence, min_cluster)
+    harmful = [c["cluster"] for c in checks if c["harmful"]]
+    if decision == "keep" and harmful:
+        decision = "fall_back"
+        reason = f"overall loss bound {100 * upper:+.1f} points is under the margin, but latent cluster(s) {harmful} lose more than it"
+    elif decision == "keep":
+        reason = f"loss upper bound {100 * upper:+.1f} points < margin {100 * margin:.1f}"
+    else:
+        reason = f"loss upper bound {100 * upper:+.1f} points >= margin {100 * margin:.1f}: not shown non-inferior"
+    n_scored = int(scored.sum())
+    return GuardReport(
+        folds=k,
+        held_out=n_scored,
+        reuse_accuracy=reuse_ok[:, scored].float().mean().item() if n_scored else float("nan"),
+        supervised_accuracy=sup_ok[:, scored].float().mean().item() if n_scored else float("nan"),
         gain=gain,
-        gain_stderr=stderr,
+        gain_stderr=se,
         z=z,
         decision=decision,
+        margin=margin,
+        confidence=confidence,
+        repeats=fold.shape[0],
+        df=df,
+        loss_upper=upper,
+        unscored=int((~scored).sum()),
+        trainings=2 * fold.shape[0] * k,
+        clusters=checks,
+        reason=reason,
     )
+
+
+def _clusters_for(reuse: ReuseInputs | None, n_scored: int, seed: int, min_cluster: int) -> torch.Tensor | None:
+    """Latent clusters of the labeled data from psi: one per teacher, at most one per `min_cluster` scored samples."""
+    if reuse is None or getattr(reuse, "feats_l", None) is None:
+        return None
+    k = min(reuse.probs_l.shape[1], n_scored // min_cluster)
+    if k < 2:
+        return None
+    return latent_clusters(reuse.feats_l, k, seed=seed)
 
 
 def cross_validate_reuse(
@@ -235,18 +481,26 @@ def cross_validate_reuse(
     supervised_correct: torch.Tensor | None = None,
     workers: int = 1,
     progress: bool = False,
+    repeats: int = 2,
+    margin: float = DEFAULT_MARGIN,
+    confidence: float = DEFAULT_CONFIDENCE,
+    min_cluster: int = MIN_CLUSTER,
 ) -> GuardReport:
-    """Run the fold-wise comparison of `config.method` against supervised-only and decide.
+    """Run the repeated fold-wise comparison of `config.method` against supervised-only and decide.
 
-    `reuse` and `teacher_ids` may be None for a method that reads no teacher.
+    `reuse` and `teacher_ids` may be None for a method that reads no teacher (no per-cluster check then).
 
     `supervised_correct`: the supervised side, `fold_correctness` of `method="supervised"` on the same data and
-    `stratified_folds(data.labeled_labels, folds, seed=config.seed)`, when already computed (it does not depend on
-    the pool); trained here when None.
+    `repeated_folds(data.labeled_labels, folds, repeats, seed=config.seed)`, when already computed (it does not
+    depend on the pool); trained here when None.
     """
-    fold = stratified_folds(data.labeled_labels, folds, seed=config.seed)
-    if supervised_correct is not None and len(supervised_correct) != len(fold):
-        raise ValueError(f"supervised_correct has {len(supervised_correct)} entries for {len(fold)} labeled samples.")
+    fold = repeated_folds(data.labeled_labels, folds, repeats, seed=config.seed)
+    if int((fold[0] >= 0).sum()) == 0:
+        return no_evidence_report(len(data.labeled_labels), folds, repeats, margin, confidence)
+    if supervised_correct is not None and tuple(supervised_correct.shape) != tuple(fold.shape):
+        raise ValueError(
+            f"supervised_correct has shape {tuple(supervised_correct.shape)}; the folds need {tuple(fold.shape)}."
+        )
     configs = (
         [config] if supervised_correct is not None else [config, dataclasses.replace(config, method="supervised")]
     )
@@ -254,4 +508,5 @@ def cross_validate_reuse(
     reuse_ok = results[0]
     if supervised_correct is None:
         supervised_correct = results[1]
-    return guard_report(reuse_ok, supervised_correct.bool(), folds)
+    clusters = _clusters_for(reuse, int((fold[0] >= 0).sum()), config.seed, min_cluster)
+    return guard_report(reuse_ok, supervised_correct.bool(), fold, margin, confidence, clusters, min_cluster)

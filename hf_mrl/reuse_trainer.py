@@ -29,7 +29,16 @@ import torch
 from .cards import RunSummary, TeacherSummary, student_card
 from .config import MRLConfig
 from .embedding import Embedding
-from .guard import GuardReport, cross_validate_reuse, default_workers, fold_correctness, stratified_folds
+from .guard import (
+    DEFAULT_CONFIDENCE,
+    DEFAULT_MARGIN,
+    GuardReport,
+    cross_validate_reuse,
+    default_workers,
+    fold_correctness,
+    no_evidence_report,
+    repeated_folds,
+)
 from .metrics import accuracy_report
 from .pool import ModelPool
 from .reuser import AttentionReuser
@@ -50,7 +59,13 @@ class ReuseArguments:
 
     Args:
         guard_folds: folds of the never-worse check against supervised-only (0: no check; fewer when the rarest
-            class has fewer labels; skipped with a warning below 2).
+            class with two or more labels has fewer; classes with one label are trained on, never held out, and
+            when no class has two labels the guard falls back for lack of evidence). See `hf_mrl.guard`.
+        guard_repeats: repeats of the cross-validation (its variance is corrected for fold dependence); the check
+            costs 2 x guard_repeats x guard_folds student trainings (half of them shareable across pools).
+        guard_margin: non-inferiority margin in accuracy (0.02 = 2 points): the method's student is delivered only
+            when its cross-validated loss against supervised-only is, with `guard_confidence`, below it.
+        guard_confidence: one-sided confidence of that bound.
         guard_workers: processes that train the guard's folds side by side; None: one per core on a
             single-process CPU run, else 1.
         supervised_baseline: also train the supervised-only student (the reference of the promise; needed by the
@@ -65,6 +80,9 @@ class ReuseArguments:
 
     guard_folds: int = 3
     guard_workers: int | None = None
+    guard_repeats: int = 2
+    guard_margin: float = DEFAULT_MARGIN
+    guard_confidence: float = DEFAULT_CONFIDENCE
     supervised_baseline: bool = True
     student: dict | None = None
     dataset: str = "custom"
@@ -79,6 +97,12 @@ class ReuseArguments:
             raise ValueError(f"guard_folds must be 0 (off) or >= 2; got {self.guard_folds}.")
         if self.guard_workers is not None and self.guard_workers < 1:
             raise ValueError(f"guard_workers must be >= 1 or None (automatic); got {self.guard_workers}.")
+        if self.guard_repeats < 1:
+            raise ValueError(f"guard_repeats must be >= 1; got {self.guard_repeats}.")
+        if not 0 <= self.guard_margin < 1:
+            raise ValueError(f"guard_margin must be in [0, 1) (accuracy); got {self.guard_margin}.")
+        if not 0.5 <= self.guard_confidence < 1:
+            raise ValueError(f"guard_confidence must be in [0.5, 1); got {self.guard_confidence}.")
 
 
 @dataclass
@@ -89,7 +113,8 @@ class SupervisedRun:
 
     student: torch.nn.Module | None = None
     test_predictions: torch.Tensor | None = None
-    guard_correct: dict[int, torch.Tensor] = field(default_factory=dict)  # folds -> held-out correctness (n,)
+    # (folds, repeats) -> held-out correctness (repeats, n)
+    guard_correct: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)
     trainer: StudentTrainer | None = field(default=None, repr=False)
 
 
@@ -320,28 +345,45 @@ class ReuseTrainer:
         return SupervisedRun(student, trainer.predict(self.data.test_images), trainer=trainer)
 
     def guard_folds(self) -> int:
-        """Folds the guard will use: `args.guard_folds`, at most the rarest class's label count; 0 when off."""
+        """Folds the guard will use: `args.guard_folds`, at most the label count of the rarest class that has two or
+        more (classes with one label are trained on in every fold, never held out); 0 when off, and 0 with a
+        warning when no class has two labels (`run_guard` then falls back for lack of evidence)."""
         if self.args.guard_folds == 0:
             return 0
-        fewest = int(torch.bincount(self.data.labeled_labels).min())
-        folds = min(self.args.guard_folds, fewest)
-        if folds < 2:
-            logger.warning("Guard skipped: a class has %d labeled sample(s), too few for cross-validation.", fewest)
+        counts = torch.bincount(self.data.labeled_labels)
+        multi = counts[counts > 1]
+        singles = int((counts == 1).sum())
+        if singles:
+            logger.warning(
+                "Guard: %d class(es) have one labeled sample: trained on in every fold, not held out.", singles
+            )
+        if not len(multi):
+            logger.warning("Guard: no class has two labeled samples: no held-out evidence, the guard will fall back.")
             return 0
-        return folds
+        return max(2, min(self.args.guard_folds, int(multi.min())))
+
+    def _guard_key(self) -> tuple[int, int]:
+        return self.guard_folds(), self.args.guard_repeats
 
     def supervised_guard_side(self, supervised: SupervisedRun) -> torch.Tensor | None:
-        """The supervised side of the guard (held-out correctness per labeled sample), computed once per run."""
-        folds = self.guard_folds()
+        """The supervised side of the guard (held-out correctness (repeats, n)), computed once per run."""
+        folds, repeats = self._guard_key()
         if not folds:
             return None
-        if folds not in supervised.guard_correct:
-            fold = stratified_folds(self.data.labeled_labels, folds, seed=self.config.seed)
+        if (folds, repeats) not in supervised.guard_correct:
+            fold = repeated_folds(self.data.labeled_labels, folds, repeats, seed=self.config.seed)
             config = dataclasses.replace(self.config, method="supervised")
-            supervised.guard_correct[folds] = fold_correctness(
-                config, self.data, None, None, fold, self.args.student, self._guard_workers(folds), self.progress
+            supervised.guard_correct[(folds, repeats)] = fold_correctness(
+                config,
+                self.data,
+                None,
+                None,
+                fold,
+                self.args.student,
+                self._guard_workers(folds * repeats),
+                self.progress,
             )
-        return supervised.guard_correct[folds]
+        return supervised.guard_correct[(folds, repeats)]
 
     def _guard_workers(self, trainings: int) -> int:
         if self.args.guard_workers is not None:
@@ -349,11 +391,17 @@ class ReuseTrainer:
         return default_workers(trainings, self.accelerator)
 
     def run_guard(self, supervised: SupervisedRun | None) -> GuardReport | None:
-        """Cross-validate the method against supervised-only on the labeled data; None when off or impossible."""
-        folds = self.guard_folds()
-        if not folds or self.config.method == "supervised":
+        """Cross-validate the method against supervised-only on the labeled data (non-inferiority at
+        `args.guard_margin`); None when off; a `fall_back` report without training when nothing can be held out."""
+        args = self.args
+        if args.guard_folds == 0 or self.config.method == "supervised":
             return None
-        shared = None if supervised is None else supervised.guard_correct.get(folds)
+        folds, repeats = self._guard_key()
+        if not folds:
+            return no_evidence_report(
+                len(self.data.labeled_labels), args.guard_folds, repeats, args.guard_margin, args.guard_confidence
+            )
+        shared = None if supervised is None else supervised.guard_correct.get((folds, repeats))
         report = cross_validate_reuse(
             self.config,
             self.data,
@@ -362,19 +410,28 @@ class ReuseTrainer:
             folds,
             self.args.student,
             supervised_correct=shared,
-            workers=self._guard_workers(folds if shared is not None else 2 * folds),
+            workers=self._guard_workers(folds * repeats * (1 if shared is not None else 2)),
             progress=self.progress,
+            repeats=repeats,
+            margin=args.guard_margin,
+            confidence=args.guard_confidence,
         )
         logger.info(
-            "Guard (%d folds, %d held out): %s %.4f vs supervised %.4f, gain %+.4f +/- %.4f: %s",
+            "Guard (%d x %d folds, %d held out, %d trainings): %s %.4f vs supervised %.4f, gain %+.4f +/- %.4f, "
+            "loss bound %+.4f vs margin %.4f: %s (%s)",
+            report.repeats,
             report.folds,
             report.held_out,
+            report.trainings,
             self.config.method,
             report.reuse_accuracy,
             report.supervised_accuracy,
             report.gain,
             report.gain_stderr,
+            report.loss_upper,
+            report.margin,
             report.decision,
+            report.reason,
         )
         return report
 
@@ -437,7 +494,9 @@ class ReuseTrainer:
         fell_back = guard is not None and guard.decision == "fall_back"
         if fell_back:
             logger.warning(
-                "Guard: %s is significantly worse than supervised-only; delivering the supervised student.", method
+                "Guard: %s is not shown within %.1f points of supervised-only; delivering the supervised student.",
+                method,
+                100 * guard.margin,
             )
         if method == "supervised" or fell_back:
             delivered, student = "supervised", supervised.student

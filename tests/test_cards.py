@@ -49,6 +49,12 @@ def _summary(**changes) -> RunSummary:
             "gain_stderr": 0.05,
             "z": 2.0,
             "decision": "keep",
+            "margin": 0.02,
+            "confidence": 0.95,
+            "repeats": 2,
+            "loss_upper": -0.01,
+            "trainings": 12,
+            "reason": "loss upper bound -1.0 points < margin 2.0",
         },
         "screening": [
             {"id": f"org/mnist-teacher@{SHA}", "accuracy": 0.8, "leep_gain": 1.2, "flags": []},
@@ -154,7 +160,8 @@ def check_reuser_card(text: str) -> None:
     assert "| latent domain | T1 | T2 | most attended |" in lines
     assert "| M | 0.80 `████████  ` | 0.20 `██        ` | T1 |" in lines
     assert "1 teacher(s) (local folder `svhn`) were local folders" in text
-    assert "Decision: **keep**" in text and "gain\n+0.1000 +/- 0.0500 (z = 2.00)" in text
+    assert "Decision: **keep**" in text and "gain\n+0.1000 +/- 0.0500 (standard error corrected" in text
+    assert "Non-inferiority margin: **2.0 points**" in text and "2 x 3-fold cross-validation" in text
     assert "| T2 | `svhn` | 0.100 | +0.010 | noise |" in lines
     assert "final reuse strength was 0.930" in text
     assert "\n\n\n" not in text

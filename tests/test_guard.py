@@ -1,15 +1,28 @@
-"""The never-worse guard: stratified folds, the paired decision, and a cross-validation that catches harm."""
+"""The never-worse guard: folds, the corrected non-inferiority decision, latent clusters, one-label classes, and a
+cross-validation that catches harm. Every decision test is built so that a wrong sign, a missing variance
+correction, a missing margin or a guard that always keeps (or always falls back) turns it red."""
 
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 import torch
+from scipy.stats import t as student_t
 from test_trainer import TEACHERS, TINY_STUDENT, _data, _misleading_reuse
 
-from hf_mrl import MRLConfig
-from hf_mrl.guard import GUARD_DECISIONS, cross_validate_reuse, decide, fold_correctness, stratified_folds
+from hf_mrl import MRLConfig, ReuseArguments, ReuseTrainer
+from hf_mrl.guard import (
+    corrected_bound,
+    cross_validate_reuse,
+    decide,
+    fold_correctness,
+    guard_report,
+    latent_clusters,
+    repeated_folds,
+    stratified_folds,
+)
 
 
 def test_stratified_folds_spread_every_class():
@@ -23,15 +36,115 @@ def test_stratified_folds_spread_every_class():
         stratified_folds(labels, 4)
 
 
-def test_decision_falls_back_only_when_reuse_is_significantly_worse():
-    ones, zeros = torch.ones(40, dtype=torch.bool), torch.zeros(40, dtype=torch.bool)
-    assert decide(zeros, ones)[3] == "fall_back"
-    assert decide(ones, zeros)[3] == "keep"
-    assert decide(ones, ones)[3] == "keep"
-    one_worse = ones.clone()
-    one_worse[0] = False
-    gain, stderr, z, decision = decide(one_worse, ones)  # one sample is noise, not evidence
-    assert decision == "keep" and gain == pytest.approx(-1 / 40) and z > -1.645
+def test_a_class_with_one_label_is_trained_on_in_every_fold_and_never_scored():
+    labels = torch.tensor([0] * 6 + [1] * 3 + [2])  # class 2 has one label
+    fold = stratified_folds(labels, 3, seed=0)
+    assert fold[labels == 2].tolist() == [-1]
+    assert (fold[labels != 2] >= 0).all()
+    reps = repeated_folds(labels, 3, 2, seed=0)
+    assert reps.shape == (2, 10) and torch.equal(reps[0], fold) and not torch.equal(reps[0], reps[1])
+    # scored over the other classes only; the singleton's correctness is ignored whatever it is
+    ok = torch.ones(2, 10, dtype=torch.bool)
+    bad = ok.clone()
+    bad[:, labels == 2] = False
+    a, b = guard_report(ok, ok, reps), guard_report(bad, ok, reps)
+    assert a.held_out == 9 and a.unscored == 1 and a.gain == b.gain == 0.0
+
+
+def test_no_class_with_two_labels_falls_back_without_training():
+    data = _data(n_per_class=1, n_unlabeled=6)
+    runner = ReuseTrainer(None, data, MRLConfig(method="pl", max_steps=2), ReuseArguments(progress=False))
+    assert runner.guard_folds() == 0
+    report = runner.run_guard(None)
+    assert report.decision == "fall_back" and report.trainings == 0 and report.held_out == 0
+    assert report.unscored == 3 and "no class has two" in report.reason
+    off = ReuseTrainer(None, data, MRLConfig(method="pl"), ReuseArguments(guard_folds=0, progress=False))
+    assert off.run_guard(None) is None  # switched off is the only way to skip it
+
+
+def test_corrected_bound_is_nadeau_bengio():
+    losses = [0.10, 0.20, 0.00, 0.10, 0.30, 0.10]
+    mean, se, df, upper = corrected_bound(losses, folds=3, confidence=0.95)
+    var = torch.tensor(losses, dtype=torch.float64).var().item()
+    assert mean == pytest.approx(0.8 / 6)
+    assert se == pytest.approx(math.sqrt((1 / 6 + 1 / 2) * var))  # not sqrt(var / 6)
+    assert df == 5 and upper == pytest.approx(mean + student_t.ppf(0.95, 5) * se)
+    lower = corrected_bound(losses, folds=3, confidence=0.95, upper=False)[3]
+    assert lower == pytest.approx(mean - student_t.ppf(0.95, 5) * se)
+
+
+def _cells(fold_losses: list[list[float]], per_fold: int = 20):
+    """(reuse_ok, sup_ok, fold) of `repeats` x `folds` cells whose mean loss (sup - reuse correctness) is given."""
+    repeats, folds = len(fold_losses), len(fold_losses[0])
+    n = folds * per_fold
+    fold = (torch.arange(n) % folds).repeat(repeats, 1)
+    sup = torch.ones(repeats, n, dtype=torch.bool)
+    reuse = torch.ones(repeats, n, dtype=torch.bool)
+    for r in range(repeats):
+        for f in range(folds):
+            idx = (fold[r] == f).nonzero().flatten()
+            wrong = round(fold_losses[r][f] * per_fold)
+            if wrong >= 0:
+                reuse[r, idx[:wrong]] = False
+            else:
+                sup[r, idx[:-wrong]] = False
+    return reuse, sup, fold
+
+
+def test_non_inferiority_decision_sign_margin_and_correction():
+    # a constant 5-point loss: confidently worse than the 2-point margin
+    reuse, sup, fold = _cells([[0.05] * 3] * 2)
+    gain, se, z, decision, upper, df = decide(reuse, sup, fold, margin=0.02)
+    assert gain == pytest.approx(-0.05) and upper == pytest.approx(0.05) and decision == "fall_back" and z < 0
+    # the same pair swapped is a 5-point gain: kept (a flipped sign would fall back here)
+    assert decide(sup, reuse, fold, margin=0.02)[3] == "keep"
+    # a constant 3-point loss: below a 5-point margin, above a 2-point one (the margin is used)
+    reuse, sup, fold = _cells([[0.05, 0.0, 0.05]] * 2)
+    assert decide(reuse, sup, fold, margin=0.02)[3] == "fall_back"
+    assert decide(reuse, sup, fold, margin=0.10)[3] == "keep"
+    # a noisy 10-point gain: kept by the plain t bound but not once corrected for fold dependence
+    losses = [[-0.30, 0.05, -0.05], [-0.10, 0.0, -0.20]]
+    reuse, sup, fold = _cells(losses)
+    flat = [x for row in losses for x in row]
+    plain = sum(flat) / 6 + student_t.ppf(0.95, 5) * torch.tensor(flat).double().std().item() / math.sqrt(6)
+    gain, se, z, decision, upper, df = decide(reuse, sup, fold, margin=0.02)
+    assert plain < 0.02 < upper and decision == "fall_back"
+    # a large gain is kept even with noisy folds
+    reuse, sup, fold = _cells([[-0.5, -0.4, -0.6], [-0.45, -0.55, -0.5]])
+    assert decide(reuse, sup, fold, margin=0.02)[3] == "keep"
+
+
+def test_latent_clusters_recover_separated_groups():
+    gen = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[0.0, 0.0, 5.0], [5.0, 0.0, 0.0], [0.0, 5.0, 0.0]])
+    truth = torch.arange(60) % 3
+    feats = centres[truth] + 0.3 * torch.randn(60, 3, generator=gen)
+    got = latent_clusters(feats, 3, seed=0)
+    # the same partition up to names
+    pairs = {(int(a), int(b)) for a, b in zip(truth, got, strict=True)}
+    assert len(pairs) == 3 and len({b for _, b in pairs}) == 3
+
+
+def test_harm_confined_to_one_latent_cluster_falls_back():
+    # 3 clusters of 20 scored samples; reuse is right everywhere in clusters 0 and 1 where supervised is wrong
+    # half the time, and wrong on 12 of cluster 2's 20 where supervised is right: overall reuse gains.
+    n, repeats = 60, 2
+    clusters = torch.arange(n) // 20
+    fold = (torch.arange(n) % 3).repeat(repeats, 1)
+    sup = torch.ones(repeats, n, dtype=torch.bool)
+    reuse = torch.ones(repeats, n, dtype=torch.bool)
+    sup[:, (clusters < 2) & (torch.arange(n) % 2 == 0)] = False
+    reuse[:, (clusters == 2) & (torch.arange(n) % 20 < 12)] = False
+    plain = guard_report(reuse, sup, fold, margin=0.02)
+    assert plain.gain > 0.1 and plain.decision == "keep" and plain.clusters == []
+    report = guard_report(reuse, sup, fold, margin=0.02, clusters=clusters)
+    assert report.decision == "fall_back" and "cluster" in report.reason
+    harmful = [c["cluster"] for c in report.clusters if c["harmful"]]
+    assert harmful == [2]
+    assert all(c["tested"] for c in report.clusters) and report.clusters[2]["gain"] == pytest.approx(-0.6, abs=0.01)
+    # clusters below the minimum size are reported, not tested
+    small = guard_report(reuse, sup, fold, margin=0.02, clusters=clusters, min_cluster=25)
+    assert small.decision == "keep" and not any(c["tested"] for c in small.clusters)
 
 
 def _config(**kw):
@@ -44,9 +157,10 @@ def test_cross_validation_catches_a_misleading_pool():
     report = cross_validate_reuse(
         _config(method="mr-bs", kd_lambda=5.0), data, _misleading_reuse(data), TEACHERS, 3, TINY_STUDENT
     )
-    assert report.held_out == 18
+    assert report.held_out == 18 and report.repeats == 2 and report.trainings == 12
     assert report.reuse_accuracy < report.supervised_accuracy
     assert report.decision == "fall_back", report
+    assert report.loss_upper >= report.margin == 0.02
 
 
 def test_cross_validation_keeps_a_helpful_pool():
@@ -61,8 +175,9 @@ def test_cross_validation_keeps_a_helpful_pool():
     )
     report = cross_validate_reuse(_config(method="mr-bs", kd_lambda=5.0), data, helpful, TEACHERS, 3, TINY_STUDENT)
     assert report.reuse_accuracy >= report.supervised_accuracy
+    assert report.loss_upper < report.margin  # as good as supervised here: within the margin, kept
     assert report.decision == "keep"
-    assert report.to_dict()["decision"] == "keep"
+    assert report.to_dict()["decision"] == "keep" and report.to_dict()["margin"] == 0.02
 
 
 def test_a_precomputed_supervised_side_gives_the_same_report():
@@ -71,10 +186,10 @@ def test_a_precomputed_supervised_side_gives_the_same_report():
     config = _config(method="mr-bs", kd_lambda=5.0, max_steps=8)
     reuse = _misleading_reuse(data)
     full = cross_validate_reuse(config, data, reuse, TEACHERS, 3, TINY_STUDENT)
-    fold = stratified_folds(data.labeled_labels, 3, seed=config.seed)
+    fold = repeated_folds(data.labeled_labels, 3, 2, seed=config.seed)
     sup = fold_correctness(dataclasses.replace(config, method="supervised"), data, None, None, fold, TINY_STUDENT)
+    assert sup.shape == (2, 9)
     shared = cross_validate_reuse(config, data, reuse, TEACHERS, 3, TINY_STUDENT, supervised_correct=sup)
     assert shared == full
-    assert full.decision in GUARD_DECISIONS
-    with pytest.raises(ValueError, match="entries for 9 labeled samples"):
-        cross_validate_reuse(config, data, reuse, TEACHERS, 3, TINY_STUDENT, supervised_correct=sup[:5])
+    with pytest.raises(ValueError, match=r"shape \(2, 5\)"):
+        cross_validate_reuse(config, data, reuse, TEACHERS, 3, TINY_STUDENT, supervised_correct=sup[:, :5])

@@ -94,13 +94,36 @@ def test_hypergradient_matches_finite_differences(steps):
     torch.testing.assert_close(g_b, fd_b, rtol=1e-4, atol=1e-8)
 
 
-def test_hypergradient_is_not_the_first_order_gradient():
-    """phi reaches the outer loss only through the unrolled step: zero steps give zero gradient."""
-    student, prototypes, bias, data = _problem()
+def _one_step_formula(student, data, prototypes, bias):
+    """The one-step hypergradient written out: d/dphi L_out(theta - alpha grad_theta L_in(theta, phi))
+    = -alpha * d/dphi [grad_theta L_in(theta, phi) . v], v = grad L_out at the moved theta (held fixed)."""
     params, call = functional_student(student)
-    inner_loss, outer_loss = _losses(call, data, prototypes, bias, 0)
-    (g_p, g_b), _ = unrolled_hypergradient(params, inner_loss, outer_loss, [prototypes, bias], ALPHA, steps=0)
-    assert torch.equal(g_p, torch.zeros_like(prototypes)) and torch.equal(g_b, torch.zeros_like(bias))
+    inner_loss, outer_loss = _losses(call, data, prototypes, bias, 1)
+    theta = {n: p.detach().clone().requires_grad_(True) for n, p in params.items()}
+    g = torch.autograd.grad(inner_loss(theta, 0), list(theta.values()), create_graph=True)
+    moved = {n: (p - ALPHA * gi).detach().requires_grad_(True) for (n, p), gi in zip(theta.items(), g, strict=True)}
+    v = torch.autograd.grad(outer_loss(moved), list(moved.values()))
+    dot = sum((gi * vi).sum() for gi, vi in zip(g, v, strict=True))
+    return [-ALPHA * h for h in torch.autograd.grad(dot, [prototypes, bias])]
+
+
+def test_hypergradient_is_the_second_order_term_with_its_sign():
+    """phi reaches the outer loss only through the unrolled step: the hypergradient is exactly -alpha times the
+    mixed second derivative applied to the outer gradient (a dropped alpha, a flipped sign or a first-order
+    shortcut all differ), and a small step against it lowers the unrolled outer loss while one along it raises it."""
+    student, prototypes, bias, data = _problem(seed=5)
+    params, call = functional_student(student)
+    inner_loss, outer_loss = _losses(call, data, prototypes, bias, 1)
+    (g_p, g_b), _ = unrolled_hypergradient(params, inner_loss, outer_loss, [prototypes, bias], ALPHA, steps=1)
+    e_p, e_b = _one_step_formula(student, data, prototypes, bias)
+    assert e_p.abs().max() > 1e-4 and e_b.abs().max() > 1e-4
+    torch.testing.assert_close(g_p, e_p, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(g_b, e_b, rtol=1e-10, atol=1e-12)
+    base = _unrolled_outer(student, data, prototypes.detach(), bias.detach(), 1)
+    eta = 1e-3 / torch.cat([g_p.flatten(), g_b]).norm().item()
+    down = _unrolled_outer(student, data, (prototypes - eta * g_p).detach(), (bias - eta * g_b).detach(), 1)
+    up = _unrolled_outer(student, data, (prototypes + eta * g_p).detach(), (bias + eta * g_b).detach(), 1)
+    assert down < base < up
 
 
 def test_student_grads_untouched_and_unused_hyperparameter_gets_zero():
@@ -113,7 +136,10 @@ def test_student_grads_untouched_and_unused_hyperparameter_gets_zero():
         params, inner_loss, outer_loss, [prototypes, bias, unused], ALPHA, steps=1
     )
     assert torch.equal(g_unused, torch.zeros(5, dtype=torch.float64))
-    assert g_p.abs().sum() > 0 and g_b.abs().sum() > 0
+    # and the used ones are the real hypergradient, not merely non-zero
+    e_p, e_b = _one_step_formula(student, data, prototypes, bias)
+    torch.testing.assert_close(g_p, e_p, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(g_b, e_b, rtol=1e-10, atol=1e-12)
     for name, p in student.named_parameters():
         assert p.grad is None, name
         assert torch.equal(p.detach(), before[name]), name  # the real parameters did not move

@@ -93,10 +93,10 @@ def test_guard_folds_in_parallel_workers_decide_as_one_worker(task, caplog):
     runner = ReuseTrainer(pool, data, MRLConfig(**TINY), _args())
     reuse = runner.compute_reuse_inputs()
     with caplog.at_level(logging.INFO, logger="hf_mrl.guard"):
-        serial = cross_validate_reuse(runner.config, data, reuse, pool.ids, folds=2, workers=1)
+        serial = cross_validate_reuse(runner.config, data, reuse, pool.ids, folds=2, workers=1, repeats=1)
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Guard: ")]
     assert len(lines) == 4 and lines[-1].endswith("(4/4 trainings done)")  # one line per fold training
-    parallel = cross_validate_reuse(runner.config, data, reuse, pool.ids, folds=2, workers=2)
+    parallel = cross_validate_reuse(runner.config, data, reuse, pool.ids, folds=2, workers=2, repeats=1)
     assert parallel.to_dict() == serial.to_dict()
 
 

@@ -180,7 +180,7 @@ def test_recipe_writes_one_record_per_pool_and_seed_and_shares_supervised(ran):
     for r in runs:
         assert r["supervised_accuracy"] == by_seed[r["key"]["seed"]]["accuracy"]
         assert r["guard"]["folds"] == 2 and r["guard"]["held_out"] == 20
-        assert r["guard"]["decision"] in ("keep", "fall_back")
+        assert r["guard"]["repeats"] == 2 and r["guard"]["margin"] == 0.02 and r["guard"]["trainings"] == 8
         fell_back = r["guard"]["decision"] == "fall_back"
         assert r["delivered_accuracy"] == (r["supervised_accuracy"] if fell_back else r["mrl_accuracy"])
         assert 0 < r["reuse_strength"] < 1 and len(r["attention_mean"]) == len(r["pool"]["ids"])
@@ -193,13 +193,21 @@ def test_recipe_writes_one_record_per_pool_and_seed_and_shares_supervised(ran):
 def test_recipe_renders_the_report_with_the_criterion(ran):
     results, summary = ran
     report = (results / recipe.REPORT).read_text()
-    assert "**Acceptance criterion.**" in report and "delivered - supervised >= -sigma" in report
+    assert "**Acceptance criterion.**" in report and "delivered - supervised >= -(margin + sigma)" in report
     for name in ("honest", "permuted", "one-good"):
         assert f"## {name}: " in report and f"| {name} | " in report
     assert "| permuted-M | permuted |" in report
     assert (results / recipe.FIGURE).stat().st_size > 1000
     saved = json.loads((results / "summary.json").read_text())
-    assert saved["seeds"] == [0, 1] and saved["pools"]["permuted"]["criterion"]["ok"] in (True, False)
+    assert saved["seeds"] == [0, 1]
+    # Every recorded decision is the non-inferiority rule applied to its own evidence, and the delivered student
+    # follows it (a guard that always kept, or ignored its bound or the margin, breaks one of these).
+    for pool in saved["pools"].values():
+        for q in pool["per_seed"]:
+            kept = q["guard_loss_upper"] < 2.0 and not q["guard_harmful_clusters"]
+            assert q["decision"] == ("keep" if kept else "fall_back"), q
+            assert q["delta"] == (q["mrl_delta"] if kept else 0.0)
+    assert "## The guard's power curve" in report and "**Acceptance (issue 13).**" in report
 
 
 def test_recipe_resumes_without_recomputing(built, data, ran, capsys):
@@ -227,7 +235,7 @@ def _rec(pool, seed, sup, mrl, decision="keep", roles=("honest",)):
         "supervised_accuracy": sup,
         "mrl_accuracy": mrl,
         "delivered_accuracy": sup if decision == "fall_back" else mrl,
-        "guard": {"decision": decision, "gain": 0.0, "z": 0.0},
+        "guard": {"decision": decision, "gain": 0.0, "z": 0.0, "loss_upper": 0.0, "clusters": []},
         "reuse_strength": 0.9,
         "attention_mean": [1.0 / k] * k,
         "reuser_accuracy": 0.5,
@@ -248,7 +256,7 @@ def test_criterion_uses_supervised_seed_noise_and_the_honest_gain():
         "duplicates": {s: _rec("duplicates", s, a, a - 0.2, "fall_back") for s, a in accs.items()},
     }
     runs["honest"][1] = _rec("honest", 1, 0.52, 0.7, "fall_back")
-    summary = recipe.summarise(sup, runs)
+    summary = recipe.summarise(sup, runs, margin=0.0)
     assert summary["noise"] == pytest.approx(2.0)
     pools = summary["pools"]
     assert pools["random"]["criterion"]["ok"] is True  # -1.9 points >= -2
@@ -281,3 +289,55 @@ def test_recipe_with_worker_processes_matches_one_process(built, data, ran, tmp_
         return out
 
     assert accuracies(tmp_path / "parallel") == accuracies(results)
+
+
+def test_criterion_allows_the_margin_on_top_of_the_noise():
+    sup = {0: {"accuracy": 0.50}, 1: {"accuracy": 0.52}, 2: {"accuracy": 0.54}}  # sigma = 2 points
+    runs = {
+        "permuted": {
+            s: _rec("permuted", s, a, a - 0.035, roles=("permuted",)) for s, a in enumerate((0.5, 0.52, 0.54))
+        }
+    }
+    assert recipe.summarise(sup, runs, margin=0.0)["pools"]["permuted"]["criterion"]["ok"] is False  # -3.5 < -2
+    assert recipe.summarise(sup, runs, margin=0.02)["pools"]["permuted"]["criterion"]["ok"] is True  # >= -4
+    assert recipe.summarise(sup, runs, margin=0.01)["pools"]["permuted"]["criterion"]["ok"] is False  # < -3
+
+
+def test_power_curve_bins_pairs_by_true_loss_and_counts_catches():
+    assert [recipe.loss_level(x) for x in (-5, -0.5, 0.9, 2.0, 4.9, 7.4, 12, 30)] == [None, 0, 0, 2, 5, 5, 10, 25]
+    sup = {s: {"accuracy": 0.5} for s in range(5)}
+    runs = {
+        "honest": {s: _rec("honest", s, 0.5, 0.9) for s in range(5)},
+        # 5-point loss: caught on 4 of 5 seeds
+        "swap-7": {
+            s: _rec("swap-7", s, 0.5, 0.45, "keep" if s == 0 else "fall_back", roles=("swapped",)) for s in range(5)
+        },
+        "permuted": {s: _rec("permuted", s, 0.5, 0.25, "fall_back", roles=("permuted",)) for s in range(5)},
+    }
+    summary = recipe.summarise(sup, runs, margin=0.02)
+    rows = {r["level"]: r for r in summary["power"]}
+    assert (rows[None]["pairs"], rows[None]["caught"]) == (5, 0)
+    assert (rows[5]["pairs"], rows[5]["caught"], rows[5]["rate"]) == (5, 4, 0.8)
+    assert (rows[25]["pairs"], rows[25]["rate"]) == (5, 1.0) and rows[2]["pairs"] == 0
+    checks = {a["check"]: a["ok"] for a in summary["acceptance"]}
+    assert checks["the honest pool keeps on every seed"] is True
+    assert checks["catch rate >= 80% at a ~5-point loss"] is True
+    # sigma = 0 here: the kept 5-point loss on seed 0 is below -(margin + sigma) = -2
+    assert checks["no (pool, seed) delivers below Supervised by more than margin + Supervised's seed std"] is False
+    runs["swap-7"][1] = _rec("swap-7", 1, 0.5, 0.45, "keep", roles=("swapped",))
+    rows = {r["level"]: r for r in recipe.summarise(sup, runs)["power"]}
+    assert rows[5]["caught"] == 3  # 60%: the check fails
+    assert not next(a for a in recipe.summarise(sup, runs)["acceptance"] if "80%" in a["check"])["ok"]
+
+
+def test_swap_permutations_are_nested_cycles():
+    from hostile import swap_permutation
+
+    moved = []
+    for k in range(2, 11):
+        perm = swap_permutation(10, k, seed=0)
+        assert sorted(perm) == list(range(10))
+        m = {i for i in range(10) if perm[i] != i}
+        assert len(m) == k
+        moved.append(m)
+    assert all(a < b for a, b in zip(moved, moved[1:], strict=False))

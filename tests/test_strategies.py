@@ -150,3 +150,62 @@ def test_strong_augment_is_seeded_and_changes_the_images():
     assert a.shape == x.shape
     assert torch.equal(a, b) and not torch.equal(a, c)
     assert not torch.allclose(a, x)
+
+
+def _vat_trainer(**cfg):
+    data = _domain_data()
+    config = MRLConfig(method="vat", max_steps=2, batch_size=6, unlabeled_batch_size=8, **cfg)
+    return StudentTrainer(config, data, None, student_spec=TINY_STUDENT), data
+
+
+def _bn_buffers(model):
+    return {k: v.clone() for k, v in model.state_dict().items() if "running" in k or "num_batches" in k}
+
+
+def test_vat_divergence_is_zero_at_r0_on_one_input_and_leaves_batchnorm_statistics_alone():
+    """The target and the perturbed passes see the same translated input with the same normalisation: at r = 0 the
+    divergence is exactly zero (the old code took its target from another translation and a mixed batch). None of
+    the extra passes moves a BatchNorm running statistic."""
+    trainer, data = _vat_trainer(vat_epsilon=0.0)
+    student = trainer.student
+    student.train()
+    images_u = data.unlabeled_images[:8]
+    gen = torch.Generator().manual_seed(0)
+    # logits of the trainer's own (other) view of the batch, as the loop passes them
+    logits_u = student(trainer.inputs(images_u, torch.Generator().manual_seed(1))).detach()
+    before = _bn_buffers(student)
+    loss, logs = trainer.strategy.unlabeled_loss(
+        logits_u, torch.arange(8), images_u, gen, step=trainer.config.max_steps
+    )
+    assert logs["vat_loss"] == pytest.approx(0.0, abs=1e-6)
+    after = _bn_buffers(student)
+    assert before and all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_vat_perturbation_has_norm_epsilon_and_raises_the_divergence():
+    from hf_mrl.strategies.vat import _kl, _unit, frozen_bn_stats, vat_loss
+
+    trainer, data = _vat_trainer()
+    student = trainer.student
+    student.train()
+    x = trainer.inputs(data.unlabeled_images[:8], torch.Generator().manual_seed(0))
+    loss, r_adv = vat_loss(student, x, 0.5, torch.Generator().manual_seed(0))
+    assert torch.allclose(r_adv.flatten(1).norm(dim=1), torch.full((8,), 0.5), atol=1e-4)
+    with frozen_bn_stats(student), torch.no_grad():
+        p = student(x).softmax(-1)
+        random = [
+            _kl(student, x, p, 0.5 * _unit(torch.randn(x.shape, generator=torch.Generator().manual_seed(s))))
+            for s in range(5)
+        ]
+    assert loss.item() > max(r.item() for r in random)  # the adversarial direction beats random ones
+
+
+def test_mean_teacher_delivers_its_ema_weights():
+    data = _domain_data()
+    config = MRLConfig(method="mean-teacher", max_steps=3, batch_size=6, unlabeled_batch_size=8)
+    trainer = StudentTrainer(config, data, None, student_spec=TINY_STUDENT)
+    student = trainer.train(progress=False)
+    ema = trainer.strategy.ema.state_dict()
+    assert all(torch.equal(v, ema[k]) for k, v in student.state_dict().items())
+    # and the EMA differs from the last student iterate (decay > 0), so this is not a no-op
+    assert trainer.config.ema_decay > 0

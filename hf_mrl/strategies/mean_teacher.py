@@ -1,7 +1,9 @@
 """TE, as a mean teacher (Tarvainen & Valpola, 2017): consistency with an EMA of the student.
 
 Temporal ensembling keeps one ensemble prediction per sample; the mean teacher averages weights instead,
-which needs no per-sample state and is the variant the same authors recommend.
+which needs no per-sample state and is the variant the same authors recommend. As in the paper, the model evaluated
+and delivered is the EMA (teacher) model: its weights and BatchNorm statistics replace the student's when training
+ends.
 """
 
 from __future__ import annotations
@@ -43,3 +45,9 @@ class MeanTeacher(Strategy):
             else:
                 e.copy_(s)
         return {}
+
+    @torch.no_grad()
+    def on_train_end(self) -> None:
+        """Evaluate (and deliver) the EMA weights, as Tarvainen & Valpola do."""
+        student = self.trainer.accelerator.unwrap_model(self.trainer.student)
+        student.load_state_dict(self.ema.state_dict())
