@@ -66,6 +66,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from .config import MRLConfig
+from .images import take
 from .trainer import ReuseInputs, StudentTrainer, TargetData
 
 __all__ = [
@@ -282,7 +283,7 @@ def _fold_job(config: MRLConfig, data: TargetData, reuse, teacher_ids, fold: tor
     train, held = fold != f, fold == f
     sub = dataclasses.replace(
         data,
-        labeled_images=data.labeled_images[train],
+        labeled_images=take(data.labeled_images, train),
         labeled_labels=data.labeled_labels[train],
         labeled_domains=None if data.labeled_domains is None else data.labeled_domains[train],
     )
@@ -293,7 +294,7 @@ def _fold_job(config: MRLConfig, data: TargetData, reuse, teacher_ids, fold: tor
         config, sub, sub_reuse, teacher_ids=teacher_ids if needs_teachers else None, student_spec=student_spec
     )
     trainer.train(progress=False)
-    return trainer.predict(data.labeled_images[held]) == data.labeled_labels[held]
+    return trainer.predict(take(data.labeled_images, held)) == data.labeled_labels[held]
 
 
 def _init_worker(threads: int) -> None:

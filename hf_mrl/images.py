@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-__all__ = ["ImageSet", "decode_image", "to_rgb"]
+__all__ = ["ImageSet", "decode_image", "take", "to_rgb"]
 
 _KEY_PREFIX = b"hf_mrl-image-bytes-1"
 
@@ -260,6 +260,12 @@ class ImageSet:
                     raise ValueError(error)
                 bar.update(len(chunk))
                 yield chunk, out
+
+
+def take(images, index):
+    """`images[index]` for a uint8 tensor; for an `ImageSet` the subset, still undecoded (decoded later, at the size
+    its reader wants)."""
+    return images.subset(index) if isinstance(images, ImageSet) else images[index]
 
 
 def _one_thread(_: int) -> None:
