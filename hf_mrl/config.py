@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
-__all__ = ["MRLConfig", "HYPERGRADIENTS"]
+__all__ = ["MRLConfig", "HYPERGRADIENTS", "OUTER_LABELS", "PROTOTYPE_INITS"]
 
 HYPERGRADIENTS = ("fd", "jvp", "unrolled")
+OUTER_LABELS = ("shared", "heldout")
+PROTOTYPE_INITS = ("labeled", "uniform", "random")
 
 
 @dataclass
@@ -32,6 +34,15 @@ class MRLConfig:
             (two gradient-free forwards); `jvp` the same with exact forward-mode AD; `unrolled` differentiates
             through the unrolled step(s) with its own batches (second order; needed for unroll_steps > 1).
         direct_weight: beta, the weight of the direct labeled term CE(R_phi(x), y) in the outer loss.
+        outer_labels: which labels score the outer objective. `shared`: batches of the whole labeled set, the
+            labels the inner CE also trains on. `heldout`: the labeled set is split once (seeded, class-interleaved)
+            into `outer_folds` folds; during the `outer_every` steps before outer step c, fold c mod outer_folds is
+            left out of the inner CE, and outer step c is scored on that fold only, so the hypergradient measures
+            how the reuse generalises to labels the student has not just fitted.
+        outer_folds: the number of folds of `outer_labels="heldout"` (>= 2; at most the number of labels).
+        prototype_init: `labeled` (each prototype the mean psi of the labeled samples its teacher is best on, the
+            bias their log share), `uniform` (zero prototypes and bias: uniform attention until the outer step
+            moves it), or `random` (standard normal prototypes in the standardised psi space, zero bias).
         attention_temperature: tau; None means sqrt(p).
         use_bias: a per-teacher attention bias (a global prior over teachers).
         learn_reuse_strength: let the outer problem scale the distillation term by s in (0, 1), so it can
@@ -62,6 +73,9 @@ class MRLConfig:
     unroll_steps: int = 1
     hypergradient: str = "fd"
     direct_weight: float = 1.0
+    outer_labels: str = "shared"
+    outer_folds: int = 5
+    prototype_init: str = "labeled"
     attention_temperature: float | None = None
     use_bias: bool = True
     learn_reuse_strength: bool = True
@@ -109,6 +123,12 @@ class MRLConfig:
                 f"unroll_steps={self.unroll_steps} needs hypergradient='unrolled' (the first-order "
                 f"{self.hypergradient!r} hypergradient unrolls one step)."
             )
+        if self.outer_labels not in OUTER_LABELS:
+            raise ValueError(f"outer_labels={self.outer_labels!r} is unknown; choose one of {OUTER_LABELS}.")
+        if int(self.outer_folds) < 2:
+            raise ValueError(f"outer_folds must be >= 2; got {self.outer_folds!r}.")
+        if self.prototype_init not in PROTOTYPE_INITS:
+            raise ValueError(f"prototype_init={self.prototype_init!r} is unknown; choose one of {PROTOTYPE_INITS}.")
         from .embedding import Embedding
 
         Embedding(self.embedding)  # raises ValueError on an unknown spec

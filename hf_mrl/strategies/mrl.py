@@ -6,10 +6,17 @@ reuse strength s along the gradient of the labeled loss of an unrolled student s
 the training step itself (its batch and gradient) and the hypergradient is first order in the student
 (`hf_mrl.hypergrad.first_order_hypergradient`): an outer step costs about one labeled forward/backward and two
 forwards. The reuser, the gate and the outer optimiser live here; the student loop knows nothing of them.
+
+With `outer_labels="heldout"` the outer objective is scored on labels the inner step has not trained on: the labeled
+set is split once into `outer_folds` folds, and during the `outer_every` steps of outer cycle c (steps
+c * outer_every .. (c + 1) * outer_every - 1) fold c mod outer_folds is left out of the inner CE; outer step c draws
+its labeled batch from that fold only. The strategy does this by routing the trainer's `batch_indices` through
+`inner_batch_indices` (still a function of seed, stream and step only, so a resumed run sees the same batches).
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 
 import torch
@@ -21,7 +28,24 @@ from ..losses import kd_loss
 from ..reuser import AttentionReuser
 from .base import DistillStrategy
 
-__all__ = ["AttentionReuse"]
+__all__ = ["AttentionReuse", "label_folds"]
+
+
+def label_folds(labels: torch.Tensor, folds: int, seed: int) -> list[torch.Tensor]:
+    """Split labeled indices into `min(folds, n)` disjoint folds covering them all, interleaving the classes.
+
+    A seeded permutation, stably sorted by class, dealt round robin: every fold gets labels of as many classes as
+    its size allows, and folds differ in size by at most one.
+    """
+    n = len(labels)
+    if n < 2:
+        raise ValueError(f"outer_labels='heldout' needs at least 2 labeled samples; got {n}.")
+    key = hashlib.sha256(f"{seed}/label-folds".encode()).digest()
+    gen = torch.Generator().manual_seed(int.from_bytes(key[:8], "little") >> 1)
+    perm = torch.randperm(n, generator=gen)
+    order = perm[torch.sort(labels[perm].cpu(), stable=True).indices]
+    k = min(int(folds), n)
+    return [order[i::k].sort().values for i in range(k)]
 
 
 class _ReuseGate(torch.nn.Module):
@@ -55,7 +79,20 @@ class AttentionReuse(DistillStrategy):
         self.reuser.fit_standardizer(r.feats_u)
         gen = torch.Generator().manual_seed(cfg.seed)
         self.reuser.init_prototypes(r.feats_l, r.probs_l, trainer.data.labeled_labels, generator=gen)
+        if cfg.prototype_init != "labeled":
+            with torch.no_grad():
+                self.reuser.bias.zero_()
+                if cfg.prototype_init == "uniform":
+                    self.reuser.prototypes.zero_()
+                else:  # random
+                    self.reuser.prototypes.copy_(torch.randn(self.reuser.prototypes.shape, generator=gen))
+        self._init_phi = (self.reuser.prototypes.detach().clone(), self.reuser.bias.detach().clone())
         self.reuser.to(acc.device)
+        self.folds = None  # (labeled index tensors per fold) under outer_labels="heldout"
+        self._base_batch_indices = trainer.batch_indices
+        if cfg.outer_labels == "heldout":
+            self.folds = label_folds(trainer.data.labeled_labels, cfg.outer_folds, cfg.seed)
+            trainer.batch_indices = self.inner_batch_indices
         # The reuser is tiny and its gradient is reduced by hand, so it is not wrapped in DDP.
         # Reuse strength s in (0, 1) scales the distillation term; the outer problem can turn it toward 0
         # when distilling the reuser raises the labeled loss (a pool that cannot help).
@@ -65,6 +102,63 @@ class AttentionReuse(DistillStrategy):
         acc.register_for_checkpointing(self.reuser, self.reuse_gate, self.outer_optimizer)
         self._pending_outer = None
         self.replicas_in_sync = True
+
+    # -- which labels the inner and the outer problem see ------------------------------------------------
+    def heldout_fold(self, step: int) -> torch.Tensor | None:
+        """Indices of the labeled fold left out of the inner CE at training step `step` (None: `shared`)."""
+        if self.folds is None:
+            return None
+        return self.folds[(step // self.config.outer_every) % len(self.folds)]
+
+    def _redraw(self, pool: torch.Tensor, step: int, stream: int, tag: str) -> torch.Tensor:
+        """A global labeled batch drawn from `pool`, a function of (seed, stream, step), sliced to this process."""
+        key = hashlib.sha256(f"{self.config.seed}/{stream}/{step}/{tag}".encode()).digest()
+        gen = torch.Generator().manual_seed(int.from_bytes(key[:8], "little") >> 1)
+        idx = pool[torch.randint(0, len(pool), (self.config.batch_size,), generator=gen)]
+        acc = self.trainer.accelerator
+        return idx[acc.process_index :: acc.num_processes]
+
+    def inner_batch_indices(self, step: int, stream: int = 0):
+        """The trainer's batch for `step`, its labeled part drawn from outside the fold held out at `step`."""
+        gen, idx_l, idx_u = self._base_batch_indices(step, stream)
+        held = self.heldout_fold(step)
+        if held is None:
+            return gen, idx_l, idx_u
+        keep = torch.ones(len(self.trainer.data.labeled_labels), dtype=torch.bool)
+        keep[held] = False
+        return gen, self._redraw(keep.nonzero().squeeze(1), step, stream, "inner"), idx_u
+
+    def outer_batch_indices(self, step: int):
+        """The labeled batch that scores outer step `step`: the held-out fold, or (`shared`) any labels."""
+        stream = 1 + self.config.unroll_steps
+        gen, idx_l, idx_u = self._base_batch_indices(step, stream)
+        held = self.heldout_fold(step)
+        if held is None:
+            return gen, idx_l, idx_u
+        return gen, self._redraw(held, step, stream, "outer"), idx_u
+
+    @torch.no_grad()
+    def phi_movement(self) -> dict[str, float]:
+        """How far the prototypes and bias are from their initialisation (logged on the last step).
+
+        `proto_l2_from_init`: mean over teachers of |P_k - P_k(0)|; `proto_rel_l2_from_init`: that over the mean
+        |P_k(0)| (NaN from a zero init); `proto_cos_to_init`: mean cosine of P_k with P_k(0) (NaN from a zero init);
+        `bias_l2_from_init`: |b - b(0)|.
+        """
+        p0, b0 = self._init_phi
+        p = self.reuser.prototypes.detach().cpu()
+        d = (p - p0).norm(dim=1).mean().item()
+        n0 = p0.norm(dim=1)
+        nan = float("nan")
+        rel = d / n0.mean().item() if n0.min() > 0 else nan
+        cos = F.cosine_similarity(p, p0, dim=1).mean().item() if n0.min() > 0 else nan
+        bias = (self.reuser.bias.detach().cpu() - b0).norm().item()
+        return {
+            "proto_l2_from_init": d,
+            "proto_rel_l2_from_init": rel,
+            "proto_cos_to_init": cos,
+            "bias_l2_from_init": bias,
+        }
 
     @property
     def reuse_strength(self) -> float:
@@ -90,9 +184,10 @@ class AttentionReuse(DistillStrategy):
             self.prepare_outer_step(step, x, logits, n_labeled, idx_u)
 
     def after_step(self, step):
-        if (step + 1) % self.config.outer_every == 0:
-            return self.outer_step(step)
-        return {}
+        logs = self.outer_step(step) if (step + 1) % self.config.outer_every == 0 else {}
+        if step + 1 == self.config.max_steps:
+            logs = {**logs, **self.phi_movement()}
+        return logs
 
     # -- the outer problem ---------------------------------------------------------------------------
     def outer_step(self, step: int) -> dict[str, float]:
@@ -143,7 +238,7 @@ class AttentionReuse(DistillStrategy):
         model.train()
         params, call = functional_student(model)
         dev = acc.device
-        gen_o, idx_lo, _ = tr.batch_indices(step, stream=1 + cfg.unroll_steps)
+        gen_o, idx_lo, _ = self.outer_batch_indices(step)
         x_lo = tr.inputs(data.labeled_images[idx_lo], gen_o)
         y_lo = data.labeled_labels[idx_lo].to(dev)
 
