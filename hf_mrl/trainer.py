@@ -300,10 +300,9 @@ class StudentTrainer:
 
         from .images import _one_thread
 
-        cfg, acc = self.config, self.accelerator
-        sizes = (len(self.data.labeled_labels), len(self.data.unlabeled_images), cfg.batch_size)
-        sizes += (cfg.unlabeled_batch_size, acc.process_index, acc.num_processes)
-        steps = _StepImages(self.data, cfg.seed, sizes, self.strategy.uses_unlabeled)
+        cfg = self.config
+        # The trainer's own batch_indices (a strategy may route it): the workers draw exactly the step's batch.
+        steps = _StepImages(self.data, self.batch_indices, self.strategy.uses_unlabeled)
         loader = DataLoader(
             steps,
             sampler=range(start, cfg.max_steps),
@@ -377,13 +376,13 @@ def _step_images(data: TargetData, idx_l, idx_u, unlabeled: bool) -> tuple:
 
 
 class _StepImages(torch.utils.data.Dataset):
-    """Item `step`: that step's (labeled, unlabeled) uint8 batches, the same `batch_indices` gives."""
+    """Item `step`: that step's (labeled, unlabeled) uint8 batches, the ones `batch_indices(step)` names."""
 
-    def __init__(self, data: TargetData, seed: int, sizes: tuple, unlabeled: bool):
-        self.data, self.seed, self.sizes, self.unlabeled = data, seed, sizes, unlabeled
+    def __init__(self, data: TargetData, batch_indices, unlabeled: bool):
+        self.data, self.batch_indices, self.unlabeled = data, batch_indices, unlabeled
 
     def __getitem__(self, step: int):
-        _, idx_l, idx_u = _batch_indices(self.seed, 0, step, *self.sizes)
+        _, idx_l, idx_u = self.batch_indices(step)
         return _step_images(self.data, idx_l, idx_u, self.unlabeled)
 
 

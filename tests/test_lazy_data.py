@@ -199,3 +199,21 @@ def test_an_encoder_embedding_is_pinned_to_its_commit_and_reads_originals(task, 
 
 def _refuse(_):
     raise AssertionError("the encoder ran although its features are cached")
+
+
+def test_decoding_workers_follow_a_strategy_that_routes_the_batches(task):
+    """MRL with held-out outer labels draws its own inner batches: prefetched images must be those batches."""
+    from hf_mrl import Embedding, compute_reuse_inputs
+
+    data, _ = load_target(task["data"], image_size=16)
+    pool = ModelPool(task["teachers"], LABELS)
+    reuse = compute_reuse_inputs(pool, Embedding("teacher-outputs"), data)
+    config = MRLConfig(
+        max_steps=6, batch_size=4, unlabeled_batch_size=8, seed=1, outer_every=2, outer_labels="heldout", outer_folds=2
+    )
+    histories = []
+    for workers in (0, 1):
+        trainer = StudentTrainer(config, data, reuse, teacher_ids=pool.ids, num_workers=workers)
+        trainer.train(progress=False)
+        histories.append([h["ce_loss"] for h in trainer.history])
+    assert histories[0] == pytest.approx(histories[1], rel=1e-5)
