@@ -51,15 +51,17 @@ TEACHERS = {
     "chalk": {
         "library": "timm",
         "architecture": "resnet10t",
-        "model_args": {"channels": [24, 48, 96, 128], "stem_width": 16},
-        "epochs": 10,
+        "model_args": {"channels": [16, 32, 48, 64], "stem_width": 8},
+        "epochs": 6,
+        "train_images": 640,
     },
-    "graph": {"library": "transformers", "model_type": "resnet", "epochs": 12},
+    "graph": {"library": "transformers", "model_type": "resnet", "epochs": 6, "train_images": 640},
     "plate": {
         "library": "timm",
         "architecture": "resnet10t",
-        "model_args": {"channels": [32, 48, 96, 160], "stem_width": 24},
-        "epochs": 12,
+        "model_args": {"channels": [16, 32, 64, 80], "stem_width": 8},
+        "epochs": 6,
+        "train_images": 640,
     },
 }
 _IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
@@ -354,8 +356,8 @@ def make_teacher(domain: str):
 
         config = ResNetConfig(
             num_channels=3,
-            embedding_size=24,
-            hidden_sizes=[32, 64, 128],
+            embedding_size=16,
+            hidden_sizes=[24, 48, 96],
             depths=[1, 1, 1],
             layer_type="basic",
             id2label=dict(enumerate(LABELS)),
@@ -443,7 +445,8 @@ def build_teachers(output_dir: str | Path, seed: int = 0, epochs: dict | None = 
         if all(recorded.get(k) == v for k, v in expected.items()):
             logger.info("Reusing teacher %s", folder)
             continue
-        x_tr, y_tr = _tensors(data[f"source_{domain}_train"])
+        source = data[f"source_{domain}_train"]  # class-balanced in order: its first rows are too
+        x_tr, y_tr = _tensors(source.select(range(min(len(source), spec.get("train_images", len(source))))))
         x_va, y_va = _tensors(data[f"source_{domain}_validation"])
         torch.manual_seed(seed)
         model, preprocess, save = make_teacher(domain)
