@@ -2,6 +2,7 @@
 
 from .config import MRLConfig
 from .embedding import Embedding
+from .images import ImageSet
 from .pool import ModelPool, Teacher
 from .reuse_trainer import ReuseArguments, ReuseResult, ReuseTrainer
 from .reuser import AttentionReuser
@@ -11,6 +12,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AttentionReuser",
     "Embedding",
+    "ImageSet",
     "MRLConfig",
     "StudentTrainer",
     "ModelPool",

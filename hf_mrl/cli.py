@@ -112,6 +112,17 @@ def train_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--label_column", default="label")
     p.add_argument("--image_size", type=int, default=32, help="inputs are resized to this square size")
     p.add_argument("--cache_dir", help="teacher-output cache (default: $HF_MRL_CACHE/logits)")
+    p.add_argument(
+        "--dataloader_num_workers",
+        type=int,
+        default=0,
+        help="processes decoding images of a dataset (not Digits-LD) for the teachers and the student (0: none)",
+    )
+    p.add_argument(
+        "--mixed_precision",
+        choices=("no", "fp16", "bf16"),
+        help="Accelerate's mixed precision, also used for teacher inference (default: accelerate's config)",
+    )
     p.add_argument("--no_progress", action="store_true")
     hub = p.add_argument_group("Hub (see README, Hub): the reuser goes to ORG/NAME, the student to ORG/NAME-student")
     hub.add_argument("--push_to_hub", action="store_true", help="push what the run trained (reuser and/or student)")
@@ -126,7 +137,7 @@ def parse_train_args(argv=None, prog: str | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     bounds = (("labeled_per_class", 1), ("max_steps", 1), ("checkpointing_steps", 0), ("image_size", 1))
     bounds += (("student_image_size", 1),)
-    for name, low in (*bounds, ("guard_folds", 0), ("guard_workers", 1)):
+    for name, low in (*bounds, ("guard_folds", 0), ("guard_workers", 1), ("dataloader_num_workers", 0)):
         value = getattr(args, name)
         if value is not None and value < low:
             p.error(f"--{name} must be >= {low}; got {value}.")
@@ -151,7 +162,7 @@ _RUN_KEYS = (
 _OPTIONAL_KEYS = {
     **{"student": None, "student_pretrained": False, "student_image_size": None, "label_map": None},
     **{"labeled_split": "labeled", "unlabeled_split": "unlabeled", "test_split": "test"},
-    **{"domain_column": None, "skip_bad_images": False},
+    **{"domain_column": None, "skip_bad_images": False, "mixed_precision": None},
 }
 
 
@@ -181,6 +192,7 @@ def _load(args, seed: int):
         seed,
         image_size=get("image_size", 32),
         skip_bad_images=get("skip_bad_images", False),
+        num_workers=get("dataloader_num_workers", 0) or 0,
         **_data_options(args),
     )
 
@@ -242,7 +254,7 @@ def preflight(args: argparse.Namespace) -> None:
 
 def train(args: argparse.Namespace) -> ReuseResult:
     """Load the pool and the data, run `ReuseTrainer`, write DIR/ (main process); the result."""
-    accelerator = make_accelerator()
+    accelerator = make_accelerator(**({"mixed_precision": args.mixed_precision} if args.mixed_precision else {}))
     config = MRLConfig(
         method=args.method,
         max_steps=args.max_steps,
@@ -286,6 +298,7 @@ def train(args: argparse.Namespace) -> ReuseResult:
         dataset=args.dataset,
         dataset_description=description,
         progress=not args.no_progress,
+        dataloader_num_workers=args.dataloader_num_workers,
     )
     trainer = ReuseTrainer(pool, data, config, run_args, embedding=embedding, accelerator=accelerator)
     result = trainer.train(Path(args.output_dir) / "checkpoints", resume=args.resume_from_checkpoint)
@@ -368,8 +381,10 @@ def push_main(argv=None, token: str | None = None) -> None:
 def evaluate_main(argv=None) -> int:
     """`hf-mrl evaluate DIR`: reload DIR/reuser (rebuilding its pool) and DIR/student (timm alone) in this process,
     predict on the run's test split, and print the accuracies next to those in DIR/metrics.json."""
+    from .images import ImageSet
     from .reuser import AttentionReuser
     from .student import load_student, student_preprocess
+    from .trainer import student_input_side
 
     p = argparse.ArgumentParser(prog="hf-mrl evaluate", description=evaluate_main.__doc__)
     p.add_argument("run_dir")
@@ -382,8 +397,12 @@ def evaluate_main(argv=None) -> int:
         reuse_pred = reuser.predict(data.test_images)["predictions"]
         rows["reuse_accuracy"] = (reuse_pred == data.test_labels).float().mean().item()
     student = load_student(str(run / "student"))
+    test = data.test_images
+    if isinstance(test, ImageSet):  # decoded where the run's student read it
+        test = test.resized(student_input_side(student))
+    preprocess = student_preprocess(student)
     with torch.no_grad():
-        student_pred = student(student_preprocess(student)(data.test_images)).argmax(-1)
+        student_pred = torch.cat([student(preprocess(test[i : i + 256])).argmax(-1) for i in range(0, len(test), 256)])
     rows["student_accuracy"] = (student_pred == data.test_labels).float().mean().item()
     method = metrics.get("method", "mrl")
     print(f"{desc}: {len(data.test_labels)} test samples; method {method}, delivered {metrics.get('delivered')}")

@@ -8,8 +8,10 @@ Three kinds, chosen by a JSON-serialisable spec stored in the reuser's config:
 
 from __future__ import annotations
 
+import hashlib
 import os
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -75,15 +77,32 @@ class Embedding:
         """Load the encoder now (a no-op for the other types), so a bad `model_id` fails before any long work."""
         if self.spec["type"] == "encoder" and self._encoder is None:
             self._encoder = _load_encoder(self.spec["model_id"], **self._load_options)
+            pinned = self._encoder[3].split("|")[0]
+            if pinned != self.spec["model_id"]:  # a Hub encoder: its features (and the saved reuser) name the commit
+                self.spec = {**self.spec, "model_id": pinned}
         return self
 
-    def __call__(self, images: torch.Tensor | None, probs: torch.Tensor) -> torch.Tensor:
-        """Raw features (N, p) from uint8 images (N, 3, H, W) and teacher probabilities (N, K, C)."""
+    def __call__(self, images, probs: torch.Tensor, num_workers: int = 0) -> torch.Tensor:
+        """Raw features (N, p) from uint8 images (N, 3, H, W) or an `ImageSet`, and teacher probabilities (N, K, C).
+
+        An `ImageSet` is read in batches (`num_workers` DataLoader processes): the pixels embedding at its own
+        32 px, an encoder through its own processor on the originals, cached by each image's bytes."""
+        from .images import ImageSet
+
         kind = self.spec["type"]
         if kind == "teacher-outputs":
             return probs.clamp_min(1e-6).log().flatten(1)
         if images is None:
             raise ValueError(f"The {kind!r} embedding needs the input images.")
+        if isinstance(images, ImageSet):
+            if kind == "pixels":
+                small = images.resized(_PIXEL_SIZE)
+                parts = [
+                    self(small[pos], probs[:0])
+                    for pos in np.array_split(np.arange(len(small)), max(1, len(small) // 1024))
+                ]
+                return torch.cat(parts) if parts else torch.zeros(0, self.spec["dim"])
+            return self._encode_originals(images, num_workers)
         if kind == "pixels":
             x = images.float() / 255.0
             x = F.interpolate(x, size=(_PIXEL_SIZE, _PIXEL_SIZE), mode="bilinear", antialias=True, align_corners=False)
@@ -94,15 +113,39 @@ class Embedding:
         return self._encode(images)
 
     def _encode(self, images: torch.Tensor) -> torch.Tensor:
-        key = "encoder-" + self.spec["model_id"].replace("/", "--")
+        model, preprocess, _, pinned = self.prepare()._encoder
+        key = "encoder-" + hashlib.sha256(pinned.encode()).hexdigest()[:24]
         fp = fingerprint(images)
         feats = self._cache.get(key, fp)
         if feats is None:
-            model, preprocess = self.prepare()._encoder
             with torch.inference_mode():
                 feats = torch.cat([model(preprocess(images[i : i + 256])) for i in range(0, len(images), 256)])
             self._cache.put(key, fp, feats)
         return feats
+
+    def _encode_originals(self, images, num_workers: int) -> torch.Tensor:
+        model, _, transform, pinned = self.prepare()._encoder
+        keys = images.keys(num_workers)
+        key = "encoder-" + hashlib.sha256(pinned.encode()).hexdigest()[:24]
+        found, hit = self._cache.lookup(key, keys, None)
+        missing = np.flatnonzero(~hit)
+        if len(missing):
+            parts = []
+            with torch.inference_mode():
+                for _, x in images.batches(transform, missing, batch_size=64, num_workers=num_workers):
+                    parts.append(model(x).float())
+            new = torch.cat(parts)
+            with self._cache.writer(key, keys[missing], encoder=pinned) as writer:
+                writer.write(new)
+            if found is None:
+                found = torch.zeros(len(images), new.shape[1])
+            found[torch.from_numpy(missing)] = new
+        return found
+
+    @property
+    def pinned_id(self) -> str | None:
+        """The encoder as `model_id@commit` (a local folder: its path), once loaded."""
+        return None if self._encoder is None else self._encoder[3].split("|")[0]
 
 
 def _load_encoder(
@@ -118,9 +161,14 @@ def _load_encoder(
     def fail(reason: str, message: str) -> TeacherLoadError:
         return TeacherLoadError(model_id, reason, message, what="Encoder")
 
-    folder, _, library, _, _ = _checked_checkpoint(
+    from .pool import _files_hash, _Processor, parse_teacher_id, timm_transform
+
+    folder, commit, library, _, weights = _checked_checkpoint(
         model_id, token, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, what="Encoder"
     )
+    name = parse_teacher_id(model_id)[0]
+    # What the features depend on: the commit (Hub) and the weight files' contents.
+    pinned = (f"{name}@{commit}" if commit else str(model_id)) + "|" + _files_hash(list(weights))
     try:
         if library == "timm":
             import timm
@@ -138,7 +186,7 @@ def _load_encoder(
         raise fail("load_failed", f"could not be loaded by {library} ({err}).") from err
     if library == "timm":
         _check_finite(model, model_id, what="Encoder")
-        return model, preprocess
+        return model, preprocess, timm_transform(model)[0], pinned
     _check_finite(backbone, model_id, what="Encoder")
 
     def model(pixel_values: torch.Tensor) -> torch.Tensor:
@@ -148,4 +196,5 @@ def _load_encoder(
             pooled = out.last_hidden_state.mean(dim=1)
         return pooled.flatten(1)
 
-    return model, lambda images: processor(images=images, return_tensors="pt")["pixel_values"]
+    preprocess = _Processor(processor)
+    return model, preprocess, preprocess, pinned

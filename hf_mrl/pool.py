@@ -9,6 +9,7 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -290,6 +291,8 @@ def _timm_preprocess(cfg: dict):
     scaled = tuple(int(s / crop_pct) for s in size)
 
     def preprocess(images: torch.Tensor) -> torch.Tensor:
+        if hasattr(images, "resized"):  # an ImageSet: decode its originals at the side wanted here
+            images = images.resized(scaled[0])[:]
         x = images.float() / 255.0
         if tuple(x.shape[-2:]) != scaled:
             x = F.interpolate(x, size=scaled, mode="bilinear", antialias=True, align_corners=False)
@@ -317,6 +320,8 @@ class Teacher:
         library: str = "torch",
         weights_hash: str | None = None,
         label_descriptions: Sequence[str] | None = None,
+        transform=None,
+        transform_key: str | None = None,
     ):
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"A teacher must be a torch.nn.Module or loaded with Teacher.load; got {type(model)}.")
@@ -330,6 +335,10 @@ class Teacher:
         self.library = library
         self.weights_hash = weights_hash
         self.samples_seen = 0  # teacher forward passes, counted per sample
+        # Its own processor on decoded originals (a list of PIL images -> a batch): what lazy datasets go through.
+        # Teachers with the same `transform_key` share one transformed batch.
+        self.transform = transform or _FromUint8(self.preprocess, name)
+        self.transform_key = transform_key if transform is not None else f"uint8:{name}:{id(self)}"
 
     @property
     def id(self) -> str:
@@ -367,10 +376,11 @@ class Teacher:
             shown, token, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code
         )
         if library == "timm":
-            model, labels, preprocess = _load_timm(folder, config, shown)
+            model, labels, preprocess, transform, transform_key = _load_timm(folder, config, shown)
             descriptions = _timm_descriptions(model, config, labels)
         else:
-            model, labels, preprocess = _load_transformers(folder, config, shown, allow_pickle, trust_remote_code)
+            loaded = _load_transformers(folder, config, shown, allow_pickle, trust_remote_code)
+            model, labels, preprocess, transform, transform_key = loaded
             descriptions = imagenet_descriptions(labels)
         _check_finite(model, shown)
         logger.info(
@@ -387,6 +397,8 @@ class Teacher:
             library=library,
             weights_hash=_files_hash(list(weights) + configs),
             label_descriptions=descriptions,
+            transform=transform,
+            transform_key=transform_key,
         )
 
     @torch.inference_mode()
@@ -397,13 +409,18 @@ class Teacher:
         convolutions and pooling, the same values), and, for `precision` "bf16" or "fp16", under `torch.autocast`
         on the model's device: CUDA, or the CPU, where it pays off on processors with bf16 instructions only.
         """
+        return self.logits_of_inputs(self.preprocess(images), precision)
+
+    @torch.inference_mode()
+    def logits_of_inputs(self, x: torch.Tensor, precision: str = "fp32") -> torch.Tensor:
+        """Preprocessed model inputs (what `transform` or `preprocess` return) -> float32 logits on the CPU."""
         dtype = autocast_dtype(precision)
         device = next(self.model.parameters()).device
-        x = self.preprocess(images).to(device)
+        x = x.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             out = self._forward(x)
         out = getattr(out, "logits", out)
-        self.samples_seen += images.shape[0]
+        self.samples_seen += x.shape[0]
         if not torch.isfinite(out).all():
             raise ValueError(f"Teacher {self.id!r} produced NaN or infinite logits; its weights may be corrupted.")
         return out.float().cpu()
@@ -564,7 +581,53 @@ def _load_timm(folder: Path, config: dict, shown: str):
         )
     if model.num_classes != len(labels):
         raise TeacherLoadError(shown, "no_labels", f"has {model.num_classes} outputs but {len(labels)} label names.")
-    return model, list(labels), _timm_preprocess(model.pretrained_cfg)
+    return model, list(labels), _timm_preprocess(model.pretrained_cfg), *timm_transform(model)
+
+
+def timm_transform(model) -> tuple:
+    """timm's own eval transform of `model` on decoded originals (PIL -> normalised tensor), and its identity."""
+    from timm.data import create_transform, resolve_data_config
+
+    cfg = resolve_data_config({}, model=model)
+    transform = create_transform(**cfg)
+    return _PerImage(transform), "timm:" + json.dumps(cfg, sort_keys=True, default=str)
+
+
+class _PerImage:
+    """A per-image transform applied to a list of images and stacked (picklable for DataLoader workers)."""
+
+    def __init__(self, transform):
+        self.transform = transform
+
+    def __call__(self, images: list) -> torch.Tensor:
+        return torch.stack([self.transform(img) for img in images])
+
+
+class _Processor:
+    """A transformers image processor on a list of images (picklable for DataLoader workers)."""
+
+    def __init__(self, processor):
+        self.processor = processor
+
+    def __call__(self, images: list) -> torch.Tensor:
+        return self.processor(images=images, return_tensors="pt")["pixel_values"]
+
+
+class _FromUint8:
+    """A teacher without a processor of its own: its batched uint8 preprocessing on same-size originals."""
+
+    def __init__(self, preprocess, name: str):
+        self.preprocess, self.name = preprocess, name
+
+    def __call__(self, images: list) -> torch.Tensor:
+        sizes = {img.size for img in images}
+        if len(sizes) > 1:
+            raise ValueError(
+                f"Teacher {self.name!r} has no processor of its own and the images differ in size ({sorted(sizes)[:3]}"
+                "...): build it with Teacher(..., transform=fn) taking a list of PIL images, or load a checkpoint."
+            )
+        x = torch.from_numpy(np.stack([np.asarray(img) for img in images])).permute(0, 3, 1, 2)
+        return self.preprocess(x.contiguous())
 
 
 def _timm_descriptions(model, config: dict, labels: list[str]) -> list[str] | None:
@@ -598,10 +661,10 @@ def _load_transformers(folder: Path, config: dict, shown: str, allow_pickle: boo
 
         def preprocess(images: torch.Tensor) -> torch.Tensor:
             return processor(images=images, return_tensors="pt")["pixel_values"]
-    else:
-        logger.warning("Teacher %s has no preprocessor_config.json: feeding pixels scaled to [0, 1].", shown)
-        preprocess = None
-    return model, labels, preprocess
+
+        return model, labels, preprocess, _Processor(processor), "transformers:" + processor.to_json_string()
+    logger.warning("Teacher %s has no preprocessor_config.json: feeding pixels scaled to [0, 1].", shown)
+    return model, labels, None, None, None
 
 
 def _map_pool(
@@ -678,6 +741,31 @@ def _warn_uncovered(teachers: Sequence[Teacher], mappings: Sequence[LabelMapping
             "student learns them from their labeled samples only. Add a teacher that knows them for better results.",
             uncovered[:20],
         )
+
+
+class _GroupTransforms:
+    """Decoded originals -> {preprocessing key: the batch as those teachers take it} (runs in DataLoader workers)."""
+
+    def __init__(self, transforms: dict):
+        self.transforms = transforms
+
+    def __call__(self, images: list) -> dict[str, torch.Tensor]:
+        return {key: fn(images) for key, fn in self.transforms.items()}
+
+
+def _gather_rows(local: torch.Tensor, need: np.ndarray, missing: np.ndarray, accelerator) -> torch.Tensor:
+    """Every process computed teacher k on `need[rank::world]` where `missing`: all of it, in the order of `need`."""
+    from accelerate.utils import gather
+
+    world = accelerator.num_processes
+    shares = [need[r::world][missing[need[r::world]]] for r in range(world)]
+    per = max(len(x) for x in shares)
+    padded = torch.zeros(per, local.shape[1])
+    padded[: len(local)] = local
+    everyone = gather(padded.to(accelerator.device)).cpu().view(world, per, -1)
+    order = np.concatenate(shares)
+    values = torch.cat([everyone[r, : len(x)] for r, x in enumerate(shares)])
+    return values[torch.from_numpy(np.argsort(order, kind="stable"))]
 
 
 class ModelPool:
@@ -765,19 +853,28 @@ class ModelPool:
             t.model.to(device)
         return self
 
-    def probs(self, images: torch.Tensor, progress: bool = False, accelerator=None) -> torch.Tensor:
-        """Teacher probabilities over the target classes for uint8 images (N, 3, H, W) -> (N, K, C).
+    def probs(self, images, progress: bool = False, accelerator=None, num_workers: int = 0) -> torch.Tensor:
+        """Teacher probabilities over the target classes for uint8 images (N, 3, H, W) or an `ImageSet` -> (N, K, C).
 
         Each teacher runs at most once per distinct input sample: its logits are cached per sample (in memory and,
         with `cache_dir`, on disk), so another run, seed, subset or order of the same samples runs no teacher.
 
+        An `ImageSet` (a lazy dataset split) is read once per batch by a DataLoader with `num_workers` processes:
+        each image is decoded at its own size and goes through each teacher's own processor (teachers with the same
+        preprocessing share it); its cache key is its original bytes, so the student's input size does not matter.
+
         Args:
-            images: uint8 (N, 3, H, W).
+            images: uint8 (N, 3, H, W), or an `hf_mrl.images.ImageSet`.
             progress: show a progress bar per teacher.
             accelerator: an `accelerate.Accelerator` (or `PartialState`) to shard the work: with several processes,
                 each runs the teachers on 1/world of the samples no cache holds, and every process gets all the
                 results. Every process must then call `probs` with the same images (it is a collective call).
+            num_workers: DataLoader processes decoding an `ImageSet`.
         """
+        from .images import ImageSet
+
+        if isinstance(images, ImageSet):
+            return self._probs_of_originals(images, progress, accelerator, num_workers)
         if images.dtype != torch.uint8 or images.ndim != 4:
             raise TypeError(f"Expected uint8 images of shape (N, 3, H, W); got {images.dtype} {tuple(images.shape)}.")
         keys = row_keys(images)
@@ -785,6 +882,63 @@ class ModelPool:
         for k in range(len(self)):
             out[:, k] = self._teacher_probs(k, images, keys, progress, accelerator)
         return out
+
+    def _probs_of_originals(self, images, progress: bool, accelerator, num_workers: int) -> torch.Tensor:
+        """`probs` of an `ImageSet`: one decoding pass over the rows some teacher's cache lacks, shared by teachers."""
+        keys = images.keys(num_workers)
+        world = accelerator.num_processes if accelerator is not None else 1
+        rank = accelerator.process_index if accelerator is not None else 0
+        logits, missing = [], []
+        for teacher in self.teachers:
+            found, hit = self.cache.lookup(self._cache_key(teacher), keys, len(teacher.label_names))
+            if world > 1:  # every process must agree on the rows to compute
+                from accelerate.utils import reduce
+
+                miss = torch.from_numpy((~hit).astype("uint8")).to(accelerator.device)
+                hit = reduce(miss, reduction="sum").cpu().numpy() == 0
+            logits.append(found if found is not None else torch.zeros(len(images), len(teacher.label_names)))
+            missing.append(~hit)
+        need = np.flatnonzero(np.any(missing, axis=0)) if len(images) else np.zeros(0, np.int64)
+        if len(need):
+            mine = need[rank::world]
+            local = self._run_originals(images, mine, [m[mine] for m in missing], progress, num_workers)
+            for k, teacher in enumerate(self.teachers):
+                rows = need[missing[k][need]]  # this teacher's new rows, in order
+                if not len(rows):
+                    continue
+                new = local[k] if world == 1 else _gather_rows(local[k], need, missing[k], accelerator)
+                logits[k][torch.from_numpy(rows)] = new
+                if world == 1 or accelerator.is_local_main_process or self.cache.cache_dir is None:
+                    with self.cache.writer(self._cache_key(teacher), keys[rows], teacher=teacher.id) as writer:
+                        writer.write(new)
+            if world > 1:
+                accelerator.wait_for_everyone()  # the entries are on disk before anyone looks again
+        out = torch.empty(len(images), len(self), len(self.label_names))
+        for k, mapping in enumerate(self.mappings):
+            out[:, k] = mapping.probs(logits[k])
+        return out
+
+    def _run_originals(self, images, rows, wanted, progress: bool, num_workers: int) -> list[torch.Tensor]:
+        """Every teacher on the originals at `rows` whose `wanted[k]` mask is set: logits per teacher, in row order."""
+        groups: dict[str, list[int]] = {}
+        for k, teacher in enumerate(self.teachers):
+            if wanted[k].any():
+                groups.setdefault(teacher.transform_key, []).append(k)
+        transforms = _GroupTransforms({key: self.teachers[ks[0]].transform for key, ks in groups.items()})
+        parts: list[list[torch.Tensor]] = [[torch.empty(0, len(t.label_names))] for t in self.teachers]
+        done = 0
+        batches = images.batches(
+            transforms, rows, batch_size=self.batch_size, num_workers=num_workers, progress=progress, desc="teachers"
+        )
+        for chunk, inputs in batches:
+            for key, ks in groups.items():
+                for k in ks:
+                    mask = torch.from_numpy(wanted[k][done : done + len(chunk)])
+                    if mask.any():
+                        x = inputs[key] if bool(mask.all()) else inputs[key][mask]
+                        parts[k].append(self.teachers[k].logits_of_inputs(x, self.precision))
+            done += len(chunk)
+        return [torch.cat(p) for p in parts]
 
     def _cache_key(self, teacher: Teacher) -> str:
         return teacher.cache_key if self.precision == "fp32" else f"{teacher.cache_key}-{self.precision}"

@@ -59,6 +59,8 @@ class ReuseArguments:
         dataset: the dataset's spec (`digits-ld:MUS`, a folder, a Hub id), shown on the model cards.
         dataset_description: a readable name of the data, shown in metrics.json and on the cards.
         progress: progress bars (main process only).
+        dataloader_num_workers: processes decoding lazy images (`ImageSet`) for the teachers, the embedding and
+            the student's next batches; 0 decodes in the training process.
     """
 
     guard_folds: int = 3
@@ -68,8 +70,11 @@ class ReuseArguments:
     dataset: str = "custom"
     dataset_description: str | None = None
     progress: bool = True
+    dataloader_num_workers: int = 0
 
     def __post_init__(self):
+        if self.dataloader_num_workers < 0:
+            raise ValueError(f"dataloader_num_workers must be >= 0; got {self.dataloader_num_workers}.")
         if self.guard_folds < 0 or self.guard_folds == 1:
             raise ValueError(f"guard_folds must be 0 (off) or >= 2; got {self.guard_folds}.")
         if self.guard_workers is not None and self.guard_workers < 1:
@@ -267,8 +272,17 @@ class ReuseTrainer:
             if self.embedding is None:
                 with self.accelerator.main_process_first():
                     self.embedding = self.prepare_embedding(self.config, self.pool)
+            mixed = getattr(self.accelerator, "mixed_precision", "no")
+            if self.pool.precision == "fp32" and mixed in ("bf16", "fp16"):
+                logger.info("Teacher inference in %s (the Accelerator's mixed precision).", mixed)
+                self.pool.precision = mixed
             self.reuse = compute_reuse_inputs(
-                self.pool, self.embedding, self.data, progress=self.progress, accelerator=self.accelerator
+                self.pool,
+                self.embedding,
+                self.data,
+                progress=self.progress,
+                accelerator=self.accelerator,
+                num_workers=self.args.dataloader_num_workers,
             )
         return self.reuse
 
@@ -292,6 +306,7 @@ class ReuseTrainer:
             teacher_ids=self.teacher_ids if needs else None,
             accelerator=self.accelerator,
             student_spec=self.args.student,
+            num_workers=self.args.dataloader_num_workers,
         )
 
     @property

@@ -198,6 +198,12 @@ class AttentionReuser(
             raise ValueError(f"batch_size must be a positive int; got {batch_size!r}.")
         if self._embedding is None:
             self._embedding = Embedding(self.embedding_spec, **self._load_kwargs)
+        from .images import ImageSet
+
+        if isinstance(images, ImageSet):  # a lazy dataset split: the teachers' own processors on its originals
+            probs = self.pool.probs(images)
+            out = self(self._embedding(images, probs), probs)
+            return {"probs": out["probs"], "weights": out["weights"], "predictions": out["probs"].argmax(-1)}
         parts = []
         for positions, batch in image_batches(images, chunk_size=batch_size):  # (n, 3, H, W) uint8, one size each
             probs = self.pool.probs(batch)  # (n, K, C)

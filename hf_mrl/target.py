@@ -7,7 +7,6 @@ Hub dataset id (`org/name[@revision]`, through `datasets.load_dataset`: cached, 
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import re
@@ -15,6 +14,7 @@ import re
 import numpy as np
 import torch
 
+from .images import ImageSet
 from .trainer import TargetData
 
 __all__ = [
@@ -57,103 +57,17 @@ class DatasetDescription(str):
 # ----------------------------------------------------------------------------------------------- images
 
 
-def _to_rgb(img):
-    """Any PIL image -> 8-bit RGB, as image processors see it: alpha composited onto white, 16-bit scaled."""
-    from PIL import Image
+def _images(ds, column: str, image_size: int, where: str, skip_bad: bool, lazy: bool, num_workers: int):
+    """The split's images as an `ImageSet` (lazy) or one uint8 tensor, and the rows that failed to decode.
 
-    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):  # high bit depth greyscale (medical, depth)
-        a = np.asarray(img, dtype=np.float64)
-        if img.mode.startswith("I;16"):
-            a = a / 257.0
-        else:
-            lo, hi = float(a.min()), float(a.max())
-            a = (a - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(a)
-        img = Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), mode="L")
-    if img.mode == "P" and "transparency" in img.info:
-        img = img.convert("RGBA")
-    if img.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
-        rgba = img.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
-    return img.convert("RGB")
-
-
-def _decode(item):
-    """One value of an image column (`{"bytes", "path"}` with decoding off, a PIL image, or an HWC array) -> PIL."""
-    import datasets
-    from PIL import Image, ImageOps
-
-    if isinstance(item, dict):
-        if item.get("bytes") is not None:
-            img = Image.open(io.BytesIO(item["bytes"]))
-        elif item.get("path") and os.path.isfile(item["path"]):
-            img = Image.open(item["path"])
-        else:  # a remote path (hf://...), or nothing at all: datasets knows how to fetch it, and says what is wrong
-            return datasets.Image().decode_example(item)
-        img.load()  # decode now: a truncated file fails here, not later
-        if img.getexif().get(0x0112) is not None:  # EXIF orientation, applied as datasets does
-            img = ImageOps.exif_transpose(img)
-        return img
-    if isinstance(item, Image.Image):
-        return item
-    if item is None:
-        raise ValueError("the image is missing (None)")
-    a = np.asarray(item)
-    if a.ndim == 3 and a.shape[0] in (1, 3, 4) and a.shape[-1] not in (1, 3, 4):
-        a = a.transpose(1, 2, 0)  # CHW -> HWC
-    if a.ndim == 3 and a.shape[-1] == 1:
-        a = a[..., 0]
-    if a.dtype != np.uint8:
-        if np.issubdtype(a.dtype, np.floating) and a.size and float(a.max()) <= 1.0:
-            a = a * 255.0
-        a = np.clip(a, 0, 255).astype(np.uint8)
-    return Image.fromarray(a)
-
-
-def _reason(err: Exception) -> str:
-    from PIL import UnidentifiedImageError
-
-    if isinstance(err, UnidentifiedImageError):  # its own text names a BytesIO object, not the problem
-        return "UnidentifiedImageError: not an image format Pillow can read (a corrupt or non-image file)"
-    return f"{type(err).__name__}: {err}"
-
-
-def _images(
-    ds, column: str, image_size: int, where: str = "", skip_bad: bool = False
-) -> tuple[torch.Tensor, list[int]]:
-    """Decode an image column to uint8 (N, 3, image_size, image_size); return it and the rows that failed.
-
-    Reads in batches, with the column's own decoding off, so that a corrupt image is found at its row: without
-    `skip_bad` it raises a `ValueError` naming split, row and file; with it the row is left out and returned.
+    Without `skip_bad` a lazy set is not decoded here: an unreadable image raises, naming split and row, when a batch
+    first holds it. With `skip_bad` one decoding pass finds such rows, which are left out and returned.
     """
-    import datasets
-    from PIL import Image
-
-    if isinstance(ds.features.get(column), datasets.Image):
-        ds = ds.cast_column(column, datasets.Image(decode=False))
-    ds = ds.select_columns([column]).with_format(None)
-    arrays, bad = [], []
-    items = (item for batch in ds.iter(batch_size=256) for item in batch[column])
-    for row, item in enumerate(items):
-        try:
-            img = _to_rgb(_decode(item))
-        except Exception as err:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError...
-            if not skip_bad:
-                path = item.get("path") if isinstance(item, dict) else None
-                raise ValueError(
-                    f"The image at row {row} of {where or 'the dataset'} (column {column!r}"
-                    + (f", file {path!r}" if path else "")
-                    + f") cannot be decoded: {_reason(err)}. Fix or remove it, or pass skip_bad_images=True "
-                    "(--skip_bad_images) to leave such images out."
-                ) from None
-            bad.append(row)
-            continue
-        if img.size != (image_size, image_size):
-            img = img.resize((image_size, image_size), Image.Resampling.BICUBIC)
-        arrays.append(np.asarray(img))
-    if not arrays:
-        return torch.zeros((0, 3, image_size, image_size), dtype=torch.uint8), bad
-    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous(), bad
+    images = ImageSet(ds, column, image_size, where)
+    bad = images.bad_rows(num_workers) if skip_bad else []
+    if bad:
+        images = images.subset(np.setdiff1d(np.arange(len(images)), bad))
+    return (images if lazy else images.materialize()), bad
 
 
 # ----------------------------------------------------------------------------------------------- labels, domains
@@ -243,6 +157,8 @@ def _convert(
     image_size: int,
     skip_bad_images: bool,
     where: dict[str, str] | None = None,
+    lazy: bool = True,
+    num_workers: int = 0,
 ) -> tuple[TargetData, dict[str, list[int]]]:
     check_dataset(dataset, image_column, label_column)
     names = list(dataset["labeled"].features[label_column].names)
@@ -250,7 +166,9 @@ def _convert(
     images = {}
     for role in SPLITS:
         label = (where or {}).get(role, f"split {role!r}")
-        images[role], skipped[role] = _images(dataset[role], image_column, image_size, label, skip_bad_images)
+        images[role], skipped[role] = _images(
+            dataset[role], image_column, image_size, label, skip_bad_images, lazy, num_workers
+        )
         ds = dataset[role]
         if skipped[role]:
             bad = set(skipped[role])
@@ -287,23 +205,31 @@ def target_from_datasets(
     domain_column: str | None = "domain",
     image_size: int = 32,
     skip_bad_images: bool = False,
+    lazy: bool = True,
+    num_workers: int = 0,
 ) -> TargetData:
     """Validate and convert a DatasetDict with splits `labeled`, `unlabeled`, `test`.
 
     The label column must be a `ClassLabel` (its names are the target label names); the unlabeled split needs no
-    labels. Images of any size and mode are converted to RGB and resized to `image_size`. The domain column, if
-    present, is read for evaluation only; it may hold strings, integers or a `ClassLabel`.
+    labels. Images of any size and mode stay in the dataset and are converted to RGB when a batch is read: at
+    `image_size` for the student, at their own size for each teacher's processor. The domain column, if present, is
+    read for evaluation only; it may hold strings, integers or a `ClassLabel`.
 
     Args:
         dataset: a `datasets.DatasetDict` with splits `labeled`, `unlabeled`, `test`.
         image_column: the image column (a `datasets.Image` feature, PIL images or HWC arrays).
         label_column: the `ClassLabel` column.
         domain_column: the latent-domain column, when there is one (None: none).
-        image_size: side of the square uint8 images returned.
-        skip_bad_images: leave out images that cannot be decoded (logged) instead of raising a `ValueError` that
-            names the split and row.
+        image_size: side of the square uint8 batches the student reads (a student with its own input size reads
+            at that size instead).
+        skip_bad_images: leave out images that cannot be decoded (logged; one decoding pass at load) instead of
+            raising a `ValueError` that names the split and row.
+        lazy: keep the images in the dataset (`ImageSet`s, decoded per batch); False decodes every image once into
+            uint8 tensors at `image_size` (small data only).
+        num_workers: processes of the decoding pass of `skip_bad_images`.
     """
-    return _convert(dataset, image_column, label_column, domain_column, image_size, skip_bad_images)[0]
+    options = dict(lazy=lazy, num_workers=num_workers)
+    return _convert(dataset, image_column, label_column, domain_column, image_size, skip_bad_images, **options)[0]
 
 
 # ----------------------------------------------------------------------------------------------- sources
@@ -544,6 +470,8 @@ def load_target(
     unlabeled_split: str = "unlabeled",
     test_split: str = "test",
     skip_bad_images: bool = False,
+    lazy: bool | None = None,
+    num_workers: int = 0,
 ) -> tuple[TargetData, DatasetDescription]:
     """Load a target task from `digits-ld[:SETTING]`, a `save_to_disk` folder, an image folder or a Hub dataset id.
 
@@ -562,8 +490,11 @@ def load_target(
         image_size: side of the square RGB uint8 images (any input size and mode is converted).
         labeled_split, unlabeled_split, test_split: the splits of each role, with `datasets` slicing
             (`train[:2%]`, `train[2%:]+validation`).
-        skip_bad_images: leave out images that cannot be decoded (counted in the description's `skipped_images`)
-            instead of raising a `ValueError` that names split and row.
+        skip_bad_images: leave out images that cannot be decoded (counted in the description's `skipped_images`;
+            one decoding pass at load) instead of raising a `ValueError` that names split and row.
+        lazy: keep images in the dataset's Arrow table and decode them per batch (`ImageSet`); the default for
+            every source but the embedded 32 px Digits-LD, which is decoded once into tensors.
+        num_workers: processes of the decoding pass of `skip_bad_images`.
 
     Returns:
         `(data, description)`: the `TargetData`, and a `DatasetDescription` (a `str` for cards and metrics, with
@@ -582,6 +513,7 @@ def load_target(
         n = DIGITS_LD_LABELED_PER_CLASS if labeled_per_class is None else labeled_per_class
         _check_labeled_per_class(n)
         dd = load_digits_ld(setting, labeled_per_class=n, seed=seed)
+        options["lazy"] = False if lazy is None else lazy
         data, _ = _convert(dd, domain_column=domain_column or "domain", skip_bad_images=False, **options)
         return data, DatasetDescription(f"Digits-LD {setting} ({n} labels per class)")
     dd = _resolve(spec, splits)
@@ -590,6 +522,7 @@ def load_target(
     if labeled_per_class is not None:
         dd = _subsample_labeled(dd, label_column, labeled_per_class, seed)
     column = domain_column or _default_domain_column(dd)
+    options |= dict(lazy=True if lazy is None else lazy, num_workers=num_workers)
     data, skipped = _convert(
         dd, domain_column=column, skip_bad_images=skip_bad_images, where=_where(spec, splits), **options
     )

@@ -8,6 +8,7 @@ supervised-only. What a strategy needs from the loop is public (`batch_indices`,
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -24,6 +25,7 @@ from accelerate import Accelerator
 from .augment import translate as _translate
 from .config import MRLConfig
 from .embedding import Embedding
+from .images import ImageSet
 from .losses import kd_loss
 from .pool import ModelPool
 from .student import create_student, student_preprocess
@@ -45,13 +47,14 @@ def make_accelerator(**kwargs) -> Accelerator:
 
 @dataclass
 class TargetData:
-    """The target task as tensors: uint8 images (N, 3, H, W), int64 labels (N,), optional domains (N,)."""
+    """The target task: images (uint8 tensors (N, 3, H, W), or `ImageSet`s decoded per batch), int64 labels (N,),
+    optional domains (N,)."""
 
     label_names: list[str]
-    labeled_images: torch.Tensor
+    labeled_images: torch.Tensor | ImageSet
     labeled_labels: torch.Tensor
-    unlabeled_images: torch.Tensor
-    test_images: torch.Tensor
+    unlabeled_images: torch.Tensor | ImageSet
+    test_images: torch.Tensor | ImageSet
     test_labels: torch.Tensor
     test_domains: torch.Tensor | None = None
     domain_names: list[str] | None = None
@@ -78,6 +81,20 @@ class TargetData:
                 f"Labels must lie in [0, {c}); got {self.labeled_labels.min()}..{self.labeled_labels.max()}."
             )
 
+    @property
+    def lazy(self) -> bool:
+        """Whether the images stay in their dataset and are decoded per batch."""
+        return any(isinstance(x, ImageSet) for x in (self.labeled_images, self.unlabeled_images, self.test_images))
+
+    def at_size(self, size: int) -> TargetData:
+        """The same task with its lazy images decoded at `size` (tensors are left as they are)."""
+        changes = {
+            name: getattr(self, name).resized(size)
+            for name in ("labeled_images", "unlabeled_images", "test_images")
+            if isinstance(getattr(self, name), ImageSet)
+        }
+        return dataclasses.replace(self, **changes) if changes else self
+
 
 @dataclass
 class ReuseInputs:
@@ -92,20 +109,28 @@ class ReuseInputs:
 
 
 def compute_reuse_inputs(
-    pool: ModelPool, embedding: Embedding, data: TargetData, progress: bool = False, accelerator=None
+    pool: ModelPool,
+    embedding: Embedding,
+    data: TargetData,
+    progress: bool = False,
+    accelerator=None,
+    num_workers: int = 0,
 ) -> ReuseInputs:
     """Run every teacher once over each set (cached), and the embedding on top.
 
     With a multi-process `accelerator`, every process must call this (a collective call): each runs the teachers
-    on its share of the samples that no cache holds, and all get every result.
+    on its share of the samples that no cache holds, and all get every result. Lazy images (`ImageSet`) are decoded
+    by `num_workers` DataLoader processes, at their own size, for each teacher's own processor.
     """
     sets = {"l": data.labeled_images, "u": data.unlabeled_images, "t": data.test_images}
-    probs = {k: pool.probs(v, progress=progress, accelerator=accelerator) for k, v in sets.items()}
+    probs = {
+        k: pool.probs(v, progress=progress, accelerator=accelerator, num_workers=num_workers) for k, v in sets.items()
+    }
     if accelerator is not None and accelerator.num_processes > 1:
         with accelerator.main_process_first():  # an encoder's features: computed and cached once, then read
-            feats = {k: embedding(sets[k], probs[k]) for k in sets}
+            feats = {k: embedding(sets[k], probs[k], num_workers=num_workers) for k in sets}
     else:
-        feats = {k: embedding(sets[k], probs[k]) for k in sets}
+        feats = {k: embedding(sets[k], probs[k], num_workers=num_workers) for k in sets}
     return ReuseInputs(**{f"probs_{k}": v for k, v in probs.items()}, **{f"feats_{k}": v for k, v in feats.items()})
 
 
@@ -133,6 +158,8 @@ class StudentTrainer:
         accelerator: shared across trainers in one process; created when None.
         student_spec: `create_student` arguments (`architecture`, `model_args`, `pretrained`, `image_size`...). A
             fresh student reads inputs at the data's size; a pretrained one at its own, unless `image_size` is given.
+        num_workers: DataLoader processes that decode the next steps' batches of lazy images (`ImageSet`) while
+            the student trains; 0 decodes in this process.
 
     >>> trainer = StudentTrainer(MRLConfig(max_steps=10), data, reuse, teacher_ids=pool.ids)  # doctest: +SKIP
     >>> student = trainer.train(); predictions = trainer.predict(data.test_images)  # doctest: +SKIP
@@ -147,6 +174,7 @@ class StudentTrainer:
         teacher_ids: list[str] | None = None,
         accelerator: Accelerator | None = None,
         student_spec: dict | None = None,
+        num_workers: int = 0,
     ):
         self.config = config
         self.data = data
@@ -164,6 +192,9 @@ class StudentTrainer:
             spec["image_size"] = data.labeled_images.shape[-1]
         self.student = create_student(data.label_names, **spec)
         self.preprocess = student_preprocess(self.student)
+        self.input_size = student_input_side(self.student)
+        self.data = data = data.at_size(self.input_size)  # lazy images are decoded where the student reads them
+        self.num_workers = num_workers
         self.optimizer = torch.optim.AdamW(
             self.student.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
         )
@@ -178,13 +209,10 @@ class StudentTrainer:
         """Global batch for `step`, sliced to this process; a function of (seed, stream, step) only, so
         a resumed run sees exactly the batches an uninterrupted one would. Outer steps draw from their
         own streams so they never reuse a training step's batch."""
-        key = hashlib.sha256(f"{self.config.seed}/{stream}/{step}".encode()).digest()
-        gen = torch.Generator().manual_seed(int.from_bytes(key[:8], "little") >> 1)
-        n, m = len(self.data.labeled_labels), len(self.data.unlabeled_images)
-        idx_l = torch.randint(0, n, (self.config.batch_size,), generator=gen)
-        idx_u = torch.randint(0, m, (self.config.unlabeled_batch_size,), generator=gen)
-        rank, world = self.accelerator.process_index, self.accelerator.num_processes
-        return gen, idx_l[rank::world], idx_u[rank::world]
+        cfg, acc = self.config, self.accelerator
+        sizes = (len(self.data.labeled_labels), len(self.data.unlabeled_images), cfg.batch_size)
+        sizes += (cfg.unlabeled_batch_size, acc.process_index, acc.num_processes)
+        return _batch_indices(cfg.seed, stream, step, *sizes)
 
     def inputs(self, images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         """Student inputs on the device: preprocessed and, when `config.augment`, randomly translated."""
@@ -194,16 +222,21 @@ class StudentTrainer:
         return x.to(self.accelerator.device)
 
     # -- one step ----------------------------------------------------------------------------------
-    def training_step(self, step: int) -> dict[str, float]:
-        """One student step: labeled CE plus the strategy's unlabeled term, then the strategy's after-step."""
+    def training_step(self, step: int, images: tuple | None = None) -> dict[str, float]:
+        """One student step: labeled CE plus the strategy's unlabeled term, then the strategy's after-step.
+
+        `images`: the step's (labeled, unlabeled) uint8 batches when a DataLoader decoded them ahead.
+        """
         acc = self.accelerator
         gen, idx_l, idx_u = self.batch_indices(step)
-        x_l = self.inputs(self.data.labeled_images[idx_l], gen)
+        if images is None:
+            images = _step_images(self.data, idx_l, idx_u, self.strategy.uses_unlabeled)
+        x_l = self.inputs(images[0], gen)
         y_l = self.data.labeled_labels[idx_l].to(acc.device)
         self.student.train()
         logs: dict[str, float] = {}
         if self.strategy.uses_unlabeled:
-            images_u = self.data.unlabeled_images[idx_u]
+            images_u = images[1]
             x_u = self.inputs(images_u, gen)
             logits = self.student(torch.cat([x_l, x_u]))
             ce = F.cross_entropy(logits[: len(x_l)], y_l)
@@ -243,8 +276,9 @@ class StudentTrainer:
             disable=not (progress and acc.is_local_main_process),
             mininterval=0.1 if sys.stderr.isatty() else 30.0,  # a log file gets a line every 30 s, not 10 a second
         )
+        prefetched = self._prefetch(self.step.value)
         while self.step.value < cfg.max_steps:
-            logs = self.training_step(self.step.value)
+            logs = self.training_step(self.step.value, None if prefetched is None else next(prefetched))
             self.step.value += 1
             self.history.append(logs)
             bar.update(1)
@@ -257,6 +291,28 @@ class StudentTrainer:
         bar.close()
         self.strategy.on_train_end()
         return acc.unwrap_model(self.student)
+
+    def _prefetch(self, start: int):
+        """Batches of steps `start`.. decoded by DataLoader workers while the student trains (lazy images only)."""
+        if not (self.data.lazy and self.num_workers > 0) or start >= self.config.max_steps:
+            return None
+        from torch.utils.data import DataLoader
+
+        from .images import _one_thread
+
+        cfg, acc = self.config, self.accelerator
+        sizes = (len(self.data.labeled_labels), len(self.data.unlabeled_images), cfg.batch_size)
+        sizes += (cfg.unlabeled_batch_size, acc.process_index, acc.num_processes)
+        steps = _StepImages(self.data, cfg.seed, sizes, self.strategy.uses_unlabeled)
+        loader = DataLoader(
+            steps,
+            sampler=range(start, cfg.max_steps),
+            batch_size=None,
+            num_workers=self.num_workers,
+            worker_init_fn=_one_thread,
+            prefetch_factor=4,
+        )
+        return iter(loader)
 
     def save_checkpoint(self, checkpoint_dir: str | os.PathLike) -> Path:
         """Accelerate state at the current step; written to a temp name, then renamed (all-or-nothing)."""
@@ -279,18 +335,72 @@ class StudentTrainer:
 
     # -- evaluation ----------------------------------------------------------------------------------
     @torch.no_grad()
-    def predict(self, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
-        """Student predictions on uint8 images, sharded over processes and gathered in order."""
+    def predict(self, images: torch.Tensor | ImageSet, batch_size: int = 512) -> torch.Tensor:
+        """Student predictions on uint8 images or an `ImageSet`, sharded over processes and gathered in order."""
         from torch.utils.data import DataLoader, TensorDataset
 
+        from .images import _one_thread
+
         acc = self.accelerator
-        loader = acc.prepare(DataLoader(TensorDataset(images), batch_size=batch_size))
+        if isinstance(images, ImageSet):
+            dataset, workers = _Items(images.resized(self.input_size)), self.num_workers
+            loader = DataLoader(
+                dataset, batch_size=batch_size, num_workers=workers, worker_init_fn=_one_thread if workers else None
+            )
+        else:
+            loader = DataLoader(TensorDataset(images), batch_size=batch_size)
+        loader = acc.prepare(loader)
         self.student.eval()
         preds = []
         for (x,) in loader:
             logits = self.student(self.preprocess(x.cpu()).to(acc.device))
             preds.append(acc.gather_for_metrics(logits.argmax(-1)))
         return torch.cat(preds).cpu()
+
+
+def student_input_side(model: torch.nn.Module) -> int:
+    """The side at which a student's preprocessing wants its uint8 input (before its centre crop)."""
+    cfg = getattr(model, "module", model).pretrained_cfg
+    return int(tuple(cfg.get("input_size", (3, 224, 224)))[-1] / (cfg.get("crop_pct") or 1.0))
+
+
+def _batch_indices(seed, stream, step, n, m, batch_size, unlabeled_batch_size, rank, world):
+    key = hashlib.sha256(f"{seed}/{stream}/{step}".encode()).digest()
+    gen = torch.Generator().manual_seed(int.from_bytes(key[:8], "little") >> 1)
+    idx_l = torch.randint(0, n, (batch_size,), generator=gen)
+    idx_u = torch.randint(0, m, (unlabeled_batch_size,), generator=gen)
+    return gen, idx_l[rank::world], idx_u[rank::world]
+
+
+def _step_images(data: TargetData, idx_l, idx_u, unlabeled: bool) -> tuple:
+    return data.labeled_images[idx_l], (data.unlabeled_images[idx_u] if unlabeled else None)
+
+
+class _StepImages(torch.utils.data.Dataset):
+    """Item `step`: that step's (labeled, unlabeled) uint8 batches, the same `batch_indices` gives."""
+
+    def __init__(self, data: TargetData, seed: int, sizes: tuple, unlabeled: bool):
+        self.data, self.seed, self.sizes, self.unlabeled = data, seed, sizes, unlabeled
+
+    def __getitem__(self, step: int):
+        _, idx_l, idx_u = _batch_indices(self.seed, 0, step, *self.sizes)
+        return _step_images(self.data, idx_l, idx_u, self.unlabeled)
+
+
+class _Items(torch.utils.data.Dataset):
+    """An `ImageSet` as a map-style dataset of `(uint8 image,)` items, fetched a batch at a time."""
+
+    def __init__(self, images: ImageSet):
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int):
+        return (self.images[int(i)],)
+
+    def __getitems__(self, indices: list[int]):
+        return [(x,) for x in self.images[list(indices)]]
 
 
 def latest_checkpoint(checkpoint_dir: str | os.PathLike) -> Path | None:

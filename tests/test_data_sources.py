@@ -137,7 +137,7 @@ def test_hub_dataset_id_revision_and_offline(local_hub, hf_isolation, tmp_path, 
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     again, _ = load_target("org/tiny", image_size=4)
-    assert torch.equal(again.test_images, data.test_images)
+    assert torch.equal(again.test_images[:], data.test_images[:])
     assert local_hub.requests_log[seen:] == []
     with pytest.raises(ValueError, match=r"'org/other' is not in the datasets cache .* HF_HUB_OFFLINE=1"):
         load_target("org/other")
@@ -275,12 +275,18 @@ def test_images_of_any_size_and_mode():
 
 def test_corrupt_image_names_split_and_row(tmp_path):
     _task(bad={"unlabeled": [2]}).save_to_disk(str(tmp_path / "dd"))
+    data, _ = load_target(str(tmp_path / "dd"), image_size=4)  # lazy: nothing is decoded yet
+    assert data.unlabeled_images[:2].shape == (2, 3, 4, 4)
     with pytest.raises(ValueError) as info:
-        load_target(str(tmp_path / "dd"), image_size=4)
+        data.unlabeled_images[1:3]
     message = str(info.value)
     assert "row 2 of split 'unlabeled' (unlabeled split)" in message and "cannot be decoded" in message
     assert "UnidentifiedImageError" in message and "skip_bad_images=True" in message
     assert "BytesIO" not in message  # the issue's `cannot identify image file <_io.BytesIO object at 0x...>`
+    # In a DataLoader worker (the teacher pass), the same message, not a worker's wrapped traceback.
+    with pytest.raises(ValueError) as info:
+        list(data.unlabeled_images.batches(None, num_workers=1))
+    assert str(info.value) == message
 
 
 def test_corrupt_file_in_an_image_folder_names_the_file(tmp_path):
@@ -290,8 +296,9 @@ def test_corrupt_file_in_an_image_folder_names_the_file(tmp_path):
         _write_image(root / "test" / name / "0.png", COLOURS[c])
     _write_image(root / "unlabeled" / "0.png", COLOURS[0])
     (root / "unlabeled" / "1.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    data, _ = load_target(str(root), image_size=4)
     with pytest.raises(ValueError, match=r"row 1 of split 'unlabeled' .* file '.*unlabeled/1.png'"):
-        load_target(str(root), image_size=4)
+        data.unlabeled_images.originals([0, 1])
 
 
 def test_skip_bad_images_counts_them_and_keeps_labels_aligned(tmp_path):
