@@ -46,22 +46,22 @@ SMALL = {"source_train": 20, "source_validation": 10, "target_train": 40, "targe
 SEED = 20261202
 SPLIT_NAMES = ("source_train", "source_validation", "target_train", "target_test")  # Digits-LD's fixed split
 
+# Small batches: many steps from few images (a from-scratch CNN needs steps more than epochs here).
+_TRAINING = {"epochs": 8, "train_images": 960, "batch_size": 16, "lr": 2e-3}
 # Teachers: one per domain, all with a downsampling stem so CPU training at 96-128 px stays affordable.
 TEACHERS = {
     "chalk": {
         "library": "timm",
         "architecture": "resnet10t",
         "model_args": {"channels": [16, 32, 48, 64], "stem_width": 8},
-        "epochs": 6,
-        "train_images": 640,
+        **_TRAINING,
     },
-    "graph": {"library": "transformers", "model_type": "resnet", "epochs": 6, "train_images": 640},
+    "graph": {"library": "transformers", "model_type": "resnet", **_TRAINING},
     "plate": {
         "library": "timm",
         "architecture": "resnet10t",
         "model_args": {"channels": [16, 32, 64, 80], "stem_width": 8},
-        "epochs": 6,
-        "train_images": 640,
+        **_TRAINING,
     },
 }
 _IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
@@ -423,18 +423,48 @@ def _card(domain: str, spec: dict, acc: float) -> str:
     )
 
 
-def build_teachers(output_dir: str | Path, seed: int = 0, epochs: dict | None = None) -> Path:
-    """Train (or reuse) one teacher per domain under `output_dir/teachers/<domain>`; returns `hub-ids.txt`."""
+def _train_teacher(root: Path, domain: str, spec: dict, expected: dict, seed: int, threads: int | None) -> float:
+    """Train one teacher on its domain's source part at the native size and save it; returns validation accuracy."""
     import datasets
 
     from hf_mrl.utils import atomic_dir
 
-    root = Path(output_dir)
+    if threads:
+        torch.set_num_threads(threads)
+        logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {domain} %(message)s", stream=sys.stdout)
     data = datasets.load_from_disk(str(root / "data"))
+    source = data[f"source_{domain}_train"]  # class-balanced in order: its first rows are too
+    x_tr, y_tr = _tensors(source.select(range(min(len(source), spec.get("train_images", len(source))))))
+    x_va, y_va = _tensors(data[f"source_{domain}_validation"])
+    torch.manual_seed(seed)
+    model, preprocess, save = make_teacher(domain)
+    start = time.time()
+    logger.info(
+        "Training the %s teacher of %s at %d px on %d images", spec["library"], domain, x_tr.shape[-1], len(x_tr)
+    )
+    _train(model, preprocess, x_tr, y_tr, spec["epochs"], seed, batch_size=spec["batch_size"], lr=spec["lr"])
+    acc = _accuracy(model, preprocess, x_va, y_va)
+    elapsed = time.time() - start
+    logger.info("Teacher %s: validation accuracy %.4f (%.0f s)", domain, acc, elapsed)
+    folder = root / "teachers" / domain
+    with atomic_dir(folder) as tmp:
+        save(tmp)
+        (tmp / "README.md").write_text(_card(domain, spec, acc))
+        info = {**expected, "val_accuracy": acc, "train_seconds": round(elapsed, 1)}
+        (tmp / "build_info.json").write_text(json.dumps(info, indent=2))
+    return acc
+
+
+def build_teachers(output_dir: str | Path, seed: int = 0, epochs: dict | None = None, workers: int = 1) -> Path:
+    """Train (or reuse) one teacher per domain under `output_dir/teachers/<domain>`; returns `hub-ids.txt`.
+
+    `workers` > 1 trains that many teachers side by side, one process (one torch thread) each.
+    """
+    root = Path(output_dir)
     data_info = json.loads((root / "data_info.json").read_text())
     # What a teacher's training data depends on (not the target-side sizes).
     data_info["sizes"] = {k: data_info["sizes"][k] for k in ("source_train", "source_validation")}
-    names = []
+    names, todo = [], []
     for domain in DOMAIN_NAMES:
         spec = {**TEACHERS[domain], "epochs": (epochs or {}).get(domain, TEACHERS[domain]["epochs"])}
         folder = root / "teachers" / domain
@@ -444,25 +474,18 @@ def build_teachers(output_dir: str | Path, seed: int = 0, epochs: dict | None = 
         names.append(f"teachers/{domain}")
         if all(recorded.get(k) == v for k, v in expected.items()):
             logger.info("Reusing teacher %s", folder)
-            continue
-        source = data[f"source_{domain}_train"]  # class-balanced in order: its first rows are too
-        x_tr, y_tr = _tensors(source.select(range(min(len(source), spec.get("train_images", len(source))))))
-        x_va, y_va = _tensors(data[f"source_{domain}_validation"])
-        torch.manual_seed(seed)
-        model, preprocess, save = make_teacher(domain)
-        start = time.time()
-        logger.info(
-            "Training the %s teacher of %s at %d px on %d images", spec["library"], domain, x_tr.shape[-1], len(x_tr)
-        )
-        _train(model, preprocess, x_tr, y_tr, spec["epochs"], seed)
-        acc = _accuracy(model, preprocess, x_va, y_va)
-        elapsed = time.time() - start
-        logger.info("Teacher %s: validation accuracy %.4f (%.0f s)", domain, acc, elapsed)
-        with atomic_dir(folder) as tmp:
-            save(tmp)
-            (tmp / "README.md").write_text(_card(domain, spec, acc))
-            info = {**expected, "val_accuracy": acc, "train_seconds": round(elapsed, 1)}
-            (tmp / "build_info.json").write_text(json.dumps(info, indent=2))
+        else:
+            todo.append((root, domain, spec, expected, seed))
+    if workers > 1 and len(todo) > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(min(workers, len(todo)), mp_context=multiprocessing.get_context("spawn")) as ex:
+            for future in [ex.submit(_train_teacher, *job, 1) for job in todo]:
+                future.result()
+    else:
+        for job in todo:
+            _train_teacher(*job, None)
     pool = root / "hub-ids.txt"
     pool.write_text(
         "# MultiRes-LD teachers, one per latent domain (paths relative to this file)\n" + "\n".join(names) + "\n"
@@ -477,12 +500,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no_teachers", action="store_true")
     parser.add_argument("--seed", type=int, default=SEED, help="seed of the rendering")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=3, help="teachers trained side by side (1 thread each)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
     torch.set_num_threads(args.threads)
     build_dataset(args.output_dir, SMALL if args.small else FULL, seed=args.seed)
     if not args.no_teachers:
-        pool = build_teachers(args.output_dir)
+        pool = build_teachers(args.output_dir, workers=args.workers)
         print(f"Pool file: {pool}")
     return 0
 

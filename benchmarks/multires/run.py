@@ -13,10 +13,10 @@ train six more students per run on two shared CPU cores. Writes `records.json` a
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import logging
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -95,15 +95,12 @@ def _probs_by_domain(probs: torch.Tensor, labels: torch.Tensor, domains: torch.T
     }
 
 
-def _load_target(folder: Path, image_size: int, seed: int = 0, lazy: bool | None = None):
+def _load_target(folder: Path, image_size: int, seed: int = 0, lazy: bool = True, labeled_per_class: int | None = 10):
     from hf_mrl.target import load_target
 
-    kwargs = {}
-    if lazy is not None and "lazy" in inspect.signature(load_target).parameters:
-        kwargs["lazy"] = lazy
-    elif lazy is False:
-        logger.info("load_target has no `lazy` argument in this tree: its one data path is the thumbnail path")
-    return load_target(str(folder), labeled_per_class=10, seed=seed, image_size=image_size, **kwargs)[0]
+    return load_target(str(folder), labeled_per_class=labeled_per_class, seed=seed, image_size=image_size, lazy=lazy)[
+        0
+    ]
 
 
 def thumbnail_accuracy(pool_file: Path, data_folder: Path) -> dict:
@@ -111,13 +108,20 @@ def thumbnail_accuracy(pool_file: Path, data_folder: Path) -> dict:
     teacher's own tensor preprocessing (resize to its input size, normalise): `ModelPool.probs` on that tensor."""
     from hf_mrl import ModelPool
 
-    data = _load_target(data_folder, 32, lazy=False)
+    data = _load_target(data_folder, 32, lazy=False, labeled_per_class=None)
     images = data.test_images
-    if not isinstance(images, torch.Tensor):
-        images = images.materialize()
+    assert isinstance(images, torch.Tensor) and images.shape[-1] == 32, "the old path gives one 32 px uint8 tensor"
     pool = ModelPool.from_file(str(pool_file), data.label_names)
     probs = pool.probs(images)
-    return {tid: _probs_by_domain(probs[:, k], data.test_labels, data.test_domains) for k, tid in enumerate(pool.ids)}
+    return {
+        _name(tid): _probs_by_domain(probs[:, k], data.test_labels, data.test_domains)
+        for k, tid in enumerate(pool.ids)
+    }
+
+
+def _name(teacher_id: str) -> str:
+    """A teacher's domain (its folder's name, `teachers/<domain>`)."""
+    return Path(teacher_id).name
 
 
 # ----------------------------------------------------------------------------------------------- runs
@@ -126,12 +130,18 @@ def thumbnail_accuracy(pool_file: Path, data_folder: Path) -> dict:
 def run_seed(pool_file: Path, data_folder: Path, seed: int, args) -> dict:
     from hf_mrl import ModelPool, MRLConfig, ReuseArguments, ReuseTrainer
 
-    data = _load_target(data_folder, args.image_size, seed=seed)
+    data = _load_target(data_folder, args.image_size, seed=seed, labeled_per_class=args.labeled_per_class)
     pool = ModelPool.from_file(str(pool_file), data.label_names, cache_dir=Path(args.output_dir) / "logits")
     out: dict = {"seed": seed, "methods": {}}
 
     def config(method: str) -> MRLConfig:
-        return MRLConfig(method=method, max_steps=args.steps, seed=seed)
+        return MRLConfig(
+            method=method,
+            max_steps=args.steps,
+            batch_size=args.batch_size,
+            unlabeled_batch_size=args.unlabeled_batch_size,
+            seed=seed,
+        )
 
     start = time.time()
     mrl = ReuseTrainer(
@@ -147,7 +157,7 @@ def run_seed(pool_file: Path, data_folder: Path, seed: int, args) -> dict:
     out["methods"]["reuse"] = m["reuse_accuracy"]
     out["time_s"] = {"mrl": m["time_s"]}
     out["teacher_in_run"] = {
-        tid: _probs_by_domain(mrl.reuse.probs_t[:, k], data.test_labels, data.test_domains)
+        _name(tid): _probs_by_domain(mrl.reuse.probs_t[:, k], data.test_labels, data.test_domains)
         for k, tid in enumerate(pool.ids)
     }
     out["teacher_accuracy_metrics"] = m["teacher_accuracy"]
@@ -171,11 +181,42 @@ def run_seed(pool_file: Path, data_folder: Path, seed: int, args) -> dict:
         out["time_s"][method] = res.metrics["time_s"]
         if method == "mr-bs":
             k = res.trainer.strategy.teacher
-            out["mr_bs_teacher"] = pool.ids[k]
-            out["methods"]["best_teacher"] = out["teacher_in_run"][pool.ids[k]]["accuracy"]
+            out["mr_bs_teacher"] = _name(pool.ids[k])
+            out["methods"]["best_teacher"] = out["teacher_in_run"][_name(pool.ids[k])]["accuracy"]
     out["wall_s"] = round(time.time() - start, 1)
     logger.info("seed %d: %s (%.0f s)", seed, {k: round(v, 4) for k, v in out["methods"].items()}, out["wall_s"])
     return out
+
+
+def _seed_worker(pool_file: Path, data_folder: Path, seed: int, args) -> dict:
+    """One seed in its own process (`--workers` seeds side by side, `--threads` torch threads each)."""
+    import datasets
+
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s seed {seed} %(name)s %(message)s", stream=sys.stdout)
+    datasets.disable_progress_bars()
+    torch.set_num_threads(args.threads)
+    return run_seed(pool_file, data_folder, seed, args)
+
+
+def teacher_pass(pool_file: Path, data_folder: Path, args) -> dict:
+    """The run's teacher pass over every image the seeds use (all labeled-pool, unlabeled and test images), through
+    `ReuseTrainer.compute_reuse_inputs`: it fills the logit cache that each seed's run then reads."""
+    from hf_mrl import ModelPool, MRLConfig, ReuseArguments, ReuseTrainer
+
+    data = _load_target(data_folder, args.image_size, labeled_per_class=None)
+    pool = ModelPool.from_file(str(pool_file), data.label_names, cache_dir=Path(args.output_dir) / "logits")
+    start = time.time()
+    trainer = ReuseTrainer(pool, data, MRLConfig(), ReuseArguments(guard_folds=0, progress=False))
+    reuse = trainer.compute_reuse_inputs()
+    return {
+        "seconds": round(time.time() - start, 1),
+        "images": len(data.labeled_labels) + len(data.unlabeled_images) + len(data.test_labels),
+        "teacher_forward_samples": {t.id: t.samples_seen for t in pool.teachers},
+        "teacher_test": {
+            _name(tid): _probs_by_domain(reuse.probs_t[:, k], data.test_labels, data.test_domains)
+            for k, tid in enumerate(pool.ids)
+        },
+    }
 
 
 # ----------------------------------------------------------------------------------------------- report
@@ -193,7 +234,7 @@ def report(records: dict) -> str:
         "# MultiRes-LD results",
         "",
         f"Commit `{records['commit']}`; seeds {seeds}; {records['args']['steps']} student steps; student at "
-        f"{records['args']['image_size']} px; 10 labels per class; guard off. Test split: {records['num_test']} "
+        f"{records['args']['image_size']} px; {records['args']['labeled_per_class']} labels per class; guard off. Test split: {records['num_test']} "
         "images (chalk 96 px, graph 112 px, plate 128 px).",
         "",
         "| method | test accuracy (%, mean ± std over seeds) | per seed |",
@@ -255,9 +296,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output_dir", default="runs/multires-ld", help="dataset, teachers and logit cache")
     parser.add_argument("--results", default="results/multires")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--labeled_per_class", type=int, default=10)
     parser.add_argument("--steps", type=int, default=300, help="student steps per method")
     parser.add_argument("--image_size", type=int, default=48, help="the student's input side")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--batch_size", type=int, default=32, help="labeled samples per step")
+    parser.add_argument("--unlabeled_batch_size", type=int, default=64, help="unlabeled samples per step")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
+    parser.add_argument("--workers", type=int, default=2, help="seeds run side by side, one process each")
     parser.add_argument("--small", action="store_true", help="a tiny dataset and short teachers (smoke test)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stdout)
@@ -275,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
         folder = out_dir / "teachers" / domain
         acc = native_accuracy(folder, test)
         info = json.loads((folder / "build_info.json").read_text())
-        native[str(folder)] = {
+        native[domain] = {
             **acc,
             "domain": domain,
             "input_size": build.NATIVE_SIZE[domain],
@@ -287,7 +332,19 @@ def main(argv: list[str] | None = None) -> int:
     for tid, acc in thumbnail.items():
         logger.info("Teacher %s on the 32 px thumbnail path: %.4f %s", tid, acc["accuracy"], acc["per_domain"])
     teacher_eval_s = round(time.time() - thumb_start, 1)
-    runs = [run_seed(pool_file, data_folder, seed, args) for seed in args.seeds]
+    shutil.rmtree(out_dir / "logits", ignore_errors=True)  # teacher outputs computed by this run, not a past one
+    first_pass = teacher_pass(pool_file, data_folder, args)
+    logger.info("Teacher pass: %s", first_pass)
+    if args.workers > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=args.workers, mp_context=ctx) as ex:
+            futures = [ex.submit(_seed_worker, pool_file, data_folder, seed, args) for seed in args.seeds]
+            runs = [f.result() for f in futures]
+    else:
+        runs = [run_seed(pool_file, data_folder, seed, args) for seed in args.seeds]
     records = {
         "commit": _commit(),
         "command": "python benchmarks/multires/run.py " + " ".join(argv if argv is not None else sys.argv[1:]),
@@ -297,6 +354,7 @@ def main(argv: list[str] | None = None) -> int:
         "teacher_native": native,
         "teacher_thumbnail": thumbnail,
         "teacher_eval_s": teacher_eval_s,
+        "teacher_pass": first_pass,
         "runs": runs,
         "wall_s": round(time.time() - start, 1),
     }
