@@ -282,6 +282,22 @@ def report(records: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def readme(records: dict) -> str:
+    a = records["args"]
+    return (
+        "# MultiRes-LD benchmark records\n\n"
+        "A three-domain latent-domain digits task at 96, 112 and 128 px with one teacher per domain trained at its "
+        "native size (`benchmarks/multires/build.py`); MRL vs supervised-only vs MR-BS (best single teacher) vs "
+        "oracle routing, and each teacher measured in the run, through its own processor on the originals, and on "
+        "the old 32 px thumbnail path. Tables: [report.md](report.md); everything measured: "
+        "[records.json](records.json).\n\n"
+        f"Ran at commit `{records['commit']}` (a clean clone of branch `multires`), {records['wall_s'] / 60:.1f} min "
+        f"wall time in all on 2 shared CPU cores ({a['workers']} seeds side by side, {a['threads']} torch thread "
+        "each). Regenerate (builds the dataset and teachers first when absent, about 2 + 5-10 min):\n\n"
+        f"```bash\n{records['command']}\n```\n"
+    )
+
+
 def _commit() -> str:
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
@@ -362,6 +378,7 @@ def main(argv: list[str] | None = None) -> int:
     results.mkdir(parents=True, exist_ok=True)
     (results / "records.json").write_text(json.dumps(records, indent=2) + "\n")
     (results / "report.md").write_text(report(records))
+    (results / "README.md").write_text(readme(records))
     print(report(records))
     return 0
 
