@@ -1,7 +1,7 @@
 """Build the multi-resolution latent-domain benchmark (MultiRes-LD) and its three teachers, offline.
 
 Three latent domains, each at its own native size, each drawing its digit glyphs from one Digits-LD domain (no
-download): the class is carried by a digit of about 14-22 px (a 22-28 px plate in `plate`) somewhere in a cluttered
+download): the class is carried by a digit of about 14-22 px (a 28-34 px plate holding a 20-26 px digit in `plate`) somewhere in a cluttered
 canvas of 96-128 px. A 32 px thumbnail shrinks that digit to 4-7 px among clutter of the same scale, so the old data
 path (decode once to `image_size`, then resize for the teacher) loses most of what the teachers need.
 
@@ -62,6 +62,7 @@ TEACHERS = {
         "architecture": "resnet10t",
         "model_args": {"channels": [16, 32, 64, 80], "stem_width": 8},
         **_TRAINING,
+        "epochs": 16,
     },
 }
 _IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
@@ -170,7 +171,7 @@ def _render_plate(glyph: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     wall = rng.uniform(60, 200, 3)
     canvas = wall + rng.uniform(10, 30) * _smooth(rng, size, int(rng.integers(4, 10)))[..., None]
     canvas = canvas + rng.uniform(5, 15) * _smooth(rng, size, 32)[..., None]  # fine texture
-    for _ in range(int(rng.integers(2, 5))):  # blank plates and fragments, same scale as the real one
+    for _ in range(int(rng.integers(1, 4))):  # blank plates and fragments, same scale as the real one
         h, w = int(rng.integers(12, 30)), int(rng.integers(12, 30))
         y, x = _place(size, h, w, rng, margin=0)
         colour = rng.uniform(0, 255, 3)
@@ -178,7 +179,7 @@ def _render_plate(glyph: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         if rng.random() < 0.5:  # a bar or two on it, stroke-like
             bar_y = int(rng.integers(y, y + h))
             canvas[bar_y : bar_y + 2, x : x + w] = 255 - colour
-    side = int(round(rng.uniform(22, 28)))
+    side = int(round(rng.uniform(28, 34)))
     plate = np.asarray(Image.fromarray(glyph).resize((side, side), Image.Resampling.LANCZOS), dtype=np.float32)
     y, x = _place(size, side, side, rng)
     canvas[y : y + side, x : x + side] = plate
