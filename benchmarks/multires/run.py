@@ -165,7 +165,7 @@ def run_seed(pool_file: Path, data_folder: Path, seed: int, args) -> dict:
     out["reuse_strength"] = m.get("reuse_strength")
     out["attention_by_domain"] = m.get("attention_by_domain")
     out["teacher_forward_samples"] = m.get("teacher_forward_samples")
-    for method in ("mr-bs", "oracle"):
+    for method in [m for m in ("mr-bs", "oracle") if m in args.methods]:
         trainer = ReuseTrainer(
             pool,
             data,
@@ -313,6 +313,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", default="results/multires")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--labeled_per_class", type=int, default=10)
+    parser.add_argument(
+        "--methods", nargs="+", default=["mr-bs", "oracle"], help="besides MRL and supervised-only (always run)"
+    )
     parser.add_argument("--steps", type=int, default=300, help="student steps per method")
     parser.add_argument("--image_size", type=int, default=48, help="the student's input side")
     parser.add_argument("--batch_size", type=int, default=32, help="labeled samples per step")
