@@ -314,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--labeled_per_class", type=int, default=10)
     parser.add_argument(
-        "--methods", nargs="+", default=["mr-bs", "oracle"], help="besides MRL and supervised-only (always run)"
+        "--methods", nargs="*", default=["mr-bs", "oracle"], help="besides MRL and supervised-only (always run)"
     )
     parser.add_argument("--steps", type=int, default=300, help="student steps per method")
     parser.add_argument("--image_size", type=int, default=48, help="the student's input side")
