@@ -308,7 +308,10 @@ def main(argv=None) -> None:
     args.data_dir = build_data(root / f"data-{max(args.sizes)}", max(args.sizes), args.image_size)
     teachers = build_teachers(root / "teachers", args.image_size)
     memory_teachers = build_teachers(root / "teachers", args.memory_teacher_size)
+    commit = subprocess.run(["git", "-C", str(HERE), "rev-parse", "HEAD"], capture_output=True, text=True).stdout
+    dirty = subprocess.run(["git", "-C", str(HERE), "status", "--porcelain"], capture_output=True, text=True).stdout
     result = {
+        "commit": commit.strip() + ("-dirty" if dirty.strip() else ""),
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) if argv is None else argv,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__},
         "load_avg_before": os.getloadavg(),
@@ -356,7 +359,8 @@ def report(r: dict) -> str:
     lines = [
         f"# Lazy data path at {r['settings']['image_size']} px",
         "",
-        f"Command: `python benchmarks/{r['command'] if isinstance(r['command'], str) else 'data_scale.py'}`; "
+        f"Commit {r.get('commit', 'unknown')}. Command: "
+        f"`python benchmarks/{r['command'] if isinstance(r['command'], str) else 'data_scale.py'}`; "
         f"load average before {r['load_avg_before'][0]:.1f}, after {r['load_avg_after'][0]:.1f} "
         f"({r['machine']['cpus']} CPUs).",
         "",
