@@ -28,7 +28,6 @@ def task(tmp_path_factory):
 
 def _plain_probs(pool: ModelPool, originals: list) -> torch.Tensor:
     """Each teacher on the decoded originals through timm's / transformers' own preprocessing, then mapped."""
-    import timm
     from timm.data import create_transform, resolve_data_config
     from transformers import AutoImageProcessor
 
@@ -43,7 +42,6 @@ def _plain_probs(pool: ModelPool, originals: list) -> torch.Tensor:
         with torch.no_grad():
             logits = teacher.model(x)
         out.append(mapping.probs(getattr(logits, "logits", logits)))
-    assert timm  # the library's own transform, not ours
     return torch.stack(out, dim=1)
 
 
