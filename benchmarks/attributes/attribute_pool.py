@@ -32,7 +32,7 @@ from digit_attributes import DIGIT_ATTRIBUTES, _canonical, attribute_labels  # n
 from hf_mrl.data import DOMAINS, attribute_label_names, dataset_to_tensors, load_domain, load_source  # noqa: E402
 from hf_mrl.data.digits_ld import _split_indices  # noqa: E402
 from hf_mrl.pool_builder import TEACHER_SPECS, make_timm_classifier, make_transformers_classifier, train_classifier  # noqa: E402
-from hf_mrl.utils import atomic_dir, atomic_write_json, atomic_write_text, cache_root  # noqa: E402
+from hf_mrl.utils import atomic_dir, atomic_write_json, atomic_write_text, cache_root, torch_threads  # noqa: E402
 
 __all__ = ["build_attribute_pools", "calibration_matrix", "default_pool_dir", "pool_file", "teacher_dir"]
 
@@ -142,7 +142,10 @@ def build_attribute_pools(
             if all(recorded.get(k) == v for k, v in expected.items()):
                 logger.info("Reusing teacher %s-%s", attribute, domain)
             else:
-                acc = _train_teacher(attribute, domain, folder, seed, data)
+                # One thread: the weights depend on the thread count (reduction order), and a cold `run.py`
+                # (2 threads) must build the same teachers as `attribute_pool.py` (1) and the committed tables.
+                with torch_threads(1):
+                    acc = _train_teacher(attribute, domain, folder, seed, data)
                 logger.info("Teacher %s-%s: source validation accuracy %.4f", attribute, domain, acc)
             names.append(folder.name)
         path = pool_file(attribute, root)
