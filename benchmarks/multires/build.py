@@ -32,7 +32,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFilter
 
 VERSION = 1
@@ -383,31 +382,6 @@ def make_teacher(domain: str):
     return model, preprocess, save
 
 
-def _train(model, preprocess, x, y, epochs: int, seed: int, batch_size: int = 64, lr: float = 3e-3):
-    from hf_mrl.augment import translate
-
-    gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=5e-4)
-    steps = epochs * ((len(x) + batch_size - 1) // batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
-    model.train()
-    for epoch in range(epochs):
-        order = torch.randperm(len(x), generator=gen)
-        total = 0.0
-        for i in range(0, len(x), batch_size):
-            idx = order[i : i + batch_size]
-            inputs = preprocess(x[idx])
-            out = model(translate(inputs, gen))
-            loss = F.cross_entropy(getattr(out, "logits", out), y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += loss.item() * len(idx)
-        logger.info("  epoch %d/%d: loss %.3f", epoch + 1, epochs, total / len(x))
-    return model.eval()
-
-
 @torch.no_grad()
 def _accuracy(model, preprocess, x, y) -> float:
     outs = [model(preprocess(x[i : i + 128])) for i in range(0, len(x), 128)]
@@ -430,6 +404,7 @@ def _train_teacher(root: Path, domain: str, spec: dict, expected: dict, seed: in
     """Train one teacher on its domain's source part at the native size and save it; returns validation accuracy."""
     import datasets
 
+    from hf_mrl.pool_builder import train_classifier
     from hf_mrl.utils import atomic_dir
 
     if threads:
@@ -445,7 +420,9 @@ def _train_teacher(root: Path, domain: str, spec: dict, expected: dict, seed: in
     logger.info(
         "Training the %s teacher of %s at %d px on %d images", spec["library"], domain, x_tr.shape[-1], len(x_tr)
     )
-    _train(model, preprocess, x_tr, y_tr, spec["epochs"], seed, batch_size=spec["batch_size"], lr=spec["lr"])
+    train_classifier(
+        model, preprocess, x_tr, y_tr, spec["epochs"], batch_size=spec["batch_size"], lr=spec["lr"], seed=seed
+    )
     acc = _accuracy(model, preprocess, x_va, y_va)
     elapsed = time.time() - start
     logger.info("Teacher %s: validation accuracy %.4f (%.0f s)", domain, acc, elapsed)
