@@ -356,6 +356,7 @@ _FIELD_METHODS = {
     "unlabeled_weight": _SSL,
     "confidence_threshold": ("pl", "fixmatch"),
     "ema_decay": ("mean-teacher",),
+    "eval_ema_decay": ("fixmatch",),
     "vat_epsilon": ("vat",),
     "rampup_fraction": ("pl", "mean-teacher", "vat"),
 }
