@@ -94,7 +94,12 @@ SCENARIOS = {
     "pixels10": ("MUS, 10 labels per class, `pixels` psi", 10, {"embedding": "pixels"}),
     "pixels2": ("MUS, 2 labels per class, `pixels` psi", 2, {"embedding": "pixels"}),
 }
-NEW_FIELDS = {"outer_labels": "shared", "outer_folds": 5, "prototype_init": "labeled"}  # absent from older records
+NEW_FIELDS = {
+    "outer_labels": "shared",
+    "outer_folds": 5,
+    "prototype_init": "labeled",
+    "eval_ema_decay": 0.0,
+}  # absent from older records
 
 
 def _slug(changes: dict) -> str:

@@ -89,6 +89,9 @@ class BenchmarkSpec:
         train: `MRLConfig` fields shared by every run (`method` and `seed` come from each run's key).
         student_spec: `create_student` arguments; None for the default student.
         threads: torch intra-op threads of every run (results may differ across thread counts, not across workers).
+        method_train: per-method `MRLConfig` fields on top of `train`, e.g. `{"fixmatch": {"unlabeled_batch_size":
+            224, "eval_ema_decay": 0.999}}` (FixMatch's own mu and EMA). Part of the identity (and so of the hash
+            and of every record) when not empty; an override equal to the shared value is dropped.
     """
 
     dataset_template: str = "digits-ld:{setting}"
@@ -97,31 +100,51 @@ class BenchmarkSpec:
     train: dict = field(default_factory=dict)
     student_spec: dict | None = None
     threads: int = 1
+    method_train: dict = field(default_factory=dict)
 
     def __post_init__(self):
         bad = {"method", "seed"} & set(self.train)
         if bad:
             raise ValueError(f"`train` may not set {sorted(bad)}: they come from each run's key.")
-        self.config("supervised", 0)  # validates the fields
+        shared = self.config("supervised", 0).to_dict()  # validates the fields
+        unknown = sorted(set(self.method_train) - set(METHODS))
+        if unknown:
+            raise ValueError(f"`method_train` names unknown methods {unknown}; choose from {list(METHODS)}.")
+        overrides = {}
+        for method, changes in self.method_train.items():
+            bad = {"method", "seed"} & set(changes)
+            if bad:
+                raise ValueError(
+                    f"`method_train[{method!r}]` may not set {sorted(bad)}: they come from each run's key."
+                )
+            MRLConfig.from_dict({**shared, **changes, "method": method})  # validates the fields and their method
+            changes = {k: v for k, v in changes.items() if v != shared[k]}
+            if changes:
+                overrides[method] = changes
+        self.method_train = overrides
         if self.threads < 1:
             raise ValueError(f"threads must be >= 1; got {self.threads}.")
 
     def config(self, method: str, seed: int) -> MRLConfig:
-        return MRLConfig(**{**self.train, "method": method, "seed": seed})
+        return MRLConfig(**{**self.train, **self.method_train.get(method, {}), "method": method, "seed": seed})
 
     def dataset(self, setting: str) -> str:
         return self.dataset_template.replace("{setting}", setting)
 
     def identity(self) -> dict:
-        """What shapes a run besides its key and the pool (the trainer config as a full dict, defaults included)."""
+        """What shapes a run besides its key and the pool (the shared trainer config as a full dict, defaults
+        included, and the per-method overrides)."""
         shared = self.config("supervised", 0).to_dict()
         del shared["method"], shared["seed"]
-        return {
+        identity = {
             "dataset_template": self.dataset_template,
             "train": shared,
             "student_spec": self.student_spec,
             "threads": self.threads,
         }
+        if self.method_train:  # absent otherwise: a benchmark without overrides keeps its hash
+            identity["method_train"] = self.method_train
+        return identity
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -617,11 +640,12 @@ def rerun_record(path: str | os.PathLike, cache_dir: str | None = None, pool_fil
         dataset_template=bench["dataset_template"],
         pool_file=rec["pool"].get("file"),
         cache_dir=cache_dir,
-        train={k: v for k, v in config.items() if k not in ("method", "seed")},
+        train=dict(bench["train"]),
         student_spec=bench["student_spec"],
         threads=bench["threads"],
+        method_train=bench.get("method_train") or {},
     )
-    if spec.config(key.method, key.seed).to_dict() != config:
+    if not _same_config(spec.config(key.method, key.seed), config):
         raise ValueError("The record's config does not rebuild: MRLConfig changed since it was written.")
     teachers = pool_file or rec["pool"]["ids"]
     if pool_file is None and not all(_exists_or_hub(t) for t in teachers):
@@ -639,6 +663,14 @@ def rerun_record(path: str | os.PathLike, cache_dir: str | None = None, pool_fil
     new = execute_run(spec, key, ds, pool_info)
     match = new["accuracy"] == rec["accuracy"] and new["predictions_sha256"] == rec["predictions_sha256"]
     return {"match": match, "recorded": rec["accuracy"], "rerun": new["accuracy"], "record": new}
+
+
+def _same_config(config: MRLConfig, recorded: dict) -> bool:
+    """`config` is the recorded one; fields that postdate the record must be at their defaults (the behaviour the
+    code had before they existed)."""
+    defaults = {f.name: f.default for f in dataclasses.fields(MRLConfig)}
+    rebuilt = config.to_dict()
+    return set(recorded) <= set(rebuilt) and rebuilt == {**{k: defaults[k] for k in rebuilt}, **recorded}
 
 
 def _exists_or_hub(teacher_id: str) -> bool:
@@ -906,19 +938,77 @@ def teacher_name(teacher_id: str) -> str:
     return Path(name.rstrip("/")).name
 
 
-def render_markdown(summary: dict, timing: dict | None = None, command: str | None = None) -> str:
-    """The report: main table, per-domain table, teacher x domain matrix, budget table, attention, checks."""
+def budget_text(bench: dict, methods: Sequence[str] = METHODS) -> str:
+    """The budget of a benchmark in words: steps and batches of every method, FixMatch's mu and whether it is
+    evaluated with an EMA, the mean teacher's EMA, and any other per-method override."""
+    train = bench.get("train") or {}
+    if not train:
+        return ""
+    per = bench.get("method_train") or {}
+
+    def cfg(method: str) -> dict:
+        return {**train, **per.get(method, {})}
+
+    overridden = sorted({k for changes in per.values() for k in changes} & {"max_steps", "batch_size"})
+    parts = [
+        f"**Budget**: {train['max_steps']} steps per run, batches of {train['batch_size']} labeled + "
+        f"{train['unlabeled_batch_size']} unlabeled images (the methods that use unlabeled images)"
+        + (" but where overridden below" if overridden else "")
+        + f", lr {train['learning_rate']}, augment {train['augment']}"
+    ]
+    if "fixmatch" in methods:
+        f = cfg("fixmatch")
+        ema = f.get("eval_ema_decay", 0.0)
+        parts.append(
+            f"FixMatch: mu = {f['unlabeled_batch_size'] / f['batch_size']:g} ({f['unlabeled_batch_size']} unlabeled "
+            f"per {f['batch_size']} labeled), "
+            + (
+                f"evaluated with an EMA of its weights (decay {ema:g})"
+                if ema
+                else "no EMA (its last iterate is evaluated)"
+            )
+        )
+    if "mean-teacher" in methods:
+        parts.append(
+            f"mean teacher: evaluated with its EMA (teacher) weights, decay {cfg('mean-teacher')['ema_decay']:g}"
+        )
+    others = {
+        m: {
+            k: v
+            for k, v in changes.items()
+            if not (m == "fixmatch" and k in ("unlabeled_batch_size", "eval_ema_decay"))
+        }
+        for m, changes in per.items()
+    }
+    for m, changes in others.items():
+        if changes and m in methods:
+            parts.append(f"{METHOD_NAMES[m]}: " + ", ".join(f"{k} {v}" for k, v in sorted(changes.items())))
+    return "; ".join(parts) + "."
+
+
+def render_markdown(
+    summary: dict,
+    timing: dict | None = None,
+    command: str | None = None,
+    title: str = "Digits-LD benchmark",
+    note: str | None = None,
+) -> str:
+    """The report: main table, per-domain table, teacher x domain matrix, budget table, attention, checks.
+
+    `title`: its heading; `note`: a paragraph under it (what this benchmark is for)."""
     s, lines = summary, []
     n = s["labeled_per_class"]
-    lines.append("# Digits-LD benchmark\n")
+    lines.append(f"# {title}\n")
+    if note:
+        lines.append(note.strip() + "\n")
     bench = s.get("benchmark") or {}
     train = bench.get("train") or {}
     if train:
+        overrides = " and the per-method fields of the budget above" if bench.get("method_train") else ""
+        lines.append(budget_text(bench, s["methods"]) + "\n")
         lines.append(
-            f"Every method: the same student and `MRLConfig` but `method` (max_steps {train['max_steps']}, batch "
-            f"{train['batch_size']} labeled + {train['unlabeled_batch_size']} unlabeled, lr {train['learning_rate']}, "
-            f"augment {train['augment']}), {bench.get('threads')} torch thread(s) per run; data "
-            f"`{bench.get('dataset_template')}`; benchmark hash `{s.get('bench_hash')}`.\n"
+            f"Every method: the same student and `MRLConfig` but `method`{overrides}, {bench.get('threads')} torch "
+            f"thread(s) per run; data `{bench.get('dataset_template')}`; benchmark hash `{s.get('bench_hash')}`.\n"
         )
     lines.append(
         f"Test accuracy (%), mean ± std over seeds {s['seeds']}, {n} labels per class; {s['runs']} runs. "
@@ -1133,8 +1223,12 @@ def write_report(
     labeled_per_class: int = 10,
     budget_setting: str = "MUS",
     command: str | None = None,
+    title: str = "Digits-LD benchmark",
+    note: str | None = None,
 ) -> dict:
-    """Render README.md, summary.json, budget_curve.png and attention.png from the records; returns the summary."""
+    """Render README.md, summary.json, budget_curve.png and attention.png from the records; returns the summary.
+
+    `title` and `note`: the report's heading and a paragraph under it."""
     results = Path(results_dir)
     records = select_benchmark(load_records(results), spec)
     if not records:
@@ -1153,7 +1247,7 @@ def write_report(
         plot_budget(summary, results / BUDGET_PNG)
     if summary["attention"]:
         plot_attention(summary, results / ATTENTION_PNG)
-    (results / "README.md").write_text(render_markdown(summary, timing, command))
+    (results / "README.md").write_text(render_markdown(summary, timing, command, title, note))
     write_json(results / "summary.json", summary)
     return summary
 

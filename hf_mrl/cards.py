@@ -356,6 +356,7 @@ _FIELD_METHODS = {
     "unlabeled_weight": _SSL,
     "confidence_threshold": ("pl", "fixmatch"),
     "ema_decay": ("mean-teacher",),
+    "eval_ema_decay": ("fixmatch",),
     "vat_epsilon": ("vat",),
     "rampup_fraction": ("pl", "mean-teacher", "vat"),
 }
@@ -604,7 +605,7 @@ def student_card(
     reuser_repo_id: str | None = None,
     tags: list[str] | None = None,
 ) -> ModelCard:
-    """The student's card (a timm model: it loads without hf_mrl).
+    """The student's card (a timm or transformers model: it loads without hf_mrl).
 
     The card says which method trained the student (`summary.method`) and tells apart a delivered method student from
     the supervised-only student that the never-worse guard delivered in its place (`summary.fell_back`): only a
@@ -612,26 +613,30 @@ def student_card(
 
     Args:
         student_config: `architecture`, `num_params`, `label_names`, `input_size` (C, H, W), `mean`, `std`,
-            `interpolation`, `crop_pct`.
+            `interpolation`, `crop_pct`, and `library` (`timm`, the default, or `transformers`: the card's
+            `library_name`, tags and loading snippet).
         summary: the run that trained it.
         repo_id: the student's Hub repo (used in the loading snippet).
         reuser_repo_id: the attention reuser of the run (MRL only), linked from the card.
         tags: extra Hub tags.
     """
     labels = [str(n) for n in student_config["label_names"]]
+    library = student_config.get("library") or "timm"
+    if library not in ("timm", "transformers"):
+        raise ValueError(f"student_config['library'] must be 'timm' or 'transformers'; got {library!r}.")
     teachers = summary.teachers if summary else []
     method = summary.method if summary else "mrl"
     text = method_text(method)
     fell_back = bool(summary and summary.fell_back)
     from_teachers = text.teachers and not fell_back  # this student learnt from the teachers' predictions
     model_name = _repo_name(repo_id, f"{method}-student")
-    base_tags = ["hf_mrl", "timm", _TASK]
+    base_tags = ["hf_mrl", library, _TASK]
     if from_teachers:
         base_tags += ["knowledge-distillation", "model-reuse"]
     elif text.unlabeled and not fell_back:
         base_tags += ["semi-supervised"]
     meta = _metadata(
-        "timm",
+        library,
         base_tags + [t for t in tags or [] if t not in base_tags],
         summary,
         [t.id for t in teachers] if from_teachers else [],
@@ -654,6 +659,7 @@ def student_card(
         "uses_unlabeled": text.unlabeled,
         "fell_back": fell_back,
         "from_teachers": from_teachers,
+        "library": library,
         "architecture": student_config.get("architecture", "unknown"),
         "num_params": None if num_params is None else f"{num_params / 1e6:.2f}M",
         "num_labels": len(labels),

@@ -52,7 +52,12 @@ class MRLConfig:
         augment: random translations of student inputs (teacher outputs stay those of the clean input).
         unlabeled_weight: weight of the unlabeled term of the SSL baselines (PL, mean teacher, VAT, FixMatch).
         confidence_threshold: PL and FixMatch keep pseudo-labels at least this confident.
-        ema_decay: the mean teacher's weight averaging.
+        ema_decay: the mean teacher's weight averaging (its teacher, which is also the model it evaluates and
+            delivers).
+        eval_ema_decay: FixMatch only: when > 0, keep an exponential moving average of the student's weights and
+            BatchNorm statistics with this decay (warmed up as the mean teacher's) and evaluate and deliver it in
+            place of the last iterate, as Sohn et al. (2020) do with 0.999. 0 (the default): no average, the last
+            iterate is delivered. In [0, 1).
         vat_epsilon: VAT's perturbation radius, in normalised input units.
         rampup_fraction: PL, mean teacher and VAT ramp their unlabeled weight up over this share of steps.
         seed: seeds initialisation, batch order and augmentation.
@@ -85,6 +90,7 @@ class MRLConfig:
     unlabeled_weight: float = 1.0
     confidence_threshold: float = 0.95
     ema_decay: float = 0.99
+    eval_ema_decay: float = 0.0
     vat_epsilon: float = 2.0
     rampup_fraction: float = 0.3
     seed: int = 0
@@ -116,6 +122,13 @@ class MRLConfig:
         for name in ("confidence_threshold", "ema_decay", "rampup_fraction"):
             if not 0.0 <= float(getattr(self, name)) <= 1.0:
                 raise ValueError(f"{name} must lie in [0, 1]; got {getattr(self, name)!r}.")
+        if not 0.0 <= float(self.eval_ema_decay) < 1.0:
+            raise ValueError(f"eval_ema_decay must lie in [0, 1) (0: off); got {self.eval_ema_decay!r}.")
+        if float(self.eval_ema_decay) > 0 and self.method != "fixmatch":
+            raise ValueError(
+                f"eval_ema_decay is implemented for method='fixmatch' only (mean-teacher always evaluates its EMA, "
+                f"with ema_decay); got method={self.method!r} with eval_ema_decay={self.eval_ema_decay!r}."
+            )
         if self.hypergradient not in HYPERGRADIENTS:
             raise ValueError(f"hypergradient={self.hypergradient!r} is unknown; choose one of {HYPERGRADIENTS}.")
         if int(self.unroll_steps) > 1 and self.hypergradient != "unrolled":

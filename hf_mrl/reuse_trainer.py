@@ -44,7 +44,7 @@ from .pool import ModelPool
 from .reuser import AttentionReuser
 from .screening import TeacherScore, screen_teachers
 from .strategies import get_strategy
-from .student import save_student
+from .student import TransformersStudent, save_student
 from .trainer import ReuseInputs, StudentTrainer, TargetData, compute_reuse_inputs, make_accelerator
 from .utils import atomic_dir, atomic_write_json, cache_root
 
@@ -224,6 +224,7 @@ def _student_facts(student: torch.nn.Module) -> dict:
     model = getattr(student, "module", student)
     cfg = model.pretrained_cfg
     return {
+        "library": "transformers" if isinstance(model, TransformersStudent) else "timm",
         "architecture": cfg.get("architecture"),
         "num_params": sum(p.numel() for p in model.parameters()),
         "label_names": cfg["label_names"],

@@ -236,3 +236,89 @@ def test_tasks_keep_a_dataset_together_but_share_the_tail():
     assert [len(t) for t in tasks] == [9] * 12 + [5, 4, 5, 4]
     assert [len(t) for t in make_tasks(keys[:18], workers=2)] == [5, 4, 5, 4]
     assert len(make_tasks(keys, workers=1)) == 14
+
+
+def test_converged_preset_gives_fixmatch_its_mu_and_ema_and_keeps_flag_overrides():
+    args = recipe.parse_args(["--converged"])
+    assert args.max_steps == 10 * recipe.FULL["max_steps"] == 2500
+    assert args.settings == ["MUS", "S"] and args.seeds == [0, 1, 2] and args.budgets == []
+    assert args.results_dir == "results/digits_ld_converged"
+    spec = recipe.make_spec(args)
+    fixmatch, mrl = spec.config("fixmatch", 0), spec.config("mrl", 0)
+    assert (fixmatch.batch_size, fixmatch.unlabeled_batch_size, fixmatch.eval_ema_decay) == (32, 7 * 32, 0.999)
+    assert (mrl.batch_size, mrl.unlabeled_batch_size, mrl.eval_ema_decay) == (32, 64, 0.0)
+    assert spec.config("mean-teacher", 0).unlabeled_batch_size == 64
+    assert spec.identity()["method_train"] == {"fixmatch": {"unlabeled_batch_size": 224, "eval_ema_decay": 0.999}}
+    title, note = recipe.report_heading(args)
+    assert "2500 steps (10x the main table's)" in title and "mu = 7" in note and "decay 0.999" in note
+    small = recipe.parse_args(
+        ["--converged", "--max_steps", "3", "--batch_size", "4", "--fixmatch_eval_ema_decay", "0"]
+    )
+    assert small.max_steps == 3 and small.settings == ["MUS", "S"]
+    spec = recipe.make_spec(small)
+    assert spec.config("fixmatch", 0).unlabeled_batch_size == 28 and spec.config("fixmatch", 0).eval_ema_decay == 0
+    with pytest.raises(SystemExit):
+        recipe.parse_args(["--converged", "--quick"])
+    with pytest.raises(SystemExit):
+        recipe.parse_args(["--converged", "--fixmatch_mu", "0"])
+
+
+def test_full_preset_has_no_overrides_and_its_caption_states_the_budget():
+    from harness import budget_text
+
+    spec = recipe.make_spec(recipe.parse_args([]))
+    assert spec.method_train == {} and "method_train" not in spec.identity()  # the main table's hash is unchanged
+    text = budget_text(spec.identity())
+    assert "250 steps per run, batches of 32 labeled + 64 unlabeled" in text
+    assert "FixMatch: mu = 2 (64 unlabeled per 32 labeled), no EMA (its last iterate is evaluated)" in text
+    assert "mean teacher: evaluated with its EMA (teacher) weights, decay 0.99" in text
+    converged = budget_text(recipe.make_spec(recipe.parse_args(["--converged"])).identity())
+    assert "2500 steps per run" in converged
+    assert "FixMatch: mu = 7 (224 unlabeled per 32 labeled), evaluated with an EMA of its weights (decay 0.999)" in (
+        converged
+    )
+
+
+def test_method_overrides_are_validated_and_an_override_equal_to_the_shared_value_is_dropped():
+    with pytest.raises(ValueError, match="unknown methods"):
+        BenchmarkSpec(method_train={"nope": {"max_steps": 2}})
+    with pytest.raises(ValueError, match="seed"):
+        BenchmarkSpec(method_train={"fixmatch": {"seed": 2}})
+    with pytest.raises(ValueError, match="eval_ema_decay"):
+        BenchmarkSpec(method_train={"mrl": {"eval_ema_decay": 0.9}})  # FixMatch's only
+    same = BenchmarkSpec(train={"unlabeled_batch_size": 64}, method_train={"fixmatch": {"unlabeled_batch_size": 64}})
+    assert same.method_train == {} and same.identity() == BenchmarkSpec(train={"unlabeled_batch_size": 64}).identity()
+
+
+def test_records_of_older_configs_rebuild_with_new_fields_at_their_defaults():
+    from harness import _same_config
+
+    from hf_mrl import MRLConfig
+
+    config = MRLConfig(method="fixmatch")
+    old = {k: v for k, v in config.to_dict().items() if k != "eval_ema_decay"}  # written before the field existed
+    assert _same_config(config, old) and _same_config(config, config.to_dict())
+    assert not _same_config(MRLConfig(method="fixmatch", eval_ema_decay=0.5), old)
+    assert not _same_config(config, {**old, "max_steps": 7})
+
+
+def test_fixmatch_overrides_enter_the_records_the_hash_the_caption_and_rerun(slice_, ran, tmp_path):
+    root, main_results, _ = ran
+    results = tmp_path / "conv"
+    argv = _argv(root, results, "--methods", "supervised,fixmatch", "--settings", "A", "--budgets", "")
+    argv += ["--fixmatch_mu", "3", "--fixmatch_eval_ema_decay", "0.9"]
+    with one_torch_thread():
+        recipe.main(argv)
+    records = {r["key"]["method"]: r for r in load_records(results)}
+    fixmatch, supervised = records["fixmatch"], records["supervised"]
+    assert fixmatch["config"]["unlabeled_batch_size"] == 3 * 4 and fixmatch["config"]["eval_ema_decay"] == 0.9
+    assert supervised["config"]["unlabeled_batch_size"] == 8 and supervised["config"]["eval_ema_decay"] == 0.0
+    overrides = {"fixmatch": {"unlabeled_batch_size": 12, "eval_ema_decay": 0.9}}
+    assert fixmatch["benchmark"]["method_train"] == supervised["benchmark"]["method_train"] == overrides
+    assert fixmatch["bench_hash"] not in {r["bench_hash"] for r in load_records(main_results)}
+    readme = (results / "README.md").read_text()
+    assert "FixMatch: mu = 3 (12 unlabeled per 4 labeled), evaluated with an EMA of its weights (decay 0.9)" in readme
+    path = next((results / RECORDS_DIR).glob("fixmatch__A__n2__s0__*.json"))
+    out = recipe.main(["--rerun", str(path), "--cache_dir", str(root / "cache")])
+    assert out["match"] and out["record"]["config"] == fixmatch["config"]
+    assert out["record"]["bench_hash"] == fixmatch["bench_hash"]

@@ -405,3 +405,30 @@ def test_student_card_of_every_method_without_reuser(method):
 def test_run_summary_rejects_an_unknown_method():
     with pytest.raises(ValueError, match="No card text for method 'nope'"):
         _summary(method="nope")
+
+
+def test_a_transformers_students_card_says_transformers_and_loads_with_it(tmp_path):
+    """The card of a transformers student (saved with `save_pretrained`) names transformers as its library, in its
+    metadata, tags and loading snippet; a timm student's still says timm."""
+    from helpers import make_transformers_teacher, one_torch_thread
+
+    from hf_mrl.reuse_trainer import _student_facts
+    from hf_mrl.student import TransformersStudent, create_student
+
+    source = make_transformers_teacher(tmp_path / "tr", list("vwxyz"))
+    with one_torch_thread():
+        student = create_student(["a", "b", "c"], architecture=str(source), pretrained=True)
+    assert isinstance(student, TransformersStudent)
+    facts = _student_facts(student)
+    assert facts["library"] == "transformers"
+    text = str(student_card(facts, _summary(), repo_id="org/mrl-digits-student"))
+    validate_card(text)
+    meta = _metadata(text)
+    assert meta["library_name"] == "transformers"
+    assert "transformers" in meta["tags"] and "timm" not in meta["tags"]
+    assert 'AutoModelForImageClassification.from_pretrained("org/mrl-digits-student")' in text
+    assert "timm.create_model" not in text and "A small transformers image classifier" in text
+    timm_card = str(student_card({**STUDENT, "library": "timm"}, _summary(), repo_id="org/mrl-digits-student"))
+    assert _metadata(timm_card)["library_name"] == "timm" and "timm.create_model" in timm_card
+    with pytest.raises(ValueError, match="library"):
+        student_card({**STUDENT, "library": "keras"})

@@ -27,6 +27,8 @@ from hf_mrl import MRLConfig
         ("weight_decay", -1e-4),
         ("checkpoint_every", -1),
         ("attention_temperature", 0.0),
+        ("eval_ema_decay", 1.0),
+        ("eval_ema_decay", -0.1),
     ],
 )
 def test_invalid_values_name_the_field(field, value):
@@ -67,3 +69,11 @@ def test_partial_dict_keeps_defaults():
     config = MRLConfig.from_dict({"seed": 3})
     assert config.seed == 3
     assert config.max_steps == MRLConfig().max_steps
+
+
+def test_eval_ema_is_fixmatchs_only():
+    assert MRLConfig(method="fixmatch", eval_ema_decay=0.999).eval_ema_decay == 0.999
+    assert MRLConfig(method="mrl").eval_ema_decay == 0.0  # off by default
+    for method in ("mrl", "supervised", "mean-teacher"):
+        with pytest.raises(ValueError, match="eval_ema_decay is implemented for method='fixmatch' only"):
+            MRLConfig(method=method, eval_ema_decay=0.5)

@@ -12,6 +12,7 @@ from test_trainer import LABELS, TEACHERS, TINY_STUDENT, _data, _reuse
 from hf_mrl import MRLConfig, StudentTrainer
 from hf_mrl.augment import strong_augment
 from hf_mrl.strategies import METHODS, get_strategy
+from hf_mrl.strategies.base import StudentEMA
 from hf_mrl.strategies.mr_cr import fit_global_weights
 from hf_mrl.trainer import ReuseInputs
 
@@ -209,3 +210,84 @@ def test_mean_teacher_delivers_its_ema_weights():
     assert all(torch.equal(v, ema[k]) for k, v in student.state_dict().items())
     # and the EMA differs from the last student iterate (decay > 0), so this is not a no-op
     assert trainer.config.ema_decay > 0
+
+
+def test_student_ema_update_is_the_warmed_up_average_of_every_state_entry():
+    """By hand on a tiny model with BatchNorm: weights and running statistics averaged with the warm-up decay
+    min(decay, (step + 1) / (step + 10)), the batch count copied, the average registered for checkpointing."""
+    torch.manual_seed(0)
+    student = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    registered = []
+    accelerator = type("Acc", (), {"unwrap_model": staticmethod(lambda m: m)})()
+    accelerator.register_for_checkpointing = registered.append
+    trainer = type("Trainer", (), {"student": student, "accelerator": accelerator})()
+    ema = StudentEMA(trainer, decay=0.9)
+    assert registered == [ema.model] and not any(p.requires_grad for p in ema.model.parameters())
+    init = {k: v.clone() for k, v in student.state_dict().items()}
+    assert set(init) == {"0.weight", "0.bias", "1.weight", "1.bias", "1.running_mean", "1.running_var",
+                         "1.num_batches_tracked"}  # fmt: skip
+
+    def move(scale):
+        with torch.no_grad():
+            for k, v in student.state_dict().items():
+                v.copy_(torch.full_like(v, 7) if not v.dtype.is_floating_point else init[k] + scale)
+
+    move(1.0)
+    ema.update(0)  # warm-up: decay 1/10, not 0.9
+    for k, v in ema.model.state_dict().items():
+        if v.dtype.is_floating_point:
+            assert torch.allclose(v, 0.1 * init[k] + 0.9 * (init[k] + 1.0), atol=1e-6), k
+        else:
+            assert v.item() == 7, k  # copied, not averaged
+    after_warmup = {k: v.clone() for k, v in ema.model.state_dict().items()}
+    move(3.0)
+    ema.update(1000)  # min(0.9, 1001 / 1010) = 0.9
+    for k, v in ema.model.state_dict().items():
+        if v.dtype.is_floating_point:
+            assert torch.allclose(v, 0.9 * after_warmup[k] + 0.1 * (init[k] + 3.0), atol=1e-6), k
+    ema.deliver()
+    assert all(torch.equal(v, ema.model.state_dict()[k]) for k, v in student.state_dict().items())
+
+
+def _fixmatch_run(steps: int = 3, **cfg):
+    """FixMatch trained by `train()`, with the student's state recorded after every step: (trainer, init, states)."""
+    data = _domain_data()
+    config = MRLConfig(
+        method="fixmatch", max_steps=steps, batch_size=6, unlabeled_batch_size=8, confidence_threshold=0.0, **cfg
+    )
+    trainer = StudentTrainer(config, data, None, student_spec=TINY_STUDENT)
+    unwrap = trainer.accelerator.unwrap_model
+    init = {k: v.clone() for k, v in unwrap(trainer.student).state_dict().items()}
+    states, step = [], trainer.training_step
+
+    def spy(*args, **kwargs):
+        logs = step(*args, **kwargs)
+        states.append({k: v.clone() for k, v in unwrap(trainer.student).state_dict().items()})
+        return logs
+
+    trainer.training_step = spy
+    delivered = trainer.train(progress=False).state_dict()
+    return trainer, init, states, delivered
+
+
+def test_fixmatch_with_eval_ema_delivers_the_average_not_the_last_iterate():
+    trainer, init, states, delivered = _fixmatch_run(eval_ema_decay=0.999)
+    expected = dict(init)
+    for step, state in enumerate(states):
+        decay = min(0.999, (step + 1) / (step + 10))
+        expected = {
+            k: decay * expected[k] + (1 - decay) * v if v.dtype.is_floating_point else v for k, v in state.items()
+        }
+    for k, v in delivered.items():
+        assert torch.allclose(v, expected[k], atol=1e-6), k
+    last = states[-1]
+    assert any(not torch.allclose(v, last[k]) for k, v in delivered.items() if v.dtype.is_floating_point)
+    assert trainer.strategy.eval_ema is not None
+    assert trainer.accelerator._custom_objects[-1] is trainer.strategy.eval_ema.model  # resumable
+
+
+def test_fixmatch_without_eval_ema_delivers_the_last_iterate_and_keeps_no_average():
+    trainer, _, states, delivered = _fixmatch_run()
+    assert trainer.config.eval_ema_decay == 0.0 and trainer.strategy.eval_ema is None
+    assert all(torch.equal(v, states[-1][k]) for k, v in delivered.items())
+    assert len(trainer.accelerator._custom_objects) == 1  # the step counter only: checkpoints as before

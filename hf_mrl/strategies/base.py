@@ -8,6 +8,7 @@ loop's public context only (`trainer.config`, `data`, `reuse`, `teacher_ids`, `s
 
 from __future__ import annotations
 
+import copy
 from typing import TYPE_CHECKING
 
 import torch
@@ -17,7 +18,7 @@ from ..losses import kd_loss
 if TYPE_CHECKING:
     from ..trainer import StudentTrainer
 
-__all__ = ["Strategy", "DistillStrategy", "rampup"]
+__all__ = ["Strategy", "DistillStrategy", "StudentEMA", "rampup"]
 
 
 def rampup(step: int, max_steps: int, fraction: float) -> float:
@@ -27,6 +28,47 @@ def rampup(step: int, max_steps: int, fraction: float) -> float:
         return 1.0
     t = 1.0 - step / length
     return float(torch.exp(torch.tensor(-5.0 * t * t)))
+
+
+class StudentEMA:
+    """An exponential moving average of the student's weights: the model a strategy evaluates and delivers.
+
+    `model` is a frozen copy of the (unwrapped) student, registered for Accelerate checkpointing so that a resumed
+    run continues the same average. `update(step)`, after the optimiser step `step`, moves every `state_dict` entry
+    toward the student's, BatchNorm running statistics included: floating-point entries as
+    `ema = d * ema + (1 - d) * student` with the warm-up decay `d = min(decay, (step + 1) / (step + 10))`
+    (Tarvainen & Valpola, 2017), integer ones (BatchNorm's batch count) copied. `deliver()` loads the average into the
+    student, so that what is evaluated and saved is the EMA model.
+
+    Args:
+        trainer: the student loop (its `student` and `accelerator`).
+        decay: the asymptotic decay, in [0, 1).
+    """
+
+    def __init__(self, trainer: StudentTrainer, decay: float):
+        self.trainer = trainer
+        self.decay = float(decay)
+        self.model = copy.deepcopy(trainer.accelerator.unwrap_model(trainer.student)).requires_grad_(False)
+        trainer.accelerator.register_for_checkpointing(self.model)
+
+    def decay_at(self, step: int) -> float:
+        """The decay of the update after step `step` (warmed up: small while the average holds few iterates)."""
+        return min(self.decay, (step + 1) / (step + 10))
+
+    @torch.no_grad()
+    def update(self, step: int) -> None:
+        student = self.trainer.accelerator.unwrap_model(self.trainer.student)
+        decay = self.decay_at(step)
+        for e, s in zip(self.model.state_dict().values(), student.state_dict().values(), strict=True):
+            if e.dtype.is_floating_point:
+                e.mul_(decay).add_(s.detach(), alpha=1 - decay)
+            else:
+                e.copy_(s)
+
+    @torch.no_grad()
+    def deliver(self) -> None:
+        """Replace the student's weights and BatchNorm statistics by the average's."""
+        self.trainer.accelerator.unwrap_model(self.trainer.student).load_state_dict(self.model.state_dict())
 
 
 class Strategy:

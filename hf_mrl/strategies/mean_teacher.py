@@ -3,16 +3,14 @@
 Temporal ensembling keeps one ensemble prediction per sample; the mean teacher averages weights instead,
 which needs no per-sample state and is the variant the same authors recommend. As in the paper, the model evaluated
 and delivered is the EMA (teacher) model: its weights and BatchNorm statistics replace the student's when training
-ends.
+ends (`StudentEMA`, shared with FixMatch's evaluation EMA).
 """
 
 from __future__ import annotations
 
-import copy
-
 import torch
 
-from .base import Strategy, rampup
+from .base import Strategy, StudentEMA, rampup
 
 __all__ = ["MeanTeacher"]
 
@@ -23,8 +21,8 @@ class MeanTeacher(Strategy):
 
     def __init__(self, trainer):
         super().__init__(trainer)
-        self.ema = copy.deepcopy(trainer.accelerator.unwrap_model(trainer.student)).requires_grad_(False)
-        trainer.accelerator.register_for_checkpointing(self.ema)
+        self.student_ema = StudentEMA(trainer, self.config.ema_decay)
+        self.ema = self.student_ema.model  # the teacher
 
     def unlabeled_loss(self, logits_u, idx_u, images_u, gen, step):
         cfg = self.config
@@ -35,19 +33,10 @@ class MeanTeacher(Strategy):
         weight = cfg.unlabeled_weight * rampup(step, cfg.max_steps, cfg.rampup_fraction)
         return weight * loss, {"consistency_loss": loss.item()}
 
-    @torch.no_grad()
     def after_step(self, step):
-        student = self.trainer.accelerator.unwrap_model(self.trainer.student)
-        decay = min(self.config.ema_decay, (step + 1) / (step + 10))
-        for e, s in zip(self.ema.state_dict().values(), student.state_dict().values(), strict=True):
-            if e.dtype.is_floating_point:
-                e.mul_(decay).add_(s.detach(), alpha=1 - decay)
-            else:
-                e.copy_(s)
+        self.student_ema.update(step)
         return {}
 
-    @torch.no_grad()
     def on_train_end(self) -> None:
         """Evaluate (and deliver) the EMA weights, as Tarvainen & Valpola do."""
-        student = self.trainer.accelerator.unwrap_model(self.trainer.student)
-        student.load_state_dict(self.ema.state_dict())
+        self.student_ema.deliver()
