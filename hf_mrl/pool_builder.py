@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .utils import atomic_dir, atomic_write_text, cache_root
+from .utils import atomic_dir, atomic_write_text, cache_root, torch_threads
 
 __all__ = [
     "TEACHER_SPECS",
@@ -28,6 +28,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _VERSION = 1
+# Teachers train on this many torch threads whatever the caller's count: the weights depend on it (reduction
+# order), and the committed Digits-LD tables were made with teachers built on two (a 2-core machine's default).
+TEACHER_THREADS = 2
 _LABELS = [str(i) for i in range(10)]
 _IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
@@ -167,6 +170,7 @@ def _build_info(domain: str, seed: int, train_images: torch.Tensor) -> dict:
         "spec": TEACHER_SPECS[domain],
         "seed": seed,
         "data": fingerprint(train_images),
+        "threads": TEACHER_THREADS,
     }
 
 
@@ -212,7 +216,8 @@ def build_digits_pool(output_dir: str | os.PathLike | None = None, domains: str 
             logger.info("Reusing teacher %s from %s", domain, folder)
         else:
             logger.info("Training the %s teacher for domain %s", TEACHER_SPECS[domain]["library"], domain)
-            acc = _build_teacher(domain, folder, seed)
+            with torch_threads(TEACHER_THREADS):
+                acc = _build_teacher(domain, folder, seed)
             logger.info("Teacher %s: validation accuracy %.4f", domain, acc)
         names.append(folder.name)
     title = "# Digits-LD teacher pool: one teacher per latent domain (paths relative to this file)"
