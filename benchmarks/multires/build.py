@@ -61,7 +61,10 @@ TEACHERS = {
         "architecture": "resnet10t",
         "model_args": {"channels": [16, 32, 64, 80], "stem_width": 8},
         **_TRAINING,
-        "epochs": 16,
+        # A house-number plate among blank ones is the hardest to find: on 960 images x 16 epochs this teacher
+        # stayed at 26% validation accuracy; on all 1,500 x 30 it reaches 91%.
+        "epochs": 30,
+        "train_images": 1500,
     },
 }
 _IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))

@@ -291,7 +291,7 @@ def readme(records: dict) -> str:
         "oracle routing, and each teacher measured in the run, through its own processor on the originals, and on "
         "the old 32 px thumbnail path. Tables: [report.md](report.md); everything measured: "
         "[records.json](records.json).\n\n"
-        f"Ran at commit `{records['commit']}` (a clean clone of branch `multires`), {records['wall_s'] / 60:.1f} min "
+        f"Ran at commit `{records['commit']}` (a clean clone), {records['wall_s'] / 60:.1f} min "
         f"wall time in all on 2 shared CPU cores ({a['workers']} seeds side by side, {a['threads']} torch thread "
         "each). Regenerate (builds the dataset and teachers first when absent, about 2 + 5-10 min):\n\n"
         f"```bash\n{records['command']}\n```\n"
@@ -316,8 +316,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--methods", nargs="*", default=["mr-bs", "oracle"], help="besides MRL and supervised-only (always run)"
     )
-    parser.add_argument("--steps", type=int, default=300, help="student steps per method")
-    parser.add_argument("--image_size", type=int, default=48, help="the student's input side")
+    parser.add_argument("--steps", type=int, default=600, help="student steps per method")
+    parser.add_argument("--image_size", type=int, default=96, help="the student's input side")
     parser.add_argument("--batch_size", type=int, default=32, help="labeled samples per step")
     parser.add_argument("--unlabeled_batch_size", type=int, default=64, help="unlabeled samples per step")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
