@@ -82,7 +82,9 @@ def train_parser(prog: str | None = None) -> argparse.ArgumentParser:
         help="let teachers run their repositories' own modelling code (off: such teachers are refused)",
     )
     p.add_argument(
-        "--allow_pickle", action="store_true", help="accept pickle-only teacher weights, which can run code on load"
+        "--allow_pickle",
+        action="store_true",
+        help="accept pickle-only teacher weights and checkpoints holding pickle files, which can run code on load",
     )
     p.add_argument(
         "--guard_folds", type=int, default=3, help="folds of the never-worse check against supervised-only (0: off)"
@@ -244,6 +246,7 @@ def preflight(args: argparse.Namespace) -> None:
             logger.warning("--resume_from_checkpoint: no checkpoint in %s yet; starting from scratch.", ckpt)
         elif run_file.is_file():
             recorded = {"method": "mrl", **json.loads(run_file.read_text())}  # runs from before --method were mrl
+            recorded.pop("fingerprint", None)  # the data's and teachers' content: checked once they are loaded
             changed = sorted(k for k in set(recorded) | set(identity) if recorded.get(k) != identity.get(k))
             if changed:
                 was = ", ".join(f"--{k} {recorded.get(k)!r} (now {identity.get(k)!r})" for k in changed)
@@ -263,6 +266,35 @@ def preflight(args: argparse.Namespace) -> None:
         if not (args.resume_from_checkpoint and run_file.is_file()):
             atomic_write_json(ckpt / "run.json", identity)
     state.wait_for_everyone()
+
+
+def check_fingerprint(ckpt: Path, data, pool, args, accelerator) -> None:
+    """Record what the run reads (each split's rows and content hash, each teacher's weights hash) in run.json; on
+    --resume_from_checkpoint, refuse data or teachers that differ from those the checkpoints were trained on."""
+    teachers = None if pool is None else {t.id: t.weights_hash for t in pool.teachers}
+    fingerprint = {"data": data.fingerprint(args.dataloader_num_workers or 0), "teachers": teachers}
+    run_file = ckpt / "run.json"
+    recorded = json.loads(run_file.read_text()) if run_file.is_file() else {}
+    was = recorded.get("fingerprint")
+    if args.resume_from_checkpoint and was is not None and was != fingerprint:
+        changes = [
+            f"the {split} split ({was['data'].get(split, {}).get('rows')} rows then, {now['rows']} now)"
+            for split, now in fingerprint["data"].items()
+            if split != "labels" and was["data"].get(split) != now
+        ]
+        if was["data"].get("labels") != fingerprint["data"]["labels"]:
+            changes.append("the class names")
+        if was.get("teachers") != teachers:
+            old = was.get("teachers") or {}
+            changed = [t for t in sorted(set(old) | set(teachers or {})) if old.get(t) != (teachers or {}).get(t)]
+            changes.append(f"the weights of teacher(s) {changed}")
+        raise ValueError(
+            f"--resume_from_checkpoint: {' and '.join(changes)} differ from what the checkpoints in {ckpt} were "
+            "trained on: resume on the same data and teachers, or start over without --resume_from_checkpoint."
+        )
+    if accelerator.is_main_process and was != fingerprint:
+        atomic_write_json(run_file, {**recorded, "fingerprint": fingerprint})
+    accelerator.wait_for_everyone()
 
 
 def train(args: argparse.Namespace) -> ReuseResult:
@@ -298,6 +330,7 @@ def train(args: argparse.Namespace) -> ReuseResult:
             )
             embedding = ReuseTrainer.prepare_embedding(config, pool)
         data, description = _load(args, args.seed)
+    check_fingerprint(Path(args.output_dir) / "checkpoints", data, pool, args, accelerator)
     student = None
     if args.student or args.student_image_size:
         student = {"image_size": args.student_image_size, "pretrained": args.student_pretrained}
@@ -314,6 +347,7 @@ def train(args: argparse.Namespace) -> ReuseResult:
         dataset_description=description,
         progress=not args.no_progress,
         dataloader_num_workers=args.dataloader_num_workers,
+        allow_pickle=args.allow_pickle,
     )
     trainer = ReuseTrainer(pool, data, config, run_args, embedding=embedding, accelerator=accelerator)
     result = trainer.train(Path(args.output_dir) / "checkpoints", resume=args.resume_from_checkpoint)
@@ -398,12 +432,17 @@ def evaluate_main(argv=None) -> int:
     predict on the run's test split, and print the accuracies next to those in DIR/metrics.json."""
     from .images import ImageSet
     from .reuser import AttentionReuser
+    from .run_folder import IncompleteRunError, verify_run
     from .student import load_student, student_preprocess
     from .trainer import student_input_side
 
     p = argparse.ArgumentParser(prog="hf-mrl evaluate", description=evaluate_main.__doc__)
     p.add_argument("run_dir")
     run = Path(p.parse_args(argv).run_dir)
+    try:
+        verify_run(run)
+    except IncompleteRunError as err:
+        sys.exit(f"error: {err}")
     metrics = json.loads((run / "metrics.json").read_text())
     data, desc = _load(metrics["args"], metrics["args"]["seed"])
     rows = {}

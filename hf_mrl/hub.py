@@ -113,10 +113,17 @@ def push_run(
     """Push `output_dir/reuser` (when the run has one) to `hub_model_id` and `output_dir/student` to
     `hub_model_id-student`.
 
-    Raises `PushError` (the local output stays as it is) with the command that retries the push.
+    Refuses a folder that does not hold one complete run (`hf_mrl.run_folder.verify_run`). Raises `PushError`
+    (the local output stays as it is) with the command that retries the push.
     """
+    from .run_folder import IncompleteRunError, verify_run
+
     output_dir = Path(output_dir)
     check_hub_model_id(hub_model_id)
+    try:
+        verify_run(output_dir)  # never publish a reuser of one run beside a student of another
+    except IncompleteRunError as err:
+        raise PushError(f"nothing was pushed: {err}") from None
     retry = _retry_command(output_dir, hub_model_id, private)
     targets = [("student", student_repo_id(hub_model_id))]
     if (output_dir / "reuser").is_dir():

@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -42,11 +41,12 @@ from .guard import (
 from .metrics import accuracy_report
 from .pool import ModelPool
 from .reuser import AttentionReuser
+from .run_folder import MANIFEST, staged_run
 from .screening import TeacherScore, screen_teachers
 from .strategies import get_strategy
 from .student import TransformersStudent, save_student
 from .trainer import ReuseInputs, StudentTrainer, TargetData, compute_reuse_inputs, make_accelerator
-from .utils import atomic_dir, atomic_write_json, cache_root
+from .utils import atomic_write_json, cache_root
 
 __all__ = ["ReuseArguments", "ReuseResult", "ReuseTrainer", "SupervisedRun"]
 
@@ -76,6 +76,8 @@ class ReuseArguments:
         progress: progress bars (main process only).
         dataloader_num_workers: processes decoding lazy images (`ImageSet`) for the teachers, the embedding and
             the student's next batches; 0 decodes in the training process.
+        allow_pickle: let a resume load checkpoints that hold pickle files (refused by default: see
+            `hf_mrl.checkpoint`).
     """
 
     guard_folds: int = 3
@@ -89,6 +91,7 @@ class ReuseArguments:
     dataset_description: str | None = None
     progress: bool = True
     dataloader_num_workers: int = 0
+    allow_pickle: bool = False
 
     def __post_init__(self):
         if self.dataloader_num_workers < 0:
@@ -157,43 +160,39 @@ class ReuseResult:
         return self.trainer.predict(images)
 
     def save_pretrained(self, output_dir: str | os.PathLike, hub_model_id: str | None = None) -> Path:
-        """DIR/reuser/ (MRL only), DIR/student/ (each with its model card) and DIR/metrics.json, each atomically.
+        """DIR/reuser/ (MRL only), DIR/student/ (each with its model card), DIR/metrics.json and DIR/manifest.json.
 
-        metrics.json goes last and is removed first: when it exists, reuser/ and student/ come from the run it
-        describes. A run without a reuser removes any DIR/reuser of an earlier run. `hub_model_id` (`ORG/NAME`)
-        names the repos in the cards' snippets.
+        The new run is written whole beside the old one, verified, then swapped in (`hf_mrl.run_folder`): at every
+        instant DIR holds one complete run, and a full disk leaves the previous run as it was. A run without a
+        reuser removes the DIR/reuser of an earlier run. `hub_model_id` (`ORG/NAME`) names the repos in the cards'
+        snippets.
         """
         from .hub import student_repo_id
 
         out = Path(output_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "metrics.json").unlink(missing_ok=True)
         student_id = student_repo_id(hub_model_id) if hub_model_id else None
-        if self.reuser is not None:
-            reuser = self.reuser.cpu()
-            reuser.card_summary = self.summary
-            reuser.trust_remote_code = self.summary.trust_remote_code  # recorded in config.json and the card
-            reuser.allow_pickle = self.summary.allow_pickle
-            reuser.label_map = self.metrics.get("label_map")
-            with atomic_dir(out / "reuser") as tmp:
-                reuser.save_pretrained(tmp, model_card_kwargs={"repo_id": hub_model_id, "student_repo_id": student_id})
-        else:
-            for name in ("reuser", ".reuser.old"):
-                if (out / name).exists():
-                    if name == "reuser":
-                        logger.warning(
-                            "Removing %s: it comes from an earlier run (this method trains no reuser).", out
-                        )
-                    shutil.rmtree(out / name)
+        parts = [self.student] + ([self.reuser] if self.reuser is not None else [])
+        needed = sum(t.numel() * t.element_size() for m in parts for t in m.state_dict().values())
+        if self.reuser is None and (out / "reuser").exists():
+            logger.warning("Removing %s: it comes from an earlier run (this method trains no reuser).", out / "reuser")
         card = student_card(
             _student_facts(self.student),
             self.summary,
             repo_id=student_id,
             reuser_repo_id=hub_model_id if self.reuser is not None else None,
         )
-        with atomic_dir(out / "student") as tmp:
-            save_student(self.student, tmp, card=str(card))
-        atomic_write_json(out / "metrics.json", self.metrics)
+        with staged_run(out, needed) as stage:
+            if self.reuser is not None:
+                reuser = self.reuser.cpu()
+                reuser.card_summary = self.summary
+                reuser.trust_remote_code = self.summary.trust_remote_code  # recorded in config.json and the card
+                reuser.allow_pickle = self.summary.allow_pickle
+                reuser.label_map = self.metrics.get("label_map")
+                reuser.save_pretrained(
+                    stage / "reuser", model_card_kwargs={"repo_id": hub_model_id, "student_repo_id": student_id}
+                )
+            save_student(self.student, stage / "student", card=str(card))
+            atomic_write_json(stage / "metrics.json", self.metrics)
         return out
 
     def push_to_hub(
@@ -212,7 +211,7 @@ class ReuseResult:
         from .hub import push_run
 
         if output_dir is not None:
-            if not (Path(output_dir) / "metrics.json").is_file():
+            if not (Path(output_dir) / MANIFEST).is_file():
                 self.save_pretrained(output_dir, hub_model_id)
             return push_run(output_dir, hub_model_id, token=token, private=private)
         with tempfile.TemporaryDirectory(prefix="hf_mrl-push-") as tmp:
@@ -333,6 +332,7 @@ class ReuseTrainer:
             accelerator=self.accelerator,
             student_spec=self.args.student,
             num_workers=self.args.dataloader_num_workers,
+            allow_pickle=self.args.allow_pickle,
         )
 
     @property

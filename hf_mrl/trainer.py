@@ -18,11 +18,14 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 
 from .augment import translate as _translate
+from .checkpoint import load_checkpoint
+from .checkpoint import save_checkpoint as write_checkpoint
 from .config import MRLConfig
 from .embedding import Embedding
 from .images import ImageSet
@@ -85,6 +88,25 @@ class TargetData:
     def lazy(self) -> bool:
         """Whether the images stay in their dataset and are decoded per batch."""
         return any(isinstance(x, ImageSet) for x in (self.labeled_images, self.unlabeled_images, self.test_images))
+
+    def fingerprint(self, num_workers: int = 0) -> dict:
+        """Per split: row count and a hash of its samples' content keys (the teacher cache's), and of the labels.
+
+        Recorded with a run's checkpoints so that a resume on replaced data is refused. For lazy images the keys are
+        the originals' (computed once per `ImageSet`, and reused by the teacher pass).
+        """
+        from .cache import row_keys
+
+        out = {"labels": list(self.label_names)}
+        for split in ("labeled", "unlabeled", "test"):
+            images = getattr(self, f"{split}_images")
+            keys = images.keys(num_workers) if isinstance(images, ImageSet) else row_keys(images)
+            h = hashlib.sha256(np.ascontiguousarray(keys).tobytes())
+            labels = self.labeled_labels if split == "labeled" else self.test_labels if split == "test" else None
+            if labels is not None:
+                h.update(labels.numpy().astype("int64").tobytes())
+            out[split] = {"rows": len(images), "sha256": h.hexdigest()[:32]}
+        return out
 
     def at_size(self, size: int) -> TargetData:
         """The same task with its lazy images decoded at `size` (tensors are left as they are)."""
@@ -160,6 +182,8 @@ class StudentTrainer:
             fresh student reads inputs at the data's size; a pretrained one at its own, unless `image_size` is given.
         num_workers: DataLoader processes that decode the next steps' batches of lazy images (`ImageSet`) while
             the student trains; 0 decodes in this process.
+        allow_pickle: let a resume load a checkpoint folder that holds pickle files (an Accelerate checkpoint of an
+            earlier hf_mrl); refused by default, since unpickling a planted file runs its code.
 
     >>> trainer = StudentTrainer(MRLConfig(max_steps=10), data, reuse, teacher_ids=pool.ids)  # doctest: +SKIP
     >>> student = trainer.train(); predictions = trainer.predict(data.test_images)  # doctest: +SKIP
@@ -175,8 +199,10 @@ class StudentTrainer:
         accelerator: Accelerator | None = None,
         student_spec: dict | None = None,
         num_workers: int = 0,
+        allow_pickle: bool = False,
     ):
         self.config = config
+        self.allow_pickle = allow_pickle
         self.data = data
         self.reuse = reuse
         self.accelerator = accelerator or make_accelerator()
@@ -200,9 +226,20 @@ class StudentTrainer:
         )
         self.student, self.optimizer = self.accelerator.prepare(self.student, self.optimizer)
         self.step = _Step()
-        self.accelerator.register_for_checkpointing(self.step)
+        self._checkpointed: dict[str, object] = {}
+        self.register_for_checkpointing(step=self.step, optimizer=self.optimizer)
         self.strategy = strategy_cls(self)
         self.history: list[dict[str, float]] = []
+
+    def register_for_checkpointing(self, **objects) -> None:
+        """Objects with `state_dict` / `load_state_dict` saved in every checkpoint, by name (with the student)."""
+        for name, obj in objects.items():
+            if name in self._checkpointed or name == "student":
+                raise ValueError(f"{name!r} is already checkpointed")
+            self._checkpointed[name] = obj
+
+    def _checkpoint_objects(self) -> dict:
+        return {"student": self.accelerator.unwrap_model(self.student), **self._checkpointed}
 
     # -- batches ---------------------------------------------------------------------------------
     def batch_indices(self, step: int, stream: int = 0) -> tuple[torch.Generator, torch.Tensor, torch.Tensor]:
@@ -267,7 +304,7 @@ class StudentTrainer:
         if resume and checkpoint_dir is not None:
             latest = latest_checkpoint(checkpoint_dir)
             if latest is not None:
-                acc.load_state(str(latest))
+                load_checkpoint(latest, self._checkpoint_objects(), acc, allow_pickle=self.allow_pickle)
                 logger.info("Resumed %s training from %s (step %d)", cfg.method, latest, self.step.value)
         bar = tqdm(
             total=cfg.max_steps,
@@ -314,14 +351,21 @@ class StudentTrainer:
         return iter(loader)
 
     def save_checkpoint(self, checkpoint_dir: str | os.PathLike) -> Path:
-        """Accelerate state at the current step; written to a temp name, then renamed (all-or-nothing)."""
+        """The training state at the current step (`hf_mrl.checkpoint`: no pickle); written to a temp name, then
+        renamed (all-or-nothing). A full disk removes the partial folder and raises `DiskFullError`."""
         acc = self.accelerator
         final = Path(checkpoint_dir) / f"step_{self.step.value:07d}"
         tmp = final.with_name(final.name + ".tmp")
-        if acc.is_main_process and tmp.exists():
-            shutil.rmtree(tmp)  # a leftover of a crash mid-save
+        if acc.is_main_process:
+            if tmp.exists():
+                shutil.rmtree(tmp)  # a leftover of a crash mid-save
+            tmp.mkdir(parents=True)
         acc.wait_for_everyone()
-        acc.save_state(str(tmp))
+        try:
+            write_checkpoint(tmp, self._checkpoint_objects(), acc, self.step.value)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)  # nothing half-written keeps the disk full
+            raise
         acc.wait_for_everyone()
         if acc.is_main_process:
             old = final.with_name(final.name + ".old")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
@@ -13,7 +14,18 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["atomic_dir", "atomic_write_bytes", "atomic_write_json", "atomic_write_text", "cache_root", "torch_threads"]
+__all__ = [
+    "DiskFullError",
+    "atomic_dir",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "atomic_write_text",
+    "cache_root",
+    "check_json_depth",
+    "disk_full_error",
+    "is_disk_full",
+    "torch_threads",
+]
 
 
 def cache_root() -> Path:
@@ -36,12 +48,77 @@ def torch_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+class DiskFullError(OSError):
+    """No space left while writing; the message names the folder and the space it needs."""
+
+
+def is_disk_full(err: BaseException) -> bool:
+    """Whether `err` (an OSError, or a library's error that wraps one in its message) means the disk is full."""
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(err).lower()
+    return "no space left" in text or "disk quota exceeded" in text or "enospc" in text
+
+
+def disk_full_error(folder: str | os.PathLike, what: str, needed: int | None = None) -> DiskFullError:
+    """A `DiskFullError` that says which folder is full, how much is free, and (when known) how much is needed."""
+    folder = Path(folder)
+    probe = next((p for p in (folder, *folder.parents) if p.exists()), Path("."))
+    free = shutil.disk_usage(probe).free
+    need = f"; it needs about {_size(needed)}" if needed else ""
+    return DiskFullError(
+        errno.ENOSPC,
+        f"No space left on the disk of {folder} while writing {what} ({_size(free)} free{need}). Nothing "
+        "half-written was kept: free some space and run again.",
+    )
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TB"
+
+
+def check_json_depth(text: str, max_depth: int = 64, what: str = "JSON") -> None:
+    """Raise ValueError when `text` nests arrays or objects deeper than `max_depth`.
+
+    `json.loads` recurses once per level and raises RecursionError (uncaught, late) on a crafted file; this scan
+    does not recurse and runs before any long work.
+    """
+    depth, in_string, escaped = 0, False, False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            if depth > max_depth:
+                raise ValueError(f"{what} nests deeper than {max_depth} levels: not a file hf_mrl writes or reads.")
+        elif ch in "]}":
+            depth -= 1
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write a file whole or not at all: readers (other processes, a rerun after a crash) never see half of it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes it private; outputs follow the user's umask
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
@@ -86,7 +163,7 @@ def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
         os.replace(old, final)
     shutil.rmtree(old, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
-    os.chmod(tmp, 0o755)  # mkdtemp makes it private; caches and outputs may be shared
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; outputs follow the user's umask
     try:
         yield tmp
         if final.exists():

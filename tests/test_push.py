@@ -18,6 +18,7 @@ from huggingface_hub import HfApi, ModelCard
 from hf_mrl import AttentionReuser
 from hf_mrl.cards import student_card
 from hf_mrl.hub import PushError, main, push_run
+from hf_mrl.run_folder import write_manifest
 from hf_mrl.student import create_student, save_student
 from hf_mrl.testing import LocalHub, endpoint_patches
 
@@ -51,6 +52,8 @@ def _fake_run(out: Path) -> Path:
     student = create_student(LABELS, image_size=16)
     card = student_card({**student.pretrained_cfg, "architecture": "resnet10t"}, None, repo_id="org/run-student")
     save_student(student, out / "student", card=str(card))
+    (out / "metrics.json").write_text(json.dumps({"method": "mrl"}))
+    write_manifest(out)  # a complete run, as save_pretrained seals it
     return out
 
 
@@ -110,6 +113,7 @@ def test_push_refuses_an_invalid_card(local_hub, tmp_path):
     out = _fake_run(tmp_path / "run")
     bad = "---\nbase_model: ./local/path\nlibrary_name: timm\npipeline_tag: image-classification\n---\n# x\n"
     (out / "student" / "README.md").write_text(bad)
+    write_manifest(out)
     with pytest.raises(PushError, match="nothing was pushed.*base_model"):
         push_run(out, "org/bad-card")
     assert not HfApi().repo_exists("org/bad-card") and not HfApi().repo_exists("org/bad-card-student")

@@ -51,7 +51,7 @@ def test_a_run_trains_both_students_guards_and_saves_the_atomic_layout(task, tmp
     (out / "reuser").mkdir(parents=True)  # an earlier run's leftovers are replaced whole
     (out / "reuser" / "stale.txt").write_text("old")
     result.save_pretrained(out)
-    assert {p.name for p in out.iterdir()} == {"reuser", "student", "metrics.json"}
+    assert {p.name for p in out.iterdir()} == {"reuser", "student", "metrics.json", "manifest.json"}
     assert not (out / "reuser" / "stale.txt").exists()
     for part in ("reuser", "student"):
         assert {"config.json", "model.safetensors", "README.md"} <= {p.name for p in (out / part).iterdir()}

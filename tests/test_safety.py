@@ -23,6 +23,7 @@ from helpers import make_labeled_images, make_transformers_teacher
 from safetensors.torch import load_file, save_file
 
 from hf_mrl import AttentionReuser, Embedding, ModelPool, MRLConfig, StudentTrainer, TargetData, Teacher, cli, utils
+from hf_mrl import trainer as trainer_module
 from hf_mrl.pool import TeacherLoadError
 from hf_mrl.trainer import latest_checkpoint
 from hf_mrl.utils import atomic_dir
@@ -323,20 +324,23 @@ def test_a_crash_mid_checkpoint_is_never_the_latest_and_resuming_loses_nothing(t
     expected = _state(reference)
 
     trainer = _tiny_trainer()
-    real_save = trainer.accelerator.save_state
+    real_save = trainer_module.write_checkpoint
 
-    def save_then_crash(output_dir, **kwargs):
-        if "step_0000004" in str(output_dir):  # the second checkpoint dies half-written
-            Path(output_dir).mkdir(parents=True)
-            (Path(output_dir) / "model.safetensors").write_bytes(b"half")
+    def save_then_crash(folder, *args, **kwargs):
+        if "step_0000004" in str(folder):  # the second checkpoint dies half-written
+            (Path(folder) / "state.safetensors").write_bytes(b"half")
             raise KeyboardInterrupt("killed while checkpointing")
-        return real_save(output_dir, **kwargs)
+        return real_save(folder, *args, **kwargs)
 
-    trainer.accelerator.save_state = save_then_crash
-    with pytest.raises(KeyboardInterrupt):
-        trainer.train(tmp_path / "ckpt", progress=False)
+    trainer_module.write_checkpoint = save_then_crash
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            trainer.train(tmp_path / "ckpt", progress=False)
+    finally:
+        trainer_module.write_checkpoint = real_save
     assert latest_checkpoint(tmp_path / "ckpt").name == "step_0000002"
-    assert (tmp_path / "ckpt" / "step_0000004.tmp").is_dir()  # the half-written one, never picked
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["step_0000002"]  # the half-written one removed
+    (tmp_path / "ckpt" / "step_0000004.tmp").mkdir()  # as a kill -9 mid-save leaves it: never picked
 
     resumed = _tiny_trainer()
     resumed.train(tmp_path / "ckpt", resume=True, progress=False)

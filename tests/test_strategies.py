@@ -219,8 +219,8 @@ def test_student_ema_update_is_the_warmed_up_average_of_every_state_entry():
     student = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
     registered = []
     accelerator = type("Acc", (), {"unwrap_model": staticmethod(lambda m: m)})()
-    accelerator.register_for_checkpointing = registered.append
     trainer = type("Trainer", (), {"student": student, "accelerator": accelerator})()
+    trainer.register_for_checkpointing = lambda **objects: registered.extend(objects.values())
     ema = StudentEMA(trainer, decay=0.9)
     assert registered == [ema.model] and not any(p.requires_grad for p in ema.model.parameters())
     init = {k: v.clone() for k, v in student.state_dict().items()}
@@ -283,11 +283,11 @@ def test_fixmatch_with_eval_ema_delivers_the_average_not_the_last_iterate():
     last = states[-1]
     assert any(not torch.allclose(v, last[k]) for k, v in delivered.items() if v.dtype.is_floating_point)
     assert trainer.strategy.eval_ema is not None
-    assert trainer.accelerator._custom_objects[-1] is trainer.strategy.eval_ema.model  # resumable
+    assert trainer._checkpoint_objects()["ema"] is trainer.strategy.eval_ema.model  # resumable
 
 
 def test_fixmatch_without_eval_ema_delivers_the_last_iterate_and_keeps_no_average():
     trainer, _, states, delivered = _fixmatch_run()
     assert trainer.config.eval_ema_decay == 0.0 and trainer.strategy.eval_ema is None
     assert all(torch.equal(v, states[-1][k]) for k, v in delivered.items())
-    assert len(trainer.accelerator._custom_objects) == 1  # the step counter only: checkpoints as before
+    assert sorted(trainer._checkpoint_objects()) == ["optimizer", "step", "student"]  # checkpoints as before

@@ -49,7 +49,7 @@ class StudentEMA:
         self.trainer = trainer
         self.decay = float(decay)
         self.model = copy.deepcopy(trainer.accelerator.unwrap_model(trainer.student)).requires_grad_(False)
-        trainer.accelerator.register_for_checkpointing(self.model)
+        trainer.register_for_checkpointing(ema=self.model)
 
     def decay_at(self, step: int) -> float:
         """The decay of the update after step `step` (warmed up: small while the average holds few iterates)."""

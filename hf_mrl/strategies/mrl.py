@@ -99,7 +99,9 @@ class AttentionReuse(DistillStrategy):
         self.reuse_gate = _ReuseGate(cfg.reuse_strength_init, trainable=cfg.learn_reuse_strength).to(acc.device)
         self.outer_params = [p for p in (*self.reuser.parameters(), *self.reuse_gate.parameters()) if p.requires_grad]
         self.outer_optimizer = torch.optim.Adam(self.outer_params, lr=cfg.outer_lr)
-        acc.register_for_checkpointing(self.reuser, self.reuse_gate, self.outer_optimizer)
+        trainer.register_for_checkpointing(
+            reuser=self.reuser, reuse_gate=self.reuse_gate, outer_optimizer=self.outer_optimizer
+        )
         self._pending_outer = None
         self.replicas_in_sync = True
 
