@@ -13,7 +13,6 @@ model is loaded or image decoded where it can be seen that early.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import shutil
 import sys
@@ -28,7 +27,7 @@ from .reuse_trainer import ReuseArguments, ReuseResult, ReuseTrainer
 from .strategies import METHODS, get_strategy
 from .target import check_target, load_target
 from .trainer import latest_checkpoint, make_accelerator
-from .utils import atomic_write_json, cache_root
+from .utils import atomic_write_json, cache_root, read_json
 
 __all__ = ["main", "train_main", "train_parser", "parse_train_args", "preflight", "run_identity", "train"]
 
@@ -245,7 +244,7 @@ def preflight(args: argparse.Namespace) -> None:
         if not any(found):
             logger.warning("--resume_from_checkpoint: no checkpoint in %s yet; starting from scratch.", ckpt)
         elif run_file.is_file():
-            recorded = {"method": "mrl", **json.loads(run_file.read_text())}  # runs from before --method were mrl
+            recorded = {"method": "mrl", **read_json(run_file)}  # runs from before --method were mrl
             recorded.pop("fingerprint", None)  # the data's and teachers' content: checked once they are loaded
             changed = sorted(k for k in set(recorded) | set(identity) if recorded.get(k) != identity.get(k))
             if changed:
@@ -274,7 +273,7 @@ def check_fingerprint(ckpt: Path, data, pool, args, accelerator) -> None:
     teachers = None if pool is None else {t.id: t.weights_hash for t in pool.teachers}
     fingerprint = {"data": data.fingerprint(args.dataloader_num_workers or 0), "teachers": teachers}
     run_file = ckpt / "run.json"
-    recorded = json.loads(run_file.read_text()) if run_file.is_file() else {}
+    recorded = read_json(run_file) if run_file.is_file() else {}
     was = recorded.get("fingerprint")
     if args.resume_from_checkpoint and was is not None and was != fingerprint:
         changes = [
@@ -443,7 +442,7 @@ def evaluate_main(argv=None) -> int:
         verify_run(run)
     except IncompleteRunError as err:
         sys.exit(f"error: {err}")
-    metrics = json.loads((run / "metrics.json").read_text())
+    metrics = read_json(run / "metrics.json")
     data, desc = _load(metrics["args"], metrics["args"]["seed"])
     rows = {}
     if metrics.get("reuse_accuracy") is not None:  # an MRL run: its reuser rebuilds the pool

@@ -61,6 +61,8 @@ import logging
 import math
 import os
 import sys
+import threading
+import time
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -297,9 +299,29 @@ def _fold_job(config: MRLConfig, data: TargetData, reuse, teacher_ids, fold: tor
     return trainer.predict(take(data.labeled_images, held)) == data.labeled_labels[held]
 
 
-def _init_worker(threads: int) -> None:
+def _init_worker(threads: int, parent: int | None = None) -> None:
     torch.set_num_threads(threads)
     logging.getLogger().setLevel(logging.WARNING)
+    if parent is not None:
+        threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+
+
+def _watch_parent(parent: int, every: float = 1.0) -> None:
+    """End this worker once its parent is gone (a `kill -9` leaves a pool's workers orphaned, each holding a
+    training's memory, and the resource tracker waiting on them). A dead parent's children are re-parented, so a
+    change of `getppid` is the signal; it needs no help from the parent, which may never run again."""
+    while os.getppid() == parent:
+        time.sleep(every)
+    os._exit(1)
+
+
+def _worker_pool(workers: int, threads: int):
+    """Spawned processes for the guard's trainings that die with this process."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    # spawn, not fork: a forked child of a process that has started OpenMP threads can deadlock.
+    return ProcessPoolExecutor(workers, mp.get_context("spawn"), _init_worker, (threads, os.getpid()))
 
 
 def _run_jobs(jobs: list[tuple], workers: int, progress: bool, desc: str) -> list[torch.Tensor]:
@@ -326,12 +348,10 @@ def _run_jobs(jobs: list[tuple], workers: int, progress: bool, desc: str) -> lis
         for i, job in enumerate(jobs):
             done(i, _fold_job(*job))
     else:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor, as_completed
+        from concurrent.futures import as_completed
 
         threads = max(1, torch.get_num_threads() // workers)
-        # spawn, not fork: a forked child of a process that has started OpenMP threads can deadlock.
-        with ProcessPoolExecutor(workers, mp.get_context("spawn"), _init_worker, (threads,)) as pool:
+        with _worker_pool(workers, threads) as pool:
             futures = {pool.submit(_fold_job, *job): i for i, job in enumerate(jobs)}
             for future in as_completed(futures):
                 done(futures[future], future.result())

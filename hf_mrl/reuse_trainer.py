@@ -488,6 +488,8 @@ class ReuseTrainer:
             method_student = trainer.train(None if ckpt is None else ckpt / method, resume, progress=self.progress)
             method_pred = trainer.predict(data.test_images)
         reuser = trainer.strategy.reuser
+        if reuser is not None and self.pool is not None:
+            reuser.attach_pool(self.pool)  # records the teachers' weights hashes in its config
         reuse_out = trainer.strategy.reuse_predictions("t") if reuser is not None else None
         lap("method")
         guard = self.run_guard(supervised) if supervised is not None else None

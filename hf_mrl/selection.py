@@ -41,7 +41,7 @@ import torch
 from .labels import label_keys, load_label_map, map_labels, normalize_label
 from .pool import ModelPool, Teacher, TeacherLoadError, parse_teacher_id
 from .screening import screen_teachers
-from .utils import atomic_write_json, atomic_write_text, cache_root
+from .utils import atomic_write_json, atomic_write_text, cache_root, read_json
 
 __all__ = [
     "Candidate",
@@ -168,7 +168,7 @@ def discover_candidates(
                     f"HF_HUB_OFFLINE=1 and this search ({query}) was never run online: run it once online, or pass "
                     "the candidates as ids (--candidates_file)."
                 )
-            found = json.loads(cached.read_text())
+            found = read_json(cached)
         else:
             models = HfApi().list_models(
                 search=search,
@@ -263,7 +263,7 @@ def _metadata(c: Candidate, cache_dir: Path, token) -> dict:
     if sha is None and constants.HF_HUB_OFFLINE and ref.is_file():
         sha = ref.read_text().strip()  # the commit this branch or tag had when it was screened online
     if sha is not None and (folder / f"{sha}.json").is_file():
-        return json.loads((folder / f"{sha}.json").read_text())
+        return read_json(folder / f"{sha}.json")
     if constants.HF_HUB_OFFLINE:
         raise ValueError("HF_HUB_OFFLINE=1 and its metadata are not cached: run once online")
     info = HfApi().model_info(c.repo_id, revision=c.revision, files_metadata=True, token=token)
@@ -283,7 +283,7 @@ def _metadata(c: Candidate, cache_dir: Path, token) -> dict:
     if "config.json" in files:
         try:  # a gated repo may be open to this user's token: ask for the file rather than trust the flag
             path = hf_hub_download(c.repo_id, "config.json", revision=info.sha, token=token)
-            meta["config"] = json.loads(Path(path).read_text(encoding="utf-8"))
+            meta["config"] = read_json(path)
         except GatedRepoError:
             meta["denied"] = True
         except ValueError:

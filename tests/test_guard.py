@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import sys
 
 import pytest
 import torch
@@ -193,3 +195,54 @@ def test_a_precomputed_supervised_side_gives_the_same_report():
     assert shared == full
     with pytest.raises(ValueError, match=r"shape \(2, 5\)"):
         cross_validate_reuse(config, data, reuse, TEACHERS, 3, TINY_STUDENT, supervised_correct=sup[:, :5])
+
+
+ORPHANS = """
+import json, time
+from multiprocessing import resource_tracker
+from hf_mrl.guard import _worker_pool
+
+if __name__ == "__main__":  # spawned workers import this file again
+    pool = _worker_pool(2, 1)
+    futures = [pool.submit(time.sleep, 600) for _ in range(2)]
+    while len(pool._processes) < 2:
+        time.sleep(0.05)
+    time.sleep(2.0)  # the workers are up and sleeping in a job
+    tracker = resource_tracker._resource_tracker._pid
+    print(json.dumps({"workers": list(pool._processes), "tracker": tracker}), flush=True)
+    time.sleep(600)
+"""
+
+
+def test_guard_workers_die_within_10_s_of_a_kill_of_their_parent(tmp_path):
+    import json
+    import signal
+    import subprocess
+    import time
+    from pathlib import Path
+
+    script = tmp_path / "orphans.py"
+    script.write_text(ORPHANS)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
+    proc = subprocess.Popen([sys.executable, str(script)], env=env, stdout=subprocess.PIPE, text=True)
+    info = json.loads(proc.stdout.readline())
+    pids = [p for p in [*info["workers"], info["tracker"]] if p]
+    assert len(info["workers"]) == 2 and all(_alive(p) for p in pids)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(_alive(p) for p in pids):
+        time.sleep(0.1)
+    left = [p for p in pids if _alive(p)]
+    for p in left:
+        os.kill(p, signal.SIGKILL)
+    assert not left, f"processes {left} outlived their parent by 10 s"
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie, already dead but not yet reaped by init, counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
