@@ -254,6 +254,7 @@ class RunSummary:
     method: str = "mrl"
     delivered: str | None = None
     method_student_accuracy: float | None = None
+    endpoints: dict | None = None  # endpoint teachers' call counts and top_k (`ModelPool.endpoint_stats`)
 
     def __post_init__(self):
         self.teachers = [t if isinstance(t, TeacherSummary) else TeacherSummary(**t) for t in self.teachers]
@@ -593,6 +594,9 @@ def reuser_card(
         "fell_back": bool(summary and summary.fell_back),
         "trust_remote_code": bool(config.get("trust_remote_code") or (summary and summary.trust_remote_code)),
         "allow_pickle": bool(config.get("allow_pickle") or (summary and summary.allow_pickle)),
+        "endpoint_teachers": [t for t in teacher_ids if t.startswith("endpoint:")],
+        "endpoint_top_k": (summary and summary.endpoints or {}).get("top_k") or "k",
+        "endpoint_calls": summary.endpoints if summary else None,
     }
     return render_card("reuser", {"card_data": meta, **context})
 

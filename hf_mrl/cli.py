@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from .config import MRLConfig
+from .endpoint import add_endpoint_arguments, endpoint_options
 from .hub import PushError, check_hub_model_id, push_run
 from .pool import ModelPool, parse_pool_file
 from .reuse_trainer import ReuseArguments, ReuseResult, ReuseTrainer
@@ -126,6 +127,7 @@ def train_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--label_column", default="label")
     p.add_argument("--image_size", type=int, default=32, help="inputs are resized to this square size")
     p.add_argument("--cache_dir", help="teacher-output cache (default: $HF_MRL_CACHE/logits)")
+    add_endpoint_arguments(p)
     p.add_argument(
         "--dataloader_num_workers",
         type=int,
@@ -326,6 +328,7 @@ def train(args: argparse.Namespace) -> ReuseResult:
                 trust_remote_code=args.trust_remote_code,
                 allow_pickle=args.allow_pickle,
                 label_map=args.label_map,
+                endpoint=endpoint_options(args),
             )
             embedding = ReuseTrainer.prepare_embedding(config, pool)
         data, description = _load(args, args.seed)

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from .cache import LogitCache, row_keys
+from .endpoint import CallBudget, EndpointOptions, EndpointTeacher, check_endpoint_line, is_endpoint
 from .labels import (
     LabelMapping,
     close_matches,
@@ -92,7 +93,8 @@ def _check_no_duplicates(sources: Sequence[str]) -> None:
 
 
 def parse_pool_file(path: str | os.PathLike) -> list[str]:
-    """Read a pool file: one teacher a line (`repo_id[@revision]` or a local path), `#` starts a comment.
+    """Read a pool file: one teacher a line (`repo_id[@revision]`, a local path, or `endpoint:URL` for a teacher
+    behind an inference endpoint), `#` starts a comment.
 
     Relative local paths are resolved against the pool file's folder. Every problem is a `ValueError` (or
     `FileNotFoundError`) naming the file and line: no teacher, an entry with spaces, a malformed `@revision`, an
@@ -122,6 +124,13 @@ def parse_pool_file(path: str | os.PathLike) -> list[str]:
         where = f"{path}:{lineno}"
         if any(c.isspace() or not c.isprintable() for c in line):
             raise ValueError(f"{where}: malformed entry {raw.strip()!r}: one teacher id per line, no spaces.")
+        if is_endpoint(line):
+            check_endpoint_line(line, where)
+            if line in seen:
+                raise ValueError(f"{where}: duplicate teacher {line!r} (first on line {seen[line]}).")
+            seen[line] = lineno
+            entries.append(line)
+            continue
         local = path.parent / line
         if not os.path.isabs(line) and _is_local(local):
             line = str(local.resolve())
@@ -723,7 +732,9 @@ def _map_pool(
         for k in hits:
             own[k] = {**own.get(k, {}), **entries}
     known = set().union(*(label_keys(t.label_names, t.label_descriptions) for t in teachers)) if shared else set()
-    for target, names in shared.items():  # a shared name must mean something to at least one teacher
+    # an endpoint's labels are only known from its answers: a shared name may be one of them
+    endpoint = any(isinstance(t, EndpointTeacher) for t in teachers)
+    for target, names in {} if endpoint else shared.items():  # a shared name must mean something to some teacher
         for name in names:
             if normalize_label(name) not in known:
                 vocabulary = [n for t in teachers for n in [*t.label_names, *(t.label_descriptions or [])] if n]
@@ -735,6 +746,9 @@ def _map_pool(
                 )
     mappings = []
     for k, t in enumerate(teachers):
+        if isinstance(t, EndpointTeacher):  # its outputs are already over the target classes (it maps each answer)
+            mappings.append(LabelMapping(list(range(len(label_names))), list(label_names), label_names))
+            continue
         mine = own.get(k, {})
         overridden = {normalize_label(target) for target in mine}
         mappings.append(
@@ -834,6 +848,7 @@ class ModelPool:
         batch_size: int = 256,
         precision: str = "fp32",
         label_map: str | os.PathLike | Mapping | None = None,
+        endpoint: EndpointOptions | None = None,
         **load_kwargs,
     ):
         autocast_dtype(precision)  # raises ValueError for an unknown precision
@@ -846,7 +861,25 @@ class ModelPool:
         # before any teacher loads, so a broken file fails at once.
         self.label_map = load_label_map(label_map)
         _check_no_duplicates([t.id if isinstance(t, Teacher) else str(t).strip() for t in teachers])
-        self.teachers = [t if isinstance(t, Teacher) else Teacher.load(t, **load_kwargs) for t in teachers]
+        self.endpoint_options = endpoint or EndpointOptions()
+        self.budget = CallBudget(self.endpoint_options.max_calls)  # shared by the endpoint teachers
+
+        def load(t):
+            if isinstance(t, (Teacher, EndpointTeacher)):
+                return t
+            if is_endpoint(t):
+                return EndpointTeacher(
+                    t,
+                    self.label_names,
+                    label_map=self.label_map,
+                    cache_dir=cache_dir,
+                    options=self.endpoint_options,
+                    budget=self.budget,
+                    token=load_kwargs.get("token"),
+                )
+            return Teacher.load(t, **load_kwargs)
+
+        self.teachers = [load(t) for t in teachers]
         _check_no_duplicates([t.id for t in self.teachers])
         sources = [t if isinstance(t, Teacher) else str(t).strip() for t in teachers]
         self.mappings: list[LabelMapping] = _map_pool(self.teachers, sources, self.label_names, self.label_map)
@@ -885,8 +918,46 @@ class ModelPool:
 
     def to(self, device) -> ModelPool:
         for t in self.teachers:
-            t.model.to(device)
+            if not isinstance(t, EndpointTeacher):
+                t.model.to(device)
         return self
+
+    @property
+    def endpoints(self) -> list[EndpointTeacher]:
+        return [t for t in self.teachers if isinstance(t, EndpointTeacher)]
+
+    def endpoint_stats(self) -> dict | None:
+        """Calls made, answered, served from the cache and failed, and the answers' observed mass per endpoint
+        teacher (metrics.json, the card); None for a pool without endpoint teachers."""
+        if not self.endpoints:
+            return None
+        teachers = {
+            t.id: {
+                "top_k": t.options.top_k,
+                "observed_mass": float(np.mean(t.observed_mass)) if t.observed_mass else None,
+            }
+            for t in self.endpoints
+        }
+        return {**self.budget.to_dict(), "teachers": teachers}
+
+    def _endpoint_probs(self, k: int, images, keys, progress: bool, accelerator) -> torch.Tensor:
+        """Endpoint teacher k on every image (one process calls, the others receive its answers)."""
+        from .images import ImageSet
+
+        teacher = self.teachers[k]
+        world = accelerator.num_processes if accelerator is not None else 1
+        out = torch.zeros(len(images), len(self.label_names))
+        if world == 1 or accelerator.is_main_process:
+            step = 1024  # originals are read a chunk at a time
+            for start in range(0, len(images), step):
+                pos = np.arange(start, min(start + step, len(images)))
+                items = images._items(pos) if isinstance(images, ImageSet) else [images[int(i)] for i in pos]
+                out[start : start + len(pos)] = teacher.probs(keys[pos], items, progress)[0]
+        if world > 1:
+            from accelerate.utils import broadcast
+
+            out = broadcast(out.to(accelerator.device), from_process=0).cpu()
+        return out
 
     def probs(self, images, progress: bool = False, accelerator=None, num_workers: int = 0) -> torch.Tensor:
         """Teacher probabilities over the target classes for uint8 images (N, 3, H, W) or an `ImageSet` -> (N, K, C).
@@ -915,7 +986,10 @@ class ModelPool:
         keys = row_keys(images)
         out = torch.empty(len(images), len(self), len(self.label_names))  # (N, K, C)
         for k in range(len(self)):
-            out[:, k] = self._teacher_probs(k, images, keys, progress, accelerator)
+            if isinstance(self.teachers[k], EndpointTeacher):
+                out[:, k] = self._endpoint_probs(k, images, keys, progress, accelerator)
+            else:
+                out[:, k] = self._teacher_probs(k, images, keys, progress, accelerator)
         return out
 
     def _probs_of_originals(self, images, progress: bool, accelerator, num_workers: int) -> torch.Tensor:
@@ -925,6 +999,10 @@ class ModelPool:
         rank = accelerator.process_index if accelerator is not None else 0
         logits, missing = [], []
         for teacher in self.teachers:
+            if isinstance(teacher, EndpointTeacher):  # answered below, not run here
+                logits.append(None)
+                missing.append(np.zeros(len(images), dtype=bool))
+                continue
             found, hit = self.cache.lookup(self._cache_key(teacher), keys, len(teacher.label_names))
             if world > 1:  # every process must agree on the rows to compute
                 from accelerate.utils import reduce
@@ -957,7 +1035,10 @@ class ModelPool:
                 accelerator.wait_for_everyone()  # the entries are on disk before anyone looks again
         out = torch.empty(len(images), len(self), len(self.label_names))
         for k, mapping in enumerate(self.mappings):
-            out[:, k] = mapping.probs(logits[k])
+            if isinstance(self.teachers[k], EndpointTeacher):
+                out[:, k] = self._endpoint_probs(k, images, keys, progress, accelerator)
+            else:
+                out[:, k] = mapping.probs(logits[k])
         return out
 
     def _run_originals(self, images, rows, wanted, progress: bool, num_workers: int, writers) -> list[torch.Tensor]:

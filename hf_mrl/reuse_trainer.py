@@ -563,6 +563,8 @@ class ReuseTrainer:
             "never_worse": None if sup_acc is None else reports["student"]["accuracy"] >= sup_acc,
             "teacher_accuracy": dict(zip(self.teacher_ids, self.teacher_accuracy(), strict=True)),
             "teacher_forward_samples": forward_samples,
+            # endpoint teachers: calls made, images answered, served from the cache, failed calls
+            "endpoints": self.pool.endpoint_stats() if self.pool is not None else None,
             "teacher_forward_samples_by_process": forward_by_process,
             "screening": [score.to_dict() for score in screening],
             "guard": None if guard is None else guard.to_dict(),
@@ -655,6 +657,7 @@ class ReuseTrainer:
             method=self.config.method,
             delivered=metrics.get("delivered"),
             method_student_accuracy=metrics.get("method_student_accuracy"),
+            endpoints=_card_endpoints(metrics.get("endpoints")),
         )
 
 
@@ -676,3 +679,14 @@ def _dataset_ids(spec: str, description: str) -> tuple[str, str, str | None]:
         return repo_id if revision is None else f"{repo_id}@{revision}", repo_id, None
     name = Path(spec).name or spec  # a local folder: its name only, not the path on this machine
     return f"local dataset `{name}`", "custom", None
+
+
+def _card_endpoints(stats: dict | None) -> dict | None:
+    """Endpoint call counts for the card, with the top_k the endpoint teachers were asked for."""
+    if not stats:
+        return None
+    ks = {t["top_k"] for t in stats["teachers"].values()}
+    return {
+        **{k: v for k, v in stats.items() if k != "teachers"},
+        "top_k": "all" if ks == {None} else max(ks - {None}),
+    }

@@ -169,7 +169,7 @@ def test_a_reuser_refuses_a_teacher_whose_weights_changed(hub_teachers, tmp_path
     (tmp_path / "r" / "config.json").write_text(text)
     swapped = AttentionReuser.from_pretrained(tmp_path / "r")
     with pytest.raises(ValueError, match="differ from those this reuser was trained with") as err:
-        swapped.pool
+        _ = swapped.pool
     assert f"org/tm@{commits['tm_v2']}" in str(err.value) and "allow_changed_teachers" in str(err.value)
     allowed = AttentionReuser.from_pretrained(tmp_path / "r", allow_changed_teachers=True)
     with caplog.at_level("WARNING", logger="hf_mrl.reuser"):
@@ -184,4 +184,4 @@ def test_a_reuser_refuses_an_overwritten_local_teacher(tmp_path):
     reuser.save_pretrained(tmp_path / "r")
     make_timm_teacher(tmp_path / "t", TARGET, seed=2)  # same folder, other weights
     with pytest.raises(ValueError, match="differ from those"):
-        AttentionReuser.from_pretrained(tmp_path / "r").pool
+        _ = AttentionReuser.from_pretrained(tmp_path / "r").pool
