@@ -198,3 +198,72 @@ def test_a_run_mixing_local_and_endpoint_teachers_trains_saves_reloads_and_asks_
         assert out["probs"].shape == (3, 3) and server.calls == 2 * n + 2 * 3
         student = (tmp_path / "run" / "student" / "config.json").read_text()
         assert "endpoint" not in student
+
+
+KILLED = """
+import sys
+sys.path.insert(0, {tests!r})
+from helpers import make_images
+from hf_mrl import ModelPool
+from hf_mrl.endpoint import EndpointOptions
+
+pool = ModelPool([{line!r}], {labels!r}, cache_dir={cache!r}, endpoint=EndpointOptions(concurrency=1))
+pool.probs(make_images(12, size=16, seed=11))
+"""
+
+
+def test_a_killed_run_loses_no_answer_it_got(served, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    server = served["server"]
+    line = f"endpoint:{server.url_for('t0')}"
+    script = tmp_path / "calls.py"
+    script.write_text(KILLED.format(tests=str(Path(__file__).parent), line=line, labels=LABELS, cache=str(tmp_path)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
+    start, server.delay = server.answered, 0.2
+    try:
+        proc = subprocess.Popen([sys.executable, str(script)], env=env)
+        deadline = time.monotonic() + 120
+        while server.answered - start < 5 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.02)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finally:
+        server.delay = 0.0
+    got = server.answered - start
+    assert 5 <= got < 12
+    before = server.calls
+    pool = ModelPool([line], LABELS, cache_dir=tmp_path, endpoint=_fast(concurrency=1))
+    pool.probs(make_images(12, size=16, seed=11))
+    assert server.calls - before <= 12 - got + 1  # at most the one answer in flight at the kill is asked again
+
+
+def test_select_scores_endpoint_candidates_under_one_call_budget(served, tmp_path):
+    from hf_mrl.pool import parse_pool_file
+    from hf_mrl.selection import select_pool
+
+    server, folders = served["server"], served["folders"]
+    images, unlabeled = make_images(24, size=16, seed=12), make_images(16, size=16, seed=13)
+    labels = ModelPool([str(folders["t0"])], LABELS).probs(images)[:, 0].argmax(-1)  # t0 is right on every label
+    ids = [f"endpoint:{server.url_for(n)}" for n in ("t0", "t1")]
+    before = server.calls
+    result = select_pool(
+        LABELS,
+        images,
+        labels,
+        unlabeled,
+        k=1,
+        output_dir=tmp_path / "out",
+        ids=ids,
+        use_search=False,
+        cache_dir=tmp_path / "sel",
+        endpoint=_fast(top_k=None),
+    )
+    assert [c.id for c in result.selected] == [ids[0]]
+    assert parse_pool_file(tmp_path / "out" / "pool.txt") == [ids[0]]
+    assert server.calls - before == 2 * (24 + 16)
