@@ -199,7 +199,8 @@ class GuardReport:
         )
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The fields, and `cost`: `cost_sentence()` (what the model cards print)."""
+        return asdict(self) | {"cost": self.cost_sentence()}
 
 
 def stratified_folds(labels: torch.Tensor, folds: int, seed: int = 0) -> torch.Tensor:
@@ -461,7 +462,7 @@ def sequential_look(
         z=(margin - mean) / sd,
         decision="fall_back",
         margin=margin,
-        repeats=repeats,
+        repeats=-(-looks // per_repeat),  # the repeats begun
         df=0,
         loss_upper=mean + _z(confidence) * sd,
         unscored=int((fold[0] < 0).sum()),
