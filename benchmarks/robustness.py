@@ -89,6 +89,8 @@ class Spec:
     guard_folds: int = 3
     guard_repeats: int = 2
     guard_margin: float = 0.02
+    # the sequential guard (stops once settled); off by default so that the records of the full guard still match
+    guard_sequential: bool = False
     cache_dir: str | None = None
 
     def __post_init__(self):
@@ -134,7 +136,10 @@ def supervised_hash(spec: Spec) -> str:
 
 
 def pool_run_hash(spec: Spec, pool_hash: str) -> str:
-    return _hash({**spec.identity(), "pool": pool_hash})
+    # the supervised side does not depend on the guard's stopping rule; a pool run does (only when sequential, so
+    # that the full guard's hashes stay those of its records)
+    extra = {"guard_sequential": True} if spec.guard_sequential else {}
+    return _hash({**spec.identity(), "pool": pool_hash, **extra})
 
 
 def supervised_file(spec: Spec, seed: int) -> str:
@@ -294,6 +299,7 @@ def run_pool(spec_dict: dict, pool: str, info: dict, seed: int, records_dir: str
         guard_folds=folds,
         guard_repeats=spec.guard_repeats,
         guard_margin=spec.guard_margin,
+        guard_sequential=spec.guard_sequential,
         guard_workers=1,
         student=spec.student_spec,
         progress=False,
@@ -535,6 +541,7 @@ def summarise(
                     "decision": g["decision"] if g else "off",
                     "guard_gain": 100 * g["gain"] if g else None,
                     "guard_loss_upper": 100 * g["loss_upper"] if g else None,
+                    "guard_trainings": g.get("trainings") if g else None,
                     "guard_harmful_clusters": [c["cluster"] for c in g.get("clusters", []) if c["harmful"]]
                     if g
                     else [],
@@ -581,6 +588,7 @@ def summarise(
             "mean_delta": sum(deltas) / len(deltas),
             "fell_back": fell_back,
             "guard_ran": sum(p["decision"] != "off" for p in per_seed),
+            "guard_trainings": _trainings_stats([p["guard_trainings"] for p in per_seed]),
             "s": _stats([p["s"] for p in per_seed]),
             "s_below_half": sum(p["s"] < 0.5 for p in per_seed),
             "attention_bad": _stats([p["attention_bad"] for p in per_seed]) if bad else None,
@@ -594,6 +602,12 @@ def summarise(
     out["power"] = power_curve(pools)
     out["acceptance"] = acceptance(out)
     return out
+
+
+def _trainings_stats(values: list) -> dict | None:
+    """Mean and max of the guard's student trainings per pool-seed pair (None when the guard did not run)."""
+    values = [v for v in values if v is not None]
+    return {"mean": sum(values) / len(values), "max": max(values)} if values else None
 
 
 def loss_level(loss: float) -> int | None:
@@ -913,6 +927,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--guard_folds", type=int, default=3)
     p.add_argument("--guard_repeats", type=int, default=2)
     p.add_argument("--guard_margin", type=float, default=0.02, help="non-inferiority margin (accuracy)")
+    p.add_argument(
+        "--guard_sequential", action="store_true", help="the sequential guard (stops once settled; new records)"
+    )
     p.add_argument("--config", type=json.loads, default={}, help="other MRLConfig fields as JSON")
     p.add_argument("--student", type=json.loads, help="student spec JSON (default: the library's student)")
     p.add_argument("--workers", type=int, default=2, help="worker processes (results do not depend on it)")
@@ -953,6 +970,7 @@ def make_spec(args: argparse.Namespace) -> Spec:
         guard_folds=args.guard_folds,
         guard_repeats=args.guard_repeats,
         guard_margin=args.guard_margin,
+        guard_sequential=args.guard_sequential,
         cache_dir=args.cache_dir,
     )
 
