@@ -226,6 +226,11 @@ def test_sequential_guard_does_not_stop_too_early():
     reuse, sup, fold = _cells([[-0.9, -0.85, 0.3], [-0.2, -0.3, -0.1]], per_fold=40)
     assert _naive_sample_bound(reuse, sup, fold, 3) < 0.02
     assert sequential_look(reuse, sup, fold, 3) is None
+    # a first repeat that the full rule at 95% would keep: the interim look tests at 98.5% and goes on
+    reuse, sup, fold = _cells([[-0.3, -0.2, -0.4], [0.05, 0.1, 0.0]], per_fold=40)
+    assert guard_report(reuse[:1], sup[:1], fold[:1]).decision == "keep"
+    assert sequential_look(reuse, sup, fold, 3) is None
+    assert _first_keep(reuse, sup, fold)[1].decision == "fall_back"
     # and an interim look before the end of a repeat never keeps, however good (one pair is one training draw)
     reuse, sup, fold = _cells([[-0.675, -0.675, -0.675], [-0.675] * 3], per_fold=40)
     assert [sequential_look(reuse, sup, fold, k) for k in (1, 2)] == [None, None]
