@@ -610,6 +610,10 @@ def _trainings_stats(values: list) -> dict | None:
     return {"mean": sum(values) / len(values), "max": max(values)} if values else None
 
 
+def _trainings_note(stats: dict | None) -> str:
+    return "" if not stats else f"; guard student trainings per seed {stats['mean']:.1f} mean, {stats['max']} max"
+
+
 def loss_level(loss: float) -> int | None:
     """The nominal loss level (points) a measured true loss falls nearest to; None for a gain (loss < -1)."""
     if loss < -LOSS_EDGES[0]:
@@ -809,7 +813,9 @@ def render_markdown(summary: dict, spec_identity: dict, timing: dict | None, com
             f"Supervised {_pm(p['supervised'])}, MRL {_pm(p['mrl'])}, delivered {_pm(p['delivered'])} "
             f"(mean ± std over {len(p['per_seed'])} seed(s)); worst per-seed delivered - supervised "
             f"{p['worst_delta']:+.1f}; Supervised seed-to-seed std {_num(noise, 2)}; guard fell back on "
-            f"{p['fell_back']}/{p['guard_ran']} seed(s); final reuse strength s {_pm(p['s'], 2)}.\n"
+            f"{p['fell_back']}/{p['guard_ran']} seed(s); final reuse strength s {_pm(p['s'], 2)}"
+            + _trainings_note(p.get("guard_trainings"))
+            + ".\n"
         )
         lines.append(
             "| seed | Supervised | MRL | delivered | delivered - sup. | guard (CV gain, loss bound) | s | attention on bad | "
