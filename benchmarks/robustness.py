@@ -542,6 +542,8 @@ def summarise(
                     "guard_gain": 100 * g["gain"] if g else None,
                     "guard_loss_upper": 100 * g["loss_upper"] if g else None,
                     "guard_trainings": g.get("trainings") if g else None,
+                    # what the sequential guard decides on this evidence (replayed on a full-guard record)
+                    "sequential": _sequential_of(g),
                     "guard_harmful_clusters": [c["cluster"] for c in g.get("clusters", []) if c["harmful"]]
                     if g
                     else [],
@@ -589,6 +591,12 @@ def summarise(
             "fell_back": fell_back,
             "guard_ran": sum(p["decision"] != "off" for p in per_seed),
             "guard_trainings": _trainings_stats([p["guard_trainings"] for p in per_seed]),
+            "sequential_trainings": _trainings_stats([(p["sequential"] or {}).get("trainings") for p in per_seed]),
+            "sequential_differs": [
+                {"seed": p["seed"], "full": p["decision"], **p["sequential"]}
+                for p in per_seed
+                if p["sequential"] and p["sequential"]["decision"] != p["decision"]
+            ],
             "s": _stats([p["s"] for p in per_seed]),
             "s_below_half": sum(p["s"] < 0.5 for p in per_seed),
             "attention_bad": _stats([p["attention_bad"] for p in per_seed]) if bad else None,
@@ -604,6 +612,17 @@ def summarise(
     return out
 
 
+def _sequential_of(g: dict | None) -> dict | None:
+    """The sequential guard's decision and cost for a record: its own (a sequential run), or the replay that a full
+    run records (`GuardReport.sequential_replay`); None for records older than the replay."""
+    if not g:
+        return None
+    if g.get("rule") == "sequential":
+        return {k: g[k] for k in ("decision", "looks", "trainings", "loss_upper")}
+    replay = g.get("sequential_replay")
+    return None if replay is None else {k: replay[k] for k in ("decision", "looks", "trainings", "loss_upper")}
+
+
 def _trainings_stats(values: list) -> dict | None:
     """Mean and max of the guard's student trainings per pool-seed pair (None when the guard did not run)."""
     values = [v for v in values if v is not None]
@@ -612,6 +631,21 @@ def _trainings_stats(values: list) -> dict | None:
 
 def _trainings_note(stats: dict | None) -> str:
     return "" if not stats else f"; guard student trainings per seed {stats['mean']:.1f} mean, {stats['max']} max"
+
+
+def _sequential_note(p: dict) -> str:
+    stats = p.get("sequential_trainings")
+    if not stats:
+        return ""
+    differs = p.get("sequential_differs") or []
+    what = (
+        "; ".join(
+            f"seed {d['seed']}: {d['full']} -> {d['decision']} at look {d['looks']} (bound {100 * d['loss_upper']:+.1f})"
+            for d in differs
+        )
+        or "no decision differs"
+    )
+    return f"; the sequential guard on the same folds: {stats['mean']:.1f} mean, {stats['max']} max trainings, {what}"
 
 
 def loss_level(loss: float) -> int | None:
@@ -815,6 +849,7 @@ def render_markdown(summary: dict, spec_identity: dict, timing: dict | None, com
             f"{p['worst_delta']:+.1f}; Supervised seed-to-seed std {_num(noise, 2)}; guard fell back on "
             f"{p['fell_back']}/{p['guard_ran']} seed(s); final reuse strength s {_pm(p['s'], 2)}"
             + _trainings_note(p.get("guard_trainings"))
+            + _sequential_note(p)
             + ".\n"
         )
         lines.append(

@@ -129,6 +129,7 @@ __all__ = [
     "latent_clusters",
     "no_evidence_report",
     "repeated_folds",
+    "replay_sequential",
     "stratified_folds",
 ]
 
@@ -188,6 +189,8 @@ class GuardReport:
     stopped_at: str = "final"
     rule: str = "full"
     bound_confidence: float = DEFAULT_CONFIDENCE
+    # the full design only: what the sequential rule decides on the same evidence (`replay_sequential`)
+    sequential_replay: dict | None = None
 
     def cost_sentence(self) -> str:
         """The guard's cost in one sentence (model cards, logs)."""
@@ -777,7 +780,31 @@ def cross_validate_reuse(
     reuse_ok = results[0]
     if supervised_correct is None:
         supervised_correct = results[1]
-    return guard_report(reuse_ok, supervised_correct.bool(), fold, margin, confidence, clusters, min_cluster)
+    report = guard_report(reuse_ok, supervised_correct.bool(), fold, margin, confidence, clusters, min_cluster)
+    replay = replay_sequential(reuse_ok, supervised_correct.bool(), fold, margin, confidence, clusters, min_cluster)
+    report.sequential_replay = {
+        k: getattr(replay, k) for k in ("decision", "looks", "trainings", "stopped_at", "loss_upper", "reason")
+    }
+    return report
+
+
+def replay_sequential(
+    reuse_ok: torch.Tensor,
+    sup_ok: torch.Tensor,
+    fold: torch.Tensor,
+    margin: float = DEFAULT_MARGIN,
+    confidence: float = DEFAULT_CONFIDENCE,
+    clusters: torch.Tensor | None = None,
+    min_cluster: int = MIN_CLUSTER,
+) -> GuardReport:
+    """The sequential guard's report on evidence already complete (the full design's): the fold trainings are the
+    same either way, so this is exactly what `sequential=True` would have decided, at what cost."""
+    fold = fold if fold.ndim == 2 else fold[None]
+    for look in range(1, len(_cells(fold)) + 1):
+        report = sequential_look(reuse_ok, sup_ok, fold, look, margin, confidence, clusters, min_cluster)
+        if report is not None:
+            return report
+    raise RuntimeError("the last look always decides")
 
 
 def _sequential_guard(

@@ -295,10 +295,13 @@ def test_sequential_guard_cancels_the_trainings_it_no_longer_needs(monkeypatch):
     report = cross_validate_reuse(_config(method="pl"), data, None, None, 3, sequential=True)
     assert report.decision == "keep" and report.stopped_at == "interim" and len(calls) == report.trainings == 6
     assert [m for m, _ in calls] == ["pl", "supervised"] * 3 and [f for _, f in calls] == [0, 0, 1, 1, 2, 2]
-    # the full design, asked for, trains everything
+    # the full design, asked for, trains everything, and records what the sequential rule decided on it
     calls.clear()
     full = cross_validate_reuse(_config(method="pl"), data, None, None, 3)
     assert len(calls) == full.trainings == full.trainings_full == 12 and full.rule == "full" and full.looks == 1
+    replay = full.sequential_replay
+    assert (replay["decision"], replay["looks"], replay["trainings"]) == (report.decision, report.looks, 6)
+    assert replay["loss_upper"] == report.loss_upper
 
 
 def _sleepy(seconds: float, value: int) -> torch.Tensor:

@@ -351,3 +351,13 @@ def test_the_sequential_guard_gets_records_of_its_own_and_keeps_the_full_guards_
     assert recipe.pool_run_hash(seq, "p") != recipe.pool_run_hash(full, "p")
     assert recipe.supervised_hash(seq) == recipe.supervised_hash(full)
     assert recipe.make_spec(recipe.parse_args(["--guard_sequential"])).guard_sequential
+
+
+def test_full_guard_records_replay_the_sequential_rule(ran):
+    results, summary = ran
+    for pool in summary["pools"].values():
+        assert pool["sequential_trainings"] is not None and pool["sequential_trainings"]["max"] <= 8
+        for q in pool["per_seed"]:
+            assert q["sequential"]["decision"] in ("keep", "fall_back") and q["guard_trainings"] == 8
+        assert all(d["decision"] != d["full"] for d in pool["sequential_differs"])
+    assert "the sequential guard on the same folds" in (results / recipe.REPORT).read_text()
