@@ -103,6 +103,13 @@ def train_parser(prog: str | None = None) -> argparse.ArgumentParser:
         "against supervised-only is, at 95%% confidence, below it (default 0.02 = 2 points)",
     )
     p.add_argument(
+        "--guard_sequential",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="stop the guard's trainings once its decision is settled (default); --no-guard_sequential trains the "
+        "whole design",
+    )
+    p.add_argument(
         "--guard_workers", type=int, help="processes training the guard's folds (default: one per core on CPU)"
     )
     p.add_argument(
@@ -345,6 +352,7 @@ def train(args: argparse.Namespace) -> ReuseResult:
         guard_workers=args.guard_workers,
         guard_repeats=args.guard_repeats,
         guard_margin=args.guard_margin,
+        guard_sequential=args.guard_sequential,
         dataset=args.dataset,
         dataset_description=description,
         progress=not args.no_progress,

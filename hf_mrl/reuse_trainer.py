@@ -65,7 +65,10 @@ class ReuseArguments:
             costs 2 x guard_repeats x guard_folds student trainings (half of them shareable across pools).
         guard_margin: non-inferiority margin in accuracy (0.02 = 2 points): the method's student is delivered only
             when its cross-validated loss against supervised-only is, with `guard_confidence`, below it.
-        guard_confidence: one-sided confidence of that bound.
+        guard_confidence: one-sided confidence of that bound (the error guarantee of the whole rule).
+        guard_sequential: look at the evidence after each fold pair and stop once the decision is settled (keep at
+            the end of a repeat on the full rule at a stricter level, fall back as soon as harm is established;
+            close cases get every training); False: always train the whole design. See `hf_mrl.guard`.
         guard_workers: processes that train the guard's folds side by side; None: one per core on a
             single-process CPU run, else 1.
         supervised_baseline: also train the supervised-only student (the reference of the promise; needed by the
@@ -85,6 +88,7 @@ class ReuseArguments:
     guard_repeats: int = 2
     guard_margin: float = DEFAULT_MARGIN
     guard_confidence: float = DEFAULT_CONFIDENCE
+    guard_sequential: bool = True
     supervised_baseline: bool = True
     student: dict | None = None
     dataset: str = "custom"
@@ -416,6 +420,7 @@ class ReuseTrainer:
             repeats=repeats,
             margin=args.guard_margin,
             confidence=args.guard_confidence,
+            sequential=args.guard_sequential,
         )
         logger.info(
             "Guard (%d x %d folds, %d held out, %d trainings): %s %.4f vs supervised %.4f, gain %+.4f +/- %.4f, "
@@ -434,6 +439,7 @@ class ReuseTrainer:
             report.decision,
             report.reason,
         )
+        logger.info("Guard: %s", report.cost_sentence())
         return report
 
     # -- the whole run ---------------------------------------------------------------------------------
