@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from helpers import make_images, make_transformers_teacher
+from helpers import make_images, make_timm_teacher, make_transformers_teacher
 
 from hf_mrl import ModelPool
 from hf_mrl.endpoint import EndpointError, EndpointOptions, answer_to_probs
@@ -21,6 +21,7 @@ LABELS = ["a", "b", "c", "d"]
 def served(tmp_path_factory):
     root = tmp_path_factory.mktemp("endpoints")
     folders = {f"t{i}": make_transformers_teacher(root / f"t{i}", LABELS, seed=i) for i in range(3)}
+    folders["timm"] = make_timm_teacher(root / "timm", LABELS, seed=3)
     with LocalEndpoint(folders) as server:
         yield {"server": server, "folders": folders}
 
@@ -48,11 +49,12 @@ def test_a_top_k_answer_becomes_a_distribution_with_the_rest_spread_over_unliste
     np.testing.assert_allclose(p, [0.2, 0.8], rtol=1e-6)
 
 
-def test_full_answers_match_the_local_teacher_exactly(served, tmp_path):
+@pytest.mark.parametrize("name", ["t0", "timm"])
+def test_full_answers_match_the_local_teacher(served, name):
     server, folders = served["server"], served["folders"]
     images = make_images(6, size=16, seed=1)
-    local = ModelPool([str(folders["t0"])], LABELS).probs(images)
-    remote = ModelPool([f"endpoint:{server.url_for('t0')}"], LABELS, endpoint=_fast(top_k=None)).probs(images)
+    local = ModelPool([str(folders[name])], LABELS).probs(images)
+    remote = ModelPool([f"endpoint:{server.url_for(name)}"], LABELS, endpoint=_fast(top_k=None)).probs(images)
     torch.testing.assert_close(remote, local, atol=1e-5, rtol=1e-4)
 
 

@@ -4,7 +4,8 @@
 Protocol (what the client sends and expects): `POST /models/<name>` with either the raw image bytes as the body
 (no parameters) or JSON `{"inputs": "<base64 image>", "parameters": {"top_k": k, ...}}`; the answer is a JSON list
 of `{"label": str, "score": float}`, best first. Each model is a `transformers.pipeline("image-classification")`
-of a local checkpoint, so the answers are what a real deployment of that checkpoint returns.
+of a local checkpoint (a timm checkpoint: timm's own model, eval transform and softmax), so the answers are what a
+real deployment of that checkpoint returns.
 
 Faults (`fail`): answer the next n requests with a status (503 with a model-loading body and `estimated_time`, 429
 with `Retry-After`, 500...), `malformed` JSON, a `drop`ped connection, or `slow` answers; `max_top_k` caps every
@@ -88,6 +89,36 @@ class _Handler(BaseHTTPRequestHandler):
             pass
 
 
+def _is_timm(folder: Path) -> bool:
+    config = json.loads((folder / "config.json").read_text())
+    return "architecture" in config and "pretrained_cfg" in config
+
+
+def _timm_pipeline(folder: Path):
+    """A timm checkpoint served as timm serves it: its eval transform on the PIL image, softmax, top k."""
+    import timm
+    import torch
+    from timm.data import create_transform, resolve_data_config
+
+    config = json.loads((folder / "config.json").read_text())
+    model = timm.create_model(
+        config["architecture"],
+        pretrained=True,
+        pretrained_cfg_overlay={"file": str(folder / "model.safetensors"), **config["pretrained_cfg"]},
+        **config.get("model_args", {}),
+    ).eval()
+    transform = create_transform(**resolve_data_config({}, model=model))
+    names = config.get("label_names") or [str(i) for i in range(model.num_classes)]
+
+    def run(image, top_k: int = 5):
+        with torch.no_grad():
+            probs = model(transform(image.convert("RGB"))[None]).softmax(-1)[0]
+        scores, idx = probs.topk(min(top_k, len(names)))
+        return [{"label": names[i], "score": float(v)} for v, i in zip(scores.tolist(), idx.tolist(), strict=True)]
+
+    return run
+
+
 class LocalEndpoint:
     """Serve local transformers checkpoints: `{name: folder}` at `url_for(name)`; use as a context manager."""
 
@@ -95,7 +126,8 @@ class LocalEndpoint:
         from transformers import pipeline
 
         self._pipelines = {
-            name: pipeline("image-classification", model=str(folder)) for name, folder in models.items()
+            name: _timm_pipeline(Path(f)) if _is_timm(Path(f)) else pipeline("image-classification", model=str(f))
+            for name, f in models.items()
         }
         self.host, self.max_top_k = host, max_top_k
         self.calls = 0
