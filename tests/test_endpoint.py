@@ -4,6 +4,8 @@ turned into distributions; each image asked once; retries, budget, and answers t
 from __future__ import annotations
 
 import json
+import os
+import shutil
 
 import numpy as np
 import pytest
@@ -166,6 +168,46 @@ def test_credentials_never_come_from_the_pool_file(tmp_path):
     assert parse_pool_file(tmp_path / "pool.txt") == ["endpoint:https://host/models/org/name"]
 
 
+def test_random_faults_give_the_clean_outputs_with_one_good_call_per_image(served, tmp_path):
+    images = make_images(40, size=16, seed=14)
+    with LocalEndpoint({"t1": served["folders"]["t1"]}) as server:  # its own: no straggler of another test counts
+        line = f"endpoint:{server.url_for('t1')}"
+        clean = ModelPool([line], LABELS, endpoint=_fast(top_k=3)).probs(images)
+        answered = server.answered
+        server.fault_rates = {"503": 0.10, "429": 0.05, "drop": 0.05}
+        pool = ModelPool([line], LABELS, cache_dir=tmp_path, endpoint=_fast(top_k=3, concurrency=4))
+        faulty = pool.probs(images)
+    torch.testing.assert_close(faulty, clean, rtol=0, atol=0)
+    assert server.answered - answered == 40  # one successful call per image
+    stats = pool.endpoint_stats()
+    assert stats["failed"] > 0 and stats["answered"] == 40 and stats["calls"] == 40 + stats["failed"]
+
+
+def test_screening_flags_an_endpoint_with_permuted_labels(served, tmp_path):
+    from hf_mrl.screening import screen_teachers
+    from hf_mrl.selection import permuted_labels
+
+    from test_selection import spread_classes
+
+    images = make_images(48, size=16, seed=15)
+    honest = spread_classes(make_transformers_teacher(tmp_path / "honest", LABELS, seed=5), images)
+    folder = tmp_path / "permuted"
+    shutil.copytree(honest, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["id2label"] = {"0": "b", "1": "c", "2": "d", "3": "a"}  # the same outputs under shifted names
+    config["label2id"] = {v: int(k) for k, v in config["id2label"].items()}
+    (folder / "config.json").write_text(json.dumps(config))
+    truth = ModelPool([str(honest)], LABELS).probs(images)[:, 0].argmax(-1)
+    assert len(set(truth.tolist())) == 4
+    with LocalEndpoint({"p": folder}) as server:
+        pool = ModelPool([f"endpoint:{server.url_for('p')}"], LABELS, endpoint=_fast(top_k=None))
+        probs = pool.probs(images)
+    (score,) = screen_teachers(probs, truth, pool.ids, pool.coverage)
+    assert score.accuracy < 0.5 and score.flags  # the run's screening flags it...
+    moved = permuted_labels(probs[:, 0], truth)  # ...and `hf-mrl select` names the permutation
+    assert moved is not None and {(t, p) for t, p, _ in moved} == {(0, 1), (1, 2), (2, 3), (3, 0)}
+
+
 # ----------------------------------------------------------------------------------------------- a whole run
 
 
@@ -182,7 +224,16 @@ def test_a_run_mixing_local_and_endpoint_teachers_trains_saves_reloads_and_asks_
         local = tiny["root"] / "teacher-hf"
         pool.write_text(f"{local}\nendpoint:{server.url_for('e0')}\nendpoint:{server.url_for('e1')}\n")
         run = {**tiny, "pool": pool}
-        metrics = test_recipe.launch(run, tmp_path / "run", "--endpoint_top_k", "2", "--guard_folds", "0")
+        token = "hf_PLANTEDtokenNEVERtoBEwritten0123"
+        os.environ["HF_TOKEN"] = token  # the subprocess's InferenceClient sends it
+        try:
+            metrics = test_recipe.launch(run, tmp_path / "run", "--endpoint_top_k", "2")  # the guard on, as by default
+        finally:
+            del os.environ["HF_TOKEN"]
+        assert metrics["guard"] is not None and metrics["guard"]["decision"] in ("keep", "fall_back")
+        assert set(server.authorizations) == {f"Bearer {token}"}  # used for every call...
+        for path in (tmp_path / "run").rglob("*"):  # ...and written nowhere: metrics, cards, configs, checkpoints
+            assert not path.is_file() or token.encode() not in path.read_bytes(), path
         n = sum(tiny["sizes"].values())
         assert server.calls == 2 * n  # each image once per endpoint
         assert metrics["endpoints"]["answered"] == 2 * n and metrics["endpoints"]["calls"] == 2 * n
@@ -237,12 +288,14 @@ def test_a_killed_run_loses_no_answer_it_got(served, tmp_path):
         proc.wait()
     finally:
         server.delay = 0.0
-    got = server.answered - start
-    assert 5 <= got < 12
+    assert 5 <= server.answered - start < 12
+    (store,) = tmp_path.rglob("answers-*.jsonl")
+    kept = len(store.read_text().splitlines())  # answers the killed run had received
+    assert kept >= 4
     before = server.calls
     pool = ModelPool([line], LABELS, cache_dir=tmp_path, endpoint=_fast(concurrency=1))
     pool.probs(make_images(12, size=16, seed=11))
-    assert server.calls - before <= 12 - got + 1  # at most the one answer in flight at the kill is asked again
+    assert server.calls - before == 12 - kept  # none of them asked again
 
 
 def test_select_scores_endpoint_candidates_under_one_call_budget(served, tmp_path):

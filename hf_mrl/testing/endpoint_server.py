@@ -9,7 +9,8 @@ real deployment of that checkpoint returns.
 
 Faults (`fail`): answer the next n requests with a status (503 with a model-loading body and `estimated_time`, 429
 with `Retry-After`, 500...), `malformed` JSON, a `drop`ped connection, or `slow` answers; `max_top_k` caps every
-answer, as endpoints that only return a few labels do. `calls` counts every request, `answered` the good answers.
+answer, as endpoints that only return a few labels do. `calls` counts every request, `answered` the good answers; `fault_rates` draws faults at random per request
+(seeded), and `authorizations` records the Authorization header each request carried.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import random
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -38,7 +40,8 @@ class _Handler(BaseHTTPRequestHandler):
         with server._lock:
             server.calls += 1
             server.requests.append(self.path)
-            fault = server._faults.pop(0) if server._faults else None
+            server.authorizations.append(self.headers.get("Authorization"))
+            fault = server._faults.pop(0) if server._faults else server._random_fault()
         if server.delay:
             time.sleep(server.delay)
         if fault is not None:
@@ -134,7 +137,10 @@ class LocalEndpoint:
         self.answered = 0
         self.delay = 0.0
         self.requests: list[str] = []
+        self.authorizations: list[str | None] = []  # the Authorization header of each request
         self._faults: list[tuple[str, object]] = []
+        self.fault_rates: dict[str, float] = {}  # e.g. {"503": 0.1, "429": 0.05, "drop": 0.05}, drawn per request
+        self._random = random.Random(0)
         self._lock = threading.RLock()
         self._server = None
         self._thread = None
@@ -147,6 +153,19 @@ class LocalEndpoint:
         headers = {"Retry-After": retry_after} if retry_after is not None else {}
         payload = {"error": "Model is currently loading", "estimated_time": loading} if loading else {"error": "no"}
         self._faults += [("status", (status, headers, payload))] * times
+
+    def _random_fault(self):
+        u, edge = self._random.random(), 0.0
+        for kind, rate in self.fault_rates.items():
+            edge += rate
+            if u < edge:
+                if kind == "drop":
+                    return ("drop", None)
+                if kind == "malformed":
+                    return ("malformed", None)
+                headers = {"Retry-After": 0.01} if kind == "429" else {}
+                return ("status", (int(kind), headers, {"error": "injected"}))
+        return None
 
     def malformed(self, times: int = 1) -> None:
         self._faults += [("malformed", None)] * times
