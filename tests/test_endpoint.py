@@ -184,10 +184,10 @@ def test_random_faults_give_the_clean_outputs_with_one_good_call_per_image(serve
 
 
 def test_screening_flags_an_endpoint_with_permuted_labels(served, tmp_path):
+    from test_selection import spread_classes
+
     from hf_mrl.screening import screen_teachers
     from hf_mrl.selection import permuted_labels
-
-    from test_selection import spread_classes
 
     images = make_images(48, size=16, seed=15)
     honest = spread_classes(make_transformers_teacher(tmp_path / "honest", LABELS, seed=5), images)
