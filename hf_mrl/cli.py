@@ -26,13 +26,60 @@ from .hub import PushError, check_hub_model_id, push_run
 from .pool import ModelPool, parse_pool_file
 from .reuse_trainer import ReuseArguments, ReuseResult, ReuseTrainer
 from .strategies import METHODS, get_strategy
-from .target import check_target, load_target
+from .target import DEFAULT_TEST_SIZE, check_target, check_test_size, load_target
 from .trainer import latest_checkpoint, make_accelerator
 from .utils import atomic_write_json, cache_root
 
 __all__ = ["main", "train_main", "train_parser", "parse_train_args", "preflight", "run_identity", "train"]
 
 logger = logging.getLogger("hf_mrl.cli")
+
+
+def add_data_arguments(p: argparse.ArgumentParser, dataset_default: str = "digits-ld:MUS") -> None:
+    """The target-data flags, shared by `train` and `select` (read back by `data_options`)."""
+    p.add_argument(
+        "--dataset",
+        default=dataset_default,
+        help="`digits-ld[:SETTING]`, a Hub dataset id `org/name[@revision]`, an image folder or a save_to_disk folder",
+    )
+    p.add_argument("--dataset_config_name", help="the configuration of a Hub dataset (datasets.load_dataset's name)")
+    splits = "default: the split named after the role, else `train` (or the only split)"
+    p.add_argument("--labeled_split", help=f"split with labels, `datasets` slicing allowed ({splits})")
+    p.add_argument("--unlabeled_split", help=f"split without (or with unused) labels ({splits})")
+    p.add_argument("--test_split", help="split the results are measured on (default: `test`, else the labeled split)")
+    p.add_argument(
+        "--test_size",
+        type=_test_size,
+        default=DEFAULT_TEST_SIZE,
+        help="the test part carved when the test role shares its split with another role: a fraction or a count "
+        "(stratified by label and domain, seeded by --seed)",
+    )
+    p.add_argument(
+        "--allow_test_overlap",
+        action="store_true",
+        help="accept labeled rows that are also test rows (refused by default); the results then say they are not "
+        "test accuracies",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the labeled draw, the carving and the training")
+    p.add_argument(
+        "--labeled_per_class",
+        type=int,
+        help="labeled samples per class: drawn from Digits-LD (default 10), from a split shared with the unlabeled "
+        "role (default 10), or from the labeled split (default: all of it)",
+    )
+    p.add_argument(
+        "--domain_column",
+        help="latent-domain column (string, integer or ClassLabel), evaluation only (default: domain)",
+    )
+    p.add_argument("--image_column", default="image")
+    p.add_argument("--label_column", default="label")
+
+
+def _test_size(text: str) -> float | int:
+    try:
+        return check_test_size(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def train_parser(prog: str | None = None) -> argparse.ArgumentParser:
@@ -47,18 +94,7 @@ def train_parser(prog: str | None = None) -> argparse.ArgumentParser:
         help="mrl (attention reuse; the default), a baseline, or oracle (a reference that reads the training data's "
         "latent-domain labels). Only mrl trains a reuser; methods without teachers ignore --pool",
     )
-    p.add_argument(
-        "--dataset",
-        default="digits-ld:MUS",
-        help="`digits-ld[:SETTING]`, a Hub dataset id `org/name[@revision]`, an image folder or a save_to_disk folder",
-    )
-    p.add_argument("--labeled_split", default="labeled", help="split with labels, `datasets` slicing allowed")
-    p.add_argument("--unlabeled_split", default="unlabeled", help="split without (or with unused) labels")
-    p.add_argument("--test_split", default="test", help="split the results are measured on")
-    p.add_argument(
-        "--domain_column",
-        help="latent-domain column (string, integer or ClassLabel), evaluation only (default: domain)",
-    )
+    add_data_arguments(p)
     p.add_argument(
         "--skip_bad_images", action="store_true", help="leave out images that cannot be decoded (counted in metrics)"
     )
@@ -67,13 +103,6 @@ def train_parser(prog: str | None = None) -> argparse.ArgumentParser:
     )
     p.add_argument("--output_dir", required=True)
     p.add_argument("--max_steps", type=int, default=MRLConfig.max_steps)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument(
-        "--labeled_per_class",
-        type=int,
-        help="labeled samples per class: drawn from Digits-LD (default 10) or from the dataset's labeled split "
-        "(default: all of it)",
-    )
     p.add_argument("--resume_from_checkpoint", action="store_true", help="continue from DIR/checkpoints")
     p.add_argument("--checkpointing_steps", type=int, default=0, help="save the training state every N steps")
     p.add_argument(
@@ -123,8 +152,6 @@ def train_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--outer_every", type=int, default=MRLConfig.outer_every)
     p.add_argument("--batch_size", type=int, default=MRLConfig.batch_size)
     p.add_argument("--unlabeled_batch_size", type=int, default=MRLConfig.unlabeled_batch_size)
-    p.add_argument("--image_column", default="image")
-    p.add_argument("--label_column", default="label")
     p.add_argument("--image_size", type=int, default=32, help="inputs are resized to this square size")
     p.add_argument("--cache_dir", help="teacher-output cache (default: $HF_MRL_CACHE/logits)")
     p.add_argument(
@@ -176,7 +203,8 @@ _RUN_KEYS = (
 # Recorded when they differ from the default (runs from before these flags lack them).
 _OPTIONAL_KEYS = {
     **{"student": None, "student_pretrained": False, "student_image_size": None, "label_map": None},
-    **{"labeled_split": "labeled", "unlabeled_split": "unlabeled", "test_split": "test"},
+    **{"labeled_split": None, "unlabeled_split": None, "test_split": None, "dataset_config_name": None},
+    **{"test_size": DEFAULT_TEST_SIZE, "allow_test_overlap": False},
     **{"domain_column": None, "skip_bad_images": False, "mixed_precision": None},
 }
 
@@ -186,29 +214,38 @@ def run_identity(args: argparse.Namespace, pool: list[str] | None) -> dict:
     return {"pool": pool, **{k: getattr(args, k) for k in _RUN_KEYS}, **optional}
 
 
-def _data_options(args) -> dict:
+def data_options(args) -> dict:
     """The dataset flags as `check_target` / `load_target` keywords (also read back from a run's metrics.json)."""
     get = args.get if isinstance(args, dict) else lambda k, d=None: getattr(args, k, d)
+    # Runs recorded before the split defaults were chosen from the dataset named the roles' own splits.
+    old = isinstance(args, dict) and "test_size" not in args
     return {
         "image_column": get("image_column", "image"),
         "label_column": get("label_column", "label"),
         "domain_column": get("domain_column"),
-        "labeled_split": get("labeled_split", "labeled"),
-        "unlabeled_split": get("unlabeled_split", "unlabeled"),
-        "test_split": get("test_split", "test"),
+        "labeled_split": get("labeled_split", "labeled" if old else None),
+        "unlabeled_split": get("unlabeled_split", "unlabeled" if old else None),
+        "test_split": get("test_split", "test" if old else None),
+        "test_size": get("test_size", DEFAULT_TEST_SIZE),
+        "allow_test_overlap": get("allow_test_overlap", False),
+        "dataset_config_name": get("dataset_config_name"),
+        "seed": get("seed", 0),
     }
+
+
+_data_options = data_options
 
 
 def _load(args, seed: int):
     get = args.get if isinstance(args, dict) else lambda k, d=None: getattr(args, k, d)
+    options = data_options(args) | {"seed": seed}
     return load_target(
         get("dataset"),
         get("labeled_per_class"),
-        seed,
         image_size=get("image_size", 32),
         skip_bad_images=get("skip_bad_images", False),
         num_workers=get("dataloader_num_workers", 0) or 0,
-        **_data_options(args),
+        **options,
     )
 
 
@@ -345,6 +382,7 @@ def train(args: argparse.Namespace) -> ReuseResult:
         guard_margin=args.guard_margin,
         dataset=args.dataset,
         dataset_description=description,
+        splits=getattr(description, "splits", None),
         progress=not args.no_progress,
         dataloader_num_workers=args.dataloader_num_workers,
         allow_pickle=args.allow_pickle,
@@ -376,7 +414,13 @@ def summary_line(metrics: dict) -> str:
         parts.append(f"supervised-only: {metrics['supervised_accuracy']:.4f}")
     if metrics.get("reuse_accuracy") is not None:
         parts.append(f"reuser: {metrics['reuse_accuracy']:.4f}")
-    return f"\n{metrics['dataset']} test accuracy -- " + "   ".join(parts)
+    overlap = (metrics.get("splits") or {}).get("labeled_test_overlap")
+    what = (
+        "test accuracy"
+        if not overlap
+        else f"accuracy on rows that include {overlap} labeled ones, NOT a test accuracy"
+    )
+    return f"\n{metrics['dataset']} {what} -- " + "   ".join(parts)
 
 
 def _setup_logging() -> None:

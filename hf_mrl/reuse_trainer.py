@@ -73,6 +73,9 @@ class ReuseArguments:
         student: `create_student` arguments (`architecture`, `model_args`, ...); None for the default student.
         dataset: the dataset's spec (`digits-ld:MUS`, a folder, a Hub id), shown on the model cards.
         dataset_description: a readable name of the data, shown in metrics.json and on the cards.
+        splits: how the labeled / unlabeled / test parts were made (`load_target`'s `description.splits`), recorded
+            as metrics.json `splits`; a `labeled_test_overlap` above 0 makes the metrics and cards say that the
+            accuracies are not test accuracies.
         progress: progress bars (main process only).
         dataloader_num_workers: processes decoding lazy images (`ImageSet`) for the teachers, the embedding and
             the student's next batches; 0 decodes in the training process.
@@ -89,6 +92,7 @@ class ReuseArguments:
     student: dict | None = None
     dataset: str = "custom"
     dataset_description: str | None = None
+    splits: dict | None = None
     progress: bool = True
     dataloader_num_workers: int = 0
     allow_pickle: bool = False
@@ -573,6 +577,9 @@ class ReuseTrainer:
             "num_labeled": len(data.labeled_labels),
             "num_unlabeled": len(data.unlabeled_images),
             "num_test": len(data.test_labels),
+            "splits": self.args.splits,
+            # What the accuracies measure: "test", or labeled rows among the evaluation rows (--allow_test_overlap).
+            "evaluation": "test" if not self._test_overlap else "overlaps the labeled data (not a test accuracy)",
             "config": cfg.to_dict(),
             "pool": self.teacher_ids,
             # Given by the user: recorded (and saved with the reuser) so the pool can be rebuilt the same way.
@@ -653,7 +660,12 @@ class ReuseTrainer:
             method=self.config.method,
             delivered=metrics.get("delivered"),
             method_student_accuracy=metrics.get("method_student_accuracy"),
+            test_overlap=self._test_overlap,
         )
+
+    @property
+    def _test_overlap(self) -> int:
+        return int((self.args.splits or {}).get("labeled_test_overlap") or 0)
 
 
 def _pool_ids(path: str | os.PathLike) -> list[str]:
