@@ -168,3 +168,38 @@ def test_select_takes_the_same_data_flags_and_carves_the_same_way(tmp_path, monk
         selection.main(argv + ["--test_split", "train[40%:]", "--labeled_split", "train[:50%]"])
     assert str(info.value.code).startswith("error: ") and "are in both the labeled part" in str(info.value.code)
     json.dumps(data.label_names)
+
+
+# ----------------------------------------------------------------------------------------------- image folders
+
+
+def _folder(root, splits=("train", "test"), per_class=8):
+    from PIL import Image
+
+    colours = {"a": (200, 30, 30), "b": (30, 200, 30), "c": (30, 30, 200)}
+    for split in splits:
+        for name, colour in colours.items():
+            (root / split / name).mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                Image.new("RGB", (6 + i, 6), colour).save(root / split / name / f"{i}.png")
+
+
+def test_image_folder_with_train_and_test_is_read_as_such(tmp_path):
+    """The issue: `train/` + `test/` gave an error listing the splits as ['test']."""
+    _folder(tmp_path / "imgs")
+    assert check_target(str(tmp_path / "imgs"), 2) == LABELS
+    data, desc = load_target(str(tmp_path / "imgs"), 2, image_size=8)
+    record = desc.splits
+    assert (record["labeled_split"], record["unlabeled_split"], record["test_split"]) == ("train", "train", "test")
+    assert record["carved"] == {"train": ["labeled", "unlabeled"]}  # the test split is its own
+    assert record["sizes"] == {"labeled": 6, "unlabeled": 18, "test": 24}
+    with pytest.raises(ValueError, match=r"has no split 'validation' .* its splits are \['test', 'train'\]"):
+        check_target(str(tmp_path / "imgs"), test_split="validation")
+
+
+def test_image_folder_with_train_only_is_carved(tmp_path):
+    _folder(tmp_path / "imgs", splits=("train",), per_class=10)
+    data, desc = load_target(str(tmp_path / "imgs"), 2, image_size=8)
+    assert desc.splits["carved"] == {"train": ["labeled", "unlabeled", "test"]}
+    assert desc.splits["sizes"] == {"labeled": 6, "unlabeled": 18, "test": 6}
+    assert sorted(data.test_labels.tolist()) == [0, 0, 1, 1, 2, 2]
