@@ -7,6 +7,7 @@ import logging
 import random
 
 import pytest
+from test_label_map import imagenet_teacher  # noqa: F401  (the fixture)
 
 from hf_mrl.labels import imagenet_wnids, map_labels
 
@@ -82,3 +83,13 @@ def test_no_match_lists_the_closest_teacher_labels():
     message = str(info.value)
     assert "shares no label with the target task" in message
     assert "Closest teacher labels: 'cat': ['carton', 'catamaran']; 'dog': ['doghouse']" in message, message
+
+
+def test_pool_with_an_imagenet_teacher_needs_no_label_map(imagenet_teacher):  # noqa: F811 (the fixture)
+    """Through ModelPool: a timm ImageNet checkpoint (WordNet ids as labels) against `cat`, `dog`, `car`."""
+    from hf_mrl import ModelPool
+
+    pool = ModelPool([str(imagenet_teacher)], ["cat", "dog", "car"])
+    (mapping,) = pool.mappings
+    assert mapping.coverage == [True, True, True]
+    assert mapping.groups[1] == list(range(151, 269)) and 281 in mapping.groups[0] and 817 in mapping.groups[2]
