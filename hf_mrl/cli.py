@@ -13,15 +13,18 @@ model is loaded or image decoded where it can be seen that early.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
+import re
 import shutil
 import sys
 from pathlib import Path
 
 import torch
 
-from .config import MRLConfig
+from . import __version__
+from .config import HYPERGRADIENTS, OUTER_LABELS, PROTOTYPE_INITS, MRLConfig
 from .hub import PushError, check_hub_model_id, push_run
 from .pool import ModelPool, parse_pool_file
 from .reuse_trainer import ReuseArguments, ReuseResult, ReuseTrainer
@@ -33,6 +36,82 @@ from .utils import atomic_write_json, cache_root
 __all__ = ["main", "train_main", "train_parser", "parse_train_args", "preflight", "run_identity", "train"]
 
 logger = logging.getLogger("hf_mrl.cli")
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """`--help` shows each flag's default (Hugging Face scripts do), except where there is none to show."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if (
+            "default" in text
+            or action.default is None
+            or action.default is False
+            or action.default == argparse.SUPPRESS
+        ):
+            return text  # the help says it already, or there is nothing to show
+        if not action.option_strings:
+            return text
+        if isinstance(action.default, bool):  # --flag / --no-flag, on by default
+            return (text + " " if text else "") + "(default: on)"
+        return (text + " " if text else "") + "(default: %(default)s)"
+
+
+def _show_defaults(p: argparse.ArgumentParser) -> None:
+    """Flags without help text still show their default (argparse prints nothing for a flag without help)."""
+    for action in p._actions:
+        shown = not (action.default is None or action.default is False or action.default == argparse.SUPPRESS)
+        if action.help is None and action.option_strings and shown:
+            action.help = "(default: %(default)s)"
+
+
+# MRLConfig fields a user tunes, as `--name` flags (their help is the field's own documentation). Those with flags of
+# their own (method, max_steps, batch sizes, outer_every, embedding, seed, checkpointing_steps) are not repeated.
+_OWN_FLAGS = ("method", "max_steps", "batch_size", "unlabeled_batch_size", "outer_every", "embedding", "seed")
+_CONFIG_FLAGS = tuple(f.name for f in dataclasses.fields(MRLConfig) if f.name not in (*_OWN_FLAGS, "checkpoint_every"))
+_CHOICES = {"hypergradient": HYPERGRADIENTS, "outer_labels": OUTER_LABELS, "prototype_init": PROTOTYPE_INITS}
+
+
+def _field_docs() -> dict[str, str]:
+    """`name: text` of MRLConfig's Args section, one line each."""
+    docs, name = {}, None
+    for line in (MRLConfig.__doc__ or "").split("Args:", 1)[-1].splitlines():
+        match = re.match(r"^ {8}(\w+): (.*)$", line)
+        if match:
+            name, docs[match.group(1)] = match.group(1), match.group(2)
+        elif name and line.startswith(" " * 12):
+            docs[name] += " " + line.strip()
+    return docs
+
+
+def add_config_arguments(p: argparse.ArgumentParser) -> None:
+    group = p.add_argument_group("training hyperparameters (MRLConfig; see docs/method.md)")
+    docs = _field_docs()
+    for f in dataclasses.fields(MRLConfig):
+        if f.name not in _CONFIG_FLAGS:
+            continue
+        text = docs.get(f.name, "").replace("%", "%%")
+        if f.type in ("bool", bool):
+            group.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction, default=f.default, help=text)
+        else:
+            kind = {"int": int, "float": float, "float | None": float}.get(str(f.type), str)
+            kwargs = {"choices": _CHOICES[f.name]} if f.name in _CHOICES else {}
+            group.add_argument(f"--{f.name}", type=kind, default=f.default, help=text, **kwargs)
+
+
+def config_from_args(args: argparse.Namespace) -> MRLConfig:
+    """The `MRLConfig` of `hf-mrl train` flags (ValueError for a value it refuses)."""
+    return MRLConfig(
+        method=args.method,
+        max_steps=args.max_steps,
+        seed=args.seed,
+        embedding=args.embedding,
+        outer_every=args.outer_every,
+        batch_size=args.batch_size,
+        unlabeled_batch_size=args.unlabeled_batch_size,
+        checkpoint_every=args.checkpointing_steps,
+        **{name: getattr(args, name) for name in _CONFIG_FLAGS},
+    )
 
 
 def add_data_arguments(p: argparse.ArgumentParser, dataset_default: str = "digits-ld:MUS") -> None:
@@ -84,8 +163,11 @@ def _test_size(text: str) -> float | int:
 
 def train_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog=prog, description="Train a reuse student (and the supervised-only baseline on the same split)."
+        prog=prog,
+        description="Train a reuse student (and the supervised-only baseline on the same split).",
+        formatter_class=HelpFormatter,
     )
+    p.add_argument("--version", action="version", version=f"hf-mrl {__version__}")
     p.add_argument("--pool", help="pool file: one `repo_id[@revision]` or local path a line (default: Digits-LD pool)")
     p.add_argument(
         "--method",
@@ -171,6 +253,8 @@ def train_parser(prog: str | None = None) -> argparse.ArgumentParser:
     hub.add_argument("--hub_model_id", help="ORG/NAME; also names the repos in the model cards without a push")
     hub.add_argument("--hub_private", action="store_true", help="create the repos private")
     hub.add_argument("--hub_token", help="Hub token (prefer HF_TOKEN or `hf auth login`: arguments show in `ps`)")
+    add_config_arguments(p)
+    _show_defaults(p)
     return p
 
 
@@ -192,6 +276,10 @@ def parse_train_args(argv=None, prog: str | None = None) -> argparse.Namespace:
             check_hub_model_id(args.hub_model_id)
         except ValueError as err:
             p.error(str(err))
+    try:
+        config_from_args(args)  # a hyperparameter MRLConfig refuses fails here, before anything is loaded
+    except ValueError as err:
+        p.error(str(err))
     return args
 
 
@@ -206,6 +294,7 @@ _OPTIONAL_KEYS = {
     **{"labeled_split": None, "unlabeled_split": None, "test_split": None, "dataset_config_name": None},
     **{"test_size": DEFAULT_TEST_SIZE, "allow_test_overlap": False},
     **{"domain_column": None, "skip_bad_images": False, "mixed_precision": None},
+    **{f.name: f.default for f in dataclasses.fields(MRLConfig) if f.name in _CONFIG_FLAGS},
 }
 
 
@@ -337,16 +426,7 @@ def check_fingerprint(ckpt: Path, data, pool, args, accelerator) -> None:
 def train(args: argparse.Namespace) -> ReuseResult:
     """Load the pool and the data, run `ReuseTrainer`, write DIR/ (main process); the result."""
     accelerator = make_accelerator(**({"mixed_precision": args.mixed_precision} if args.mixed_precision else {}))
-    config = MRLConfig(
-        method=args.method,
-        max_steps=args.max_steps,
-        seed=args.seed,
-        embedding=args.embedding,
-        outer_every=args.outer_every,
-        batch_size=args.batch_size,
-        unlabeled_batch_size=args.unlabeled_batch_size,
-        checkpoint_every=args.checkpointing_steps,
-    )
+    config = config_from_args(args)
     pool = embedding = None
     with accelerator.main_process_first():
         # Teachers and encoder first: a teacher that cannot be used fails before any image is decoded.
@@ -423,9 +503,21 @@ def summary_line(metrics: dict) -> str:
     return f"\n{metrics['dataset']} {what} -- " + "   ".join(parts)
 
 
+def next_steps(output_dir: str, has_reuser: bool, hub_model_id: str | None = None, pushed: bool = False) -> str:
+    """The last line of a run: how to evaluate, load and push what it wrote."""
+    import shlex
+
+    out = shlex.quote(str(output_dir))
+    where = repr(str(Path(output_dir) / "reuser"))
+    load = f"hf_mrl.AttentionReuser.from_pretrained({where})" if has_reuser else f"the student in {out}/student"
+    push = f"pushed to {hub_model_id}" if pushed else f"hf-mrl push {out} {hub_model_id or 'ORG/NAME'}"
+    return f"next: evaluate: hf-mrl evaluate {out}  |  load: {load}  |  push: {push}"
+
+
 def _setup_logging() -> None:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    for noisy in ("httpx", "urllib3", "huggingface_hub", "timm", "accelerate"):
+    # One line per HTTP request otherwise (httpx logs each at INFO).
+    for noisy in ("httpx", "httpcore", "urllib3", "huggingface_hub", "timm", "accelerate", "filelock", "fsspec"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
@@ -452,11 +544,12 @@ def train_main(argv=None, prog: str | None = None) -> None:
             push_main(
                 [args.output_dir, args.hub_model_id] + (["--private"] if args.hub_private else []), args.hub_token
             )
+        print(next_steps(args.output_dir, metrics["reuse_accuracy"] is not None, args.hub_model_id, args.push_to_hub))
 
 
 def push_main(argv=None, token: str | None = None) -> None:
     """`hf-mrl push DIR ORG/NAME`: push what DIR holds (reuser and/or student); the retry command of every push."""
-    p = argparse.ArgumentParser(prog="hf-mrl push", description=push_main.__doc__)
+    p = argparse.ArgumentParser(prog="hf-mrl push", description=push_main.__doc__, formatter_class=HelpFormatter)
     p.add_argument("output_dir", help="the --output_dir of a training run")
     p.add_argument("hub_model_id", help="ORG/NAME: the reuser goes there, the student to ORG/NAME-student")
     p.add_argument("--private", action="store_true", help="create the repos private")
@@ -480,7 +573,9 @@ def evaluate_main(argv=None) -> int:
     from .student import load_student, student_preprocess
     from .trainer import student_input_side
 
-    p = argparse.ArgumentParser(prog="hf-mrl evaluate", description=evaluate_main.__doc__)
+    p = argparse.ArgumentParser(
+        prog="hf-mrl evaluate", description=evaluate_main.__doc__, formatter_class=HelpFormatter
+    )
     p.add_argument("run_dir")
     run = Path(p.parse_args(argv).run_dir)
     try:
@@ -524,9 +619,18 @@ COMMANDS = {
 
 def main(argv=None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
+    listed = "\n".join(f"  {name:9s} {text.splitlines()[0]}" for name, text in COMMANDS.items())
+    usage = f"usage: hf-mrl [-h] [--version] {{{','.join(COMMANDS)}}} ...\n\ncommands:\n{listed}"
+    if argv and argv[0] in ("-h", "--help"):
+        print(usage)
+        sys.exit(0)
+    if argv and argv[0] == "--version":
+        print(f"hf-mrl {__version__}")
+        sys.exit(0)
     if not argv or argv[0] not in COMMANDS:
-        listed = "\n".join(f"  {name:9s} {text.splitlines()[0]}" for name, text in COMMANDS.items())
-        sys.exit(f"usage: hf-mrl {{{','.join(COMMANDS)}}} ...\n{listed}")
+        what = f"unknown command {argv[0]!r}" if argv else "a command is required"
+        print(f"{usage}\nhf-mrl: error: {what}", file=sys.stderr)
+        sys.exit(2)
     command, rest = argv[0], argv[1:]
     if command == "train":
         train_main(rest, prog="hf-mrl train")

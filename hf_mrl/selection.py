@@ -1306,11 +1306,13 @@ def _parse_size(text: str | None) -> int | None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="hf-mrl select", description=__doc__.splitlines()[0])
+    from .cli import HelpFormatter, _show_defaults, add_data_arguments
+
+    p = argparse.ArgumentParser(
+        prog="hf-mrl select", description=__doc__.splitlines()[0], formatter_class=HelpFormatter
+    )
     p.add_argument("--output_dir", required=True, help="writes pool.txt, report.md, report.json, reachable.png")
     p.add_argument("--k", type=int, default=3, help="how many teachers to select")
-    from .cli import add_data_arguments
-
     add_data_arguments(p, dataset_default="digits-ld")  # the same data flags as `hf-mrl train`, carved the same way
     p.add_argument("--unlabeled_sample", type=int, default=2000, help="unlabeled samples scored per candidate")
     p.add_argument("--search", default=None, help="Hub search term (model id substring)")
@@ -1354,6 +1356,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--cache_dir", default=None, help="searches, metadata, teacher outputs")
     p.add_argument("--max_workers", type=int, default=4, help="concurrent downloads")
+    _show_defaults(p)
     return p
 
 
