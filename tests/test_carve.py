@@ -203,3 +203,44 @@ def test_image_folder_with_train_only_is_carved(tmp_path):
     assert desc.splits["carved"] == {"train": ["labeled", "unlabeled", "test"]}
     assert desc.splits["sizes"] == {"labeled": 6, "unlabeled": 18, "test": 6}
     assert sorted(data.test_labels.tolist()) == [0, 0, 1, 1, 2, 2]
+
+
+# ----------------------------------------------------------------------------------------------- on the Hub
+
+
+def test_pacs_style_parquet_repo_on_the_loopback_hub_then_offline(local_hub, hf_isolation, tmp_path, monkeypatch):
+    import datasets.config
+    import huggingface_hub.constants
+
+    from hf_mrl.testing.hub_server import upload_parquet_dataset
+
+    upload_parquet_dataset(datasets.DatasetDict(train=_pacs(tmp_path / "pacs")), "org/pacs")
+    data, desc = load_target("org/pacs", 3, image_size=16)
+    assert desc.splits["carved"] == {"train": ["labeled", "unlabeled", "test"]}
+    assert desc.splits["sizes"] == {"labeled": 9, "unlabeled": 87, "test": 24}
+    assert data.domain_names == DOMAINS  # the string domain column survived parquet
+    seen = len(local_hub.requests_log)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    again, _ = load_target("org/pacs", 3, image_size=16)
+    assert local_hub.requests_log[seen:] == []
+    assert _keys(again.test_images) == _keys(data.test_images)  # the same carve offline
+
+
+def test_dataset_config_name_selects_a_hub_configuration(local_hub, hf_isolation, tmp_path):
+    from huggingface_hub import HfApi
+
+    ds = _pacs(tmp_path / "pacs")
+    folder = tmp_path / "repo"
+    configs = []
+    for domain in ("photo", "sketch"):
+        part = ds.filter(lambda e, d=domain: e["domain"] == d)
+        part.to_parquet(str(folder / domain / "train-00000-of-00001.parquet"))
+        configs.append(f"- config_name: {domain}\n  data_files:\n  - split: train\n    path: {domain}/*.parquet\n")
+    (folder / "README.md").write_text("---\nconfigs:\n" + "".join(configs) + "---\n")
+    api = HfApi()
+    api.create_repo("org/domains", repo_type="dataset")
+    api.upload_folder(repo_id="org/domains", repo_type="dataset", folder_path=str(folder))
+    data, desc = load_target("org/domains", 2, image_size=16, dataset_config_name="sketch")
+    assert data.domain_names == ["sketch"] and desc.startswith("org/domains (sketch)")
+    assert sum(desc.splits["sizes"].values()) == 30  # 10 sketches per class
