@@ -16,6 +16,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import re
 import shutil
 import sys
@@ -470,6 +471,8 @@ def train(args: argparse.Namespace) -> ReuseResult:
     trainer = ReuseTrainer(pool, data, config, run_args, embedding=embedding, accelerator=accelerator)
     result = trainer.train(Path(args.output_dir) / "checkpoints", resume=args.resume_from_checkpoint)
     result.metrics["args"] = {k: v for k, v in vars(args).items() if "token" not in k}
+    if os.path.exists(args.dataset):  # absolute, so that `hf-mrl evaluate DIR` finds it from any directory
+        result.metrics["args"]["dataset"] = os.path.abspath(args.dataset)
     result.metrics["skipped_images"] = getattr(description, "skipped_images", {})
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
@@ -577,13 +580,24 @@ def evaluate_main(argv=None) -> int:
         prog="hf-mrl evaluate", description=evaluate_main.__doc__, formatter_class=HelpFormatter
     )
     p.add_argument("run_dir")
-    run = Path(p.parse_args(argv).run_dir)
+    p.add_argument("--dataset", help="the run's dataset, where it is now (default: the path or id the run recorded)")
+    parsed = p.parse_args(argv)
+    run = Path(parsed.run_dir)
     try:
         verify_run(run)
     except IncompleteRunError as err:
         sys.exit(f"error: {err}")
     metrics = json.loads((run / "metrics.json").read_text())
-    data, desc = _load(metrics["args"], metrics["args"]["seed"])
+    recorded = dict(metrics["args"])
+    if parsed.dataset:
+        recorded["dataset"] = parsed.dataset
+    try:
+        data, desc = _load(recorded, recorded["seed"])
+    except (ValueError, OSError) as err:  # the data moved, or the run recorded a path relative to elsewhere
+        sys.exit(
+            f"error: the test data of {run} cannot be read: {' '.join(str(err).split())} Pass --dataset with where "
+            "the run's dataset is now."
+        )
     rows = {}
     if metrics.get("reuse_accuracy") is not None:  # an MRL run: its reuser rebuilds the pool
         reuser = AttentionReuser.from_pretrained(str(run / "reuser"))

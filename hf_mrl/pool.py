@@ -59,6 +59,27 @@ def _is_local(path: str | os.PathLike) -> bool:
         return False
 
 
+def missing_folder_message(name: str, base: str | os.PathLike = ".") -> str | None:
+    """`no such folder ...` when `name` (relative to `base`) is meant as a local path that does not exist: a path
+    (`./x`, `../x`, `~/x`, absolute, more parts than `org/name`), or `a/b` whose folder `a` exists (a typo in its last
+    part, otherwise taken for a Hub id and reported as missing from the Hub or its cache); else None."""
+    import difflib
+
+    name = str(name)
+    path = Path(base) / os.path.expanduser(name)
+    if not name or _is_local(path):
+        return None
+    pathlike = name.startswith(("./", "../", "~", ".\\")) or os.path.isabs(name) or name.count("/") > 1
+    if not (pathlike or ("/" in name.strip("/") and path.parent.is_dir())):
+        return None
+    message = f"no such folder {str(path)!r}"
+    if path.parent.is_dir():
+        close = difflib.get_close_matches(path.name, [p.name for p in path.parent.iterdir()], n=3, cutoff=0.6)
+        if close:
+            message += f"; did you mean {', '.join(repr(str(path.parent / c)) for c in close)}?"
+    return message
+
+
 def _looks_like_hub_id(name: str) -> bool:
     from huggingface_hub.utils import validate_repo_id
 
@@ -85,7 +106,7 @@ def parse_pool_file(path: str | os.PathLike) -> list[str]:
     if not path.is_file():
         raise FileNotFoundError(f"Pool file {str(path)!r} does not exist.")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a BOM (Windows editors write one) is not part of line 1
     except UnicodeDecodeError as err:
         raise ValueError(
             f"Pool file {str(path)!r} is not a UTF-8 text file ({err.reason} at byte {err.start}): "
@@ -103,6 +124,8 @@ def parse_pool_file(path: str | os.PathLike) -> list[str]:
         local = path.parent / line
         if not os.path.isabs(line) and _is_local(local):
             line = str(local.resolve())
+        elif missing_folder_message(line.split("@", 1)[0], path.parent):  # a typo in a path, not a Hub id
+            raise ValueError(f"{where}: {missing_folder_message(line.split('@', 1)[0], path.parent)}.")
         try:
             name, _ = parse_teacher_id(line)
         except ValueError as err:
@@ -196,6 +219,9 @@ def _resolve(
     )
     from huggingface_hub.utils import validate_repo_id
 
+    missing = missing_folder_message(name)
+    if missing:  # a typo in a local path: say so, not "not in the Hub cache"
+        raise fail("not_found", f"was not found: {missing}.")
     try:
         validate_repo_id(name)
     except HFValidationError:
