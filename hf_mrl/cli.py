@@ -249,6 +249,14 @@ def train_parser(prog: str | None = None) -> argparse.ArgumentParser:
         help="Accelerate's mixed precision, also used for teacher inference (default: accelerate's config)",
     )
     p.add_argument("--no_progress", action="store_true")
+    p.add_argument(
+        "--report_to",
+        choices=("none", "tensorboard", "trackio", "wandb", "all"),
+        default="none",
+        help="experiment tracking through Accelerate's trackers: each step's losses and reuse strength, the reuser's "
+        "attention per teacher, the guard's evidence and the accuracies",
+    )
+    p.add_argument("--logging_dir", help="where tensorboard writes its event files (default: OUTPUT_DIR/logs)")
     hub = p.add_argument_group("Hub (see README, Hub): the reuser goes to ORG/NAME, the student to ORG/NAME-student")
     hub.add_argument("--push_to_hub", action="store_true", help="push what the run trained (reuser and/or student)")
     hub.add_argument("--hub_model_id", help="ORG/NAME; also names the repos in the model cards without a push")
@@ -426,8 +434,14 @@ def check_fingerprint(ckpt: Path, data, pool, args, accelerator) -> None:
 
 def train(args: argparse.Namespace) -> ReuseResult:
     """Load the pool and the data, run `ReuseTrainer`, write DIR/ (main process); the result."""
-    accelerator = make_accelerator(**({"mixed_precision": args.mixed_precision} if args.mixed_precision else {}))
+    options = {"mixed_precision": args.mixed_precision} if args.mixed_precision else {}
+    if args.report_to != "none":
+        options |= {"log_with": args.report_to, "project_dir": args.logging_dir or str(Path(args.output_dir) / "logs")}
+    accelerator = make_accelerator(**options)
     config = config_from_args(args)
+    if args.report_to != "none":
+        hparams = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in config.to_dict().items()}
+        accelerator.init_trackers("hf_mrl", config=hparams | {"dataset": args.dataset})
     pool = embedding = None
     with accelerator.main_process_first():
         # Teachers and encoder first: a teacher that cannot be used fails before any image is decoded.
@@ -470,6 +484,7 @@ def train(args: argparse.Namespace) -> ReuseResult:
     )
     trainer = ReuseTrainer(pool, data, config, run_args, embedding=embedding, accelerator=accelerator)
     result = trainer.train(Path(args.output_dir) / "checkpoints", resume=args.resume_from_checkpoint)
+    accelerator.end_training()  # flush and close the trackers
     result.metrics["args"] = {k: v for k, v in vars(args).items() if "token" not in k}
     if os.path.exists(args.dataset):  # absolute, so that `hf-mrl evaluate DIR` finds it from any directory
         result.metrics["args"]["dataset"] = os.path.abspath(args.dataset)

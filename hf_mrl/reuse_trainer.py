@@ -346,6 +346,7 @@ class ReuseTrainer:
     def train_supervised(self, checkpoint_dir: str | os.PathLike | None = None, resume: bool = False) -> SupervisedRun:
         """The supervised-only student (same student, budget and seed), and its test predictions."""
         trainer = self._student_trainer(dataclasses.replace(self.config, method="supervised"))
+        trainer.log_prefix = "supervised"
         student = trainer.train(checkpoint_dir, resume=resume, progress=self.progress)
         return SupervisedRun(student, trainer.predict(self.data.test_images), trainer=trainer)
 
@@ -489,6 +490,7 @@ class ReuseTrainer:
             trainer, method_student, method_pred = supervised.trainer, supervised.student, supervised.test_predictions
         else:
             trainer = self._student_trainer(cfg)
+            trainer.log_prefix = method
             method_student = trainer.train(None if ckpt is None else ckpt / method, resume, progress=self.progress)
             method_pred = trainer.predict(data.test_images)
         reuser = trainer.strategy.reuser
@@ -515,6 +517,7 @@ class ReuseTrainer:
             predictions["reuse"] = reuse_out["predictions"]
         metrics = self._metrics(predictions, delivered, screening, guard, trainer, reuse_out, start)
         metrics["time_s"] = times  # wall time of each part of the run
+        self._log_to_trackers(metrics, reuse_out)
         return ReuseResult(
             method=method,
             delivered=delivered,
@@ -533,6 +536,28 @@ class ReuseTrainer:
         )
 
     # -- reporting -----------------------------------------------------------------------------------------
+    def _log_to_trackers(self, metrics: dict, reuse_out: dict | None) -> None:
+        """The run's results to the accelerator's trackers (--report_to): accuracies, the reuser's mean attention per
+        teacher, the reuse strength, and the guard's evidence (its gain, bound and decision)."""
+        acc = self.accelerator
+        if not acc.trackers:
+            return
+        values = {
+            f"results/{k}": metrics[k]
+            for k in ("student_accuracy", "supervised_accuracy", "reuse_accuracy", "reuse_strength")
+            if isinstance(metrics.get(k), (int, float))
+        }
+        if reuse_out is not None:  # mean attention per teacher over the test split
+            for k, weight in enumerate(reuse_out["weights"].mean(0).tolist()):
+                values[f"attention/teacher_{k + 1}"] = weight
+        guard = metrics.get("guard") or {}
+        for key in ("gain", "gain_stderr", "loss_upper", "z", "margin", "reuse_accuracy", "supervised_accuracy"):
+            if isinstance(guard.get(key), (int, float)):
+                values[f"guard/{key}"] = float(guard[key])
+        if guard:
+            values["guard/delivered_method"] = float(guard.get("decision") != "fall_back")
+        acc.log(values, step=self.config.max_steps)
+
     def _report(self, pred: torch.Tensor) -> dict:
         d = self.data
         return accuracy_report(pred, d.test_labels, d.test_domains, d.domain_names)
