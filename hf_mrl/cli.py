@@ -285,10 +285,6 @@ def parse_train_args(argv=None, prog: str | None = None) -> argparse.Namespace:
             check_hub_model_id(args.hub_model_id)
         except ValueError as err:
             p.error(str(err))
-    try:
-        config_from_args(args)  # a hyperparameter MRLConfig refuses fails here, before anything is loaded
-    except ValueError as err:
-        p.error(str(err))
     return args
 
 
@@ -356,6 +352,7 @@ def preflight(args: argparse.Namespace) -> None:
     """
     from accelerate import PartialState
 
+    config_from_args(args)  # a hyperparameter MRLConfig refuses fails here, before anything is loaded
     pool = None
     if get_strategy(args.method).needs_teachers:
         pool = parse_pool_file(args.pool) if args.pool else None
@@ -484,7 +481,8 @@ def train(args: argparse.Namespace) -> ReuseResult:
     )
     trainer = ReuseTrainer(pool, data, config, run_args, embedding=embedding, accelerator=accelerator)
     result = trainer.train(Path(args.output_dir) / "checkpoints", resume=args.resume_from_checkpoint)
-    accelerator.end_training()  # flush and close the trackers
+    for tracker in accelerator.trackers:  # flush and close (end_training would also end the process group)
+        tracker.finish()
     result.metrics["args"] = {k: v for k, v in vars(args).items() if "token" not in k}
     if os.path.exists(args.dataset):  # absolute, so that `hf-mrl evaluate DIR` finds it from any directory
         result.metrics["args"]["dataset"] = os.path.abspath(args.dataset)

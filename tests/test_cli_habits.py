@@ -56,9 +56,10 @@ def test_hyperparameter_flags_reach_the_config_and_the_run_identity(tmp_path, ca
     identity = run_identity(args, None)
     assert identity["learning_rate"] == 0.01 and identity["augment"] is False and "kd_lambda" not in identity
     assert "learning_rate" not in run_identity(parse_train_args(["--output_dir", str(tmp_path)]), None)
-    with pytest.raises(SystemExit) as info:
-        parse_train_args(["--output_dir", str(tmp_path), "--learning_rate", "-1"])
-    assert info.value.code == 2 and "learning_rate must be > 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:  # refused before anything is loaded, in one line
+        main(["train", "--output_dir", str(tmp_path / "out"), "--learning_rate", "-1"])
+    assert info.value.code == "error: learning_rate must be > 0; got -1.0."
+    assert not (tmp_path / "out").exists()
 
 
 def test_http_request_logs_are_quiet():
