@@ -102,9 +102,10 @@ def decode_original(item, max_side: int | None = MAX_SIDE):
         img = decode_image(item, max_side)
         size = img.info.get("hf_mrl_full_size", img.size)
         if max_side and max(img.size) > max_side:
-            img = to_rgb(img)
-            img.thumbnail((max_side, max_side), Image.Resampling.BICUBIC, reducing_gap=2.0)
-            return img, size
+            if img.mode not in ("RGB", "RGBA", "L", "LA"):  # modes thumbnail cannot filter: converted first
+                img = to_rgb(img)
+            img.thumbnail((max_side, max_side), Image.Resampling.BICUBIC, reducing_gap=2.0)  # in place: no copy
+            return to_rgb(img), size
     return to_rgb(img), img.info.get("hf_mrl_full_size")  # a drafted JPEG was larger
 
 
@@ -167,6 +168,7 @@ class ImageSet:
         self._keys: np.ndarray | None = None
         # dataset row -> its reduced original (large originals only), shared by subsets; not pickled into workers
         self._reduced: dict[int, object] = {}
+        self._resized: dict[tuple[int, int], np.ndarray] = {}  # (row, side) -> uint8 array, for those rows
         self._warned = [False]
         bound_heap_growth()
 
@@ -208,7 +210,15 @@ class ImageSet:
         pos = self._positions(index)
         if not len(pos):
             return torch.zeros((0, 3, self.size, self.size), dtype=torch.uint8)
-        arrays = [to_uint8(img, self.size) for img in self.originals(pos)]
+        arrays = []
+        for p, img in zip(pos, self.originals(pos), strict=True):
+            key = (int(self.rows[p]), self.size)
+            if key[0] in self._reduced:  # a large original: resized once at this size too (2048 -> 32 px is slow)
+                if key not in self._resized:
+                    self._resized[key] = to_uint8(img, self.size)
+                arrays.append(self._resized[key])
+            else:
+                arrays.append(to_uint8(img, self.size))
         return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
 
     def subset(self, index) -> ImageSet:
