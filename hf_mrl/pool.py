@@ -23,6 +23,7 @@ from .labels import (
     map_labels,
     normalize_label,
 )
+from .paths import missing_folder_message
 
 __all__ = ["ModelPool", "Teacher", "TeacherLoadError", "parse_pool_file", "parse_teacher_id"]
 
@@ -57,27 +58,6 @@ def _is_local(path: str | os.PathLike) -> bool:
         return os.path.exists(path)
     except (OSError, ValueError):
         return False
-
-
-def missing_folder_message(name: str, base: str | os.PathLike = ".") -> str | None:
-    """`no such folder ...` when `name` (relative to `base`) is meant as a local path that does not exist: a path
-    (`./x`, `../x`, `~/x`, absolute, more parts than `org/name`), or `a/b` whose folder `a` exists (a typo in its last
-    part, otherwise taken for a Hub id and reported as missing from the Hub or its cache); else None."""
-    import difflib
-
-    name = str(name)
-    path = Path(base) / os.path.expanduser(name)
-    if not name or _is_local(path):
-        return None
-    pathlike = name.startswith(("./", "../", "~", ".\\")) or os.path.isabs(name) or name.count("/") > 1
-    if not (pathlike or ("/" in name.strip("/") and path.parent.is_dir())):
-        return None
-    message = f"no such folder {str(path)!r}"
-    if path.parent.is_dir():
-        close = difflib.get_close_matches(path.name, [p.name for p in path.parent.iterdir()], n=3, cutoff=0.6)
-        if close:
-            message += f"; did you mean {', '.join(repr(str(path.parent / c)) for c in close)}?"
-    return message
 
 
 def _looks_like_hub_id(name: str) -> bool:

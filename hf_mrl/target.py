@@ -412,7 +412,7 @@ def _open(spec: str, splits: dict[str, str | None], config: str | None = None):
     """The DatasetDict a `--dataset` value names: a save_to_disk folder, an image folder or a Hub dataset id."""
     if os.path.isdir(spec):
         return _load_saved(spec) if _is_saved_dataset(spec) else _load_image_folder(spec, splits)
-    from .pool import missing_folder_message
+    from .paths import missing_folder_message
 
     missing = missing_folder_message(spec.split("@", 1)[0])
     if missing:  # a typo in a local path, not a Hub id that is missing from the Hub or the cache
