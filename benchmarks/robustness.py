@@ -89,6 +89,8 @@ class Spec:
     guard_folds: int = 3
     guard_repeats: int = 2
     guard_margin: float = 0.02
+    # the sequential guard (stops once settled); off by default so that the records of the full guard still match
+    guard_sequential: bool = False
     cache_dir: str | None = None
 
     def __post_init__(self):
@@ -134,7 +136,10 @@ def supervised_hash(spec: Spec) -> str:
 
 
 def pool_run_hash(spec: Spec, pool_hash: str) -> str:
-    return _hash({**spec.identity(), "pool": pool_hash})
+    # the supervised side does not depend on the guard's stopping rule; a pool run does (only when sequential, so
+    # that the full guard's hashes stay those of its records)
+    extra = {"guard_sequential": True} if spec.guard_sequential else {}
+    return _hash({**spec.identity(), "pool": pool_hash, **extra})
 
 
 def supervised_file(spec: Spec, seed: int) -> str:
@@ -294,6 +299,7 @@ def run_pool(spec_dict: dict, pool: str, info: dict, seed: int, records_dir: str
         guard_folds=folds,
         guard_repeats=spec.guard_repeats,
         guard_margin=spec.guard_margin,
+        guard_sequential=spec.guard_sequential,
         guard_workers=1,
         student=spec.student_spec,
         progress=False,
@@ -535,6 +541,9 @@ def summarise(
                     "decision": g["decision"] if g else "off",
                     "guard_gain": 100 * g["gain"] if g else None,
                     "guard_loss_upper": 100 * g["loss_upper"] if g else None,
+                    "guard_trainings": g.get("trainings") if g else None,
+                    # what the sequential guard decides on this evidence (replayed on a full-guard record)
+                    "sequential": _sequential_of(g),
                     "guard_harmful_clusters": [c["cluster"] for c in g.get("clusters", []) if c["harmful"]]
                     if g
                     else [],
@@ -581,6 +590,13 @@ def summarise(
             "mean_delta": sum(deltas) / len(deltas),
             "fell_back": fell_back,
             "guard_ran": sum(p["decision"] != "off" for p in per_seed),
+            "guard_trainings": _trainings_stats([p["guard_trainings"] for p in per_seed]),
+            "sequential_trainings": _trainings_stats([(p["sequential"] or {}).get("trainings") for p in per_seed]),
+            "sequential_differs": [
+                {"seed": p["seed"], "full": p["decision"], **p["sequential"]}
+                for p in per_seed
+                if p["sequential"] and p["sequential"]["decision"] != p["decision"]
+            ],
             "s": _stats([p["s"] for p in per_seed]),
             "s_below_half": sum(p["s"] < 0.5 for p in per_seed),
             "attention_bad": _stats([p["attention_bad"] for p in per_seed]) if bad else None,
@@ -594,6 +610,42 @@ def summarise(
     out["power"] = power_curve(pools)
     out["acceptance"] = acceptance(out)
     return out
+
+
+def _sequential_of(g: dict | None) -> dict | None:
+    """The sequential guard's decision and cost for a record: its own (a sequential run), or the replay that a full
+    run records (`GuardReport.sequential_replay`); None for records older than the replay."""
+    if not g:
+        return None
+    if g.get("rule") == "sequential":
+        return {k: g[k] for k in ("decision", "looks", "trainings", "loss_upper")}
+    replay = g.get("sequential_replay")
+    return None if replay is None else {k: replay[k] for k in ("decision", "looks", "trainings", "loss_upper")}
+
+
+def _trainings_stats(values: list) -> dict | None:
+    """Mean and max of the guard's student trainings per pool-seed pair (None when the guard did not run)."""
+    values = [v for v in values if v is not None]
+    return {"mean": sum(values) / len(values), "max": max(values)} if values else None
+
+
+def _trainings_note(stats: dict | None) -> str:
+    return "" if not stats else f"; guard student trainings per seed {stats['mean']:.1f} mean, {stats['max']} max"
+
+
+def _sequential_note(p: dict) -> str:
+    stats = p.get("sequential_trainings")
+    if not stats:
+        return ""
+    differs = p.get("sequential_differs") or []
+    what = (
+        "; ".join(
+            f"seed {d['seed']}: {d['full']} -> {d['decision']} at look {d['looks']} (bound {100 * d['loss_upper']:+.1f})"
+            for d in differs
+        )
+        or "no decision differs"
+    )
+    return f"; the sequential guard on the same folds: {stats['mean']:.1f} mean, {stats['max']} max trainings, {what}"
 
 
 def loss_level(loss: float) -> int | None:
@@ -795,7 +847,10 @@ def render_markdown(summary: dict, spec_identity: dict, timing: dict | None, com
             f"Supervised {_pm(p['supervised'])}, MRL {_pm(p['mrl'])}, delivered {_pm(p['delivered'])} "
             f"(mean ± std over {len(p['per_seed'])} seed(s)); worst per-seed delivered - supervised "
             f"{p['worst_delta']:+.1f}; Supervised seed-to-seed std {_num(noise, 2)}; guard fell back on "
-            f"{p['fell_back']}/{p['guard_ran']} seed(s); final reuse strength s {_pm(p['s'], 2)}.\n"
+            f"{p['fell_back']}/{p['guard_ran']} seed(s); final reuse strength s {_pm(p['s'], 2)}"
+            + _trainings_note(p.get("guard_trainings"))
+            + _sequential_note(p)
+            + ".\n"
         )
         lines.append(
             "| seed | Supervised | MRL | delivered | delivered - sup. | guard (CV gain, loss bound) | s | attention on bad | "
@@ -913,6 +968,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--guard_folds", type=int, default=3)
     p.add_argument("--guard_repeats", type=int, default=2)
     p.add_argument("--guard_margin", type=float, default=0.02, help="non-inferiority margin (accuracy)")
+    p.add_argument(
+        "--guard_sequential", action="store_true", help="the sequential guard (stops once settled; new records)"
+    )
     p.add_argument("--config", type=json.loads, default={}, help="other MRLConfig fields as JSON")
     p.add_argument("--student", type=json.loads, help="student spec JSON (default: the library's student)")
     p.add_argument("--workers", type=int, default=2, help="worker processes (results do not depend on it)")
@@ -953,6 +1011,7 @@ def make_spec(args: argparse.Namespace) -> Spec:
         guard_folds=args.guard_folds,
         guard_repeats=args.guard_repeats,
         guard_margin=args.guard_margin,
+        guard_sequential=args.guard_sequential,
         cache_dir=args.cache_dir,
     )
 

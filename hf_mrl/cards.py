@@ -256,6 +256,7 @@ class RunSummary:
     method: str = "mrl"
     delivered: str | None = None
     method_student_accuracy: float | None = None
+    endpoints: dict | None = None  # endpoint teachers' call counts and top_k (`ModelPool.endpoint_stats`)
     test_overlap: int = 0  # labeled rows that are also evaluation rows (--allow_test_overlap): not a test accuracy
 
     def __post_init__(self):
@@ -606,6 +607,9 @@ def reuser_card(
         "fell_back": bool(summary and summary.fell_back),
         "trust_remote_code": bool(config.get("trust_remote_code") or (summary and summary.trust_remote_code)),
         "allow_pickle": bool(config.get("allow_pickle") or (summary and summary.allow_pickle)),
+        "endpoint_teachers": [t for t in teacher_ids if t.startswith("endpoint:")],
+        "endpoint_top_k": (summary and summary.endpoints or {}).get("top_k") or "k",
+        "endpoint_calls": summary.endpoints if summary else None,
     }
     return render_card("reuser", {"card_data": meta, **context})
 

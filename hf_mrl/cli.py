@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 import os
 import re
@@ -26,13 +25,14 @@ import torch
 
 from . import __version__
 from .config import HYPERGRADIENTS, OUTER_LABELS, PROTOTYPE_INITS, MRLConfig
+from .endpoint import add_endpoint_arguments, endpoint_options
 from .hub import PushError, check_hub_model_id, push_run
 from .pool import ModelPool, parse_pool_file
 from .reuse_trainer import ReuseArguments, ReuseResult, ReuseTrainer
 from .strategies import METHODS, get_strategy
 from .target import DEFAULT_TEST_SIZE, check_target, check_test_size, load_target
 from .trainer import latest_checkpoint, make_accelerator
-from .utils import atomic_write_json, cache_root
+from .utils import atomic_write_json, cache_root, read_json
 
 __all__ = ["main", "train_main", "train_parser", "parse_train_args", "preflight", "run_identity", "train"]
 
@@ -215,6 +215,13 @@ def train_parser(prog: str | None = None) -> argparse.ArgumentParser:
         "against supervised-only is, at 95%% confidence, below it (default 0.02 = 2 points)",
     )
     p.add_argument(
+        "--guard_sequential",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="stop the guard's trainings once its decision is settled (default); --no-guard_sequential trains the "
+        "whole design",
+    )
+    p.add_argument(
         "--guard_workers", type=int, help="processes training the guard's folds (default: one per core on CPU)"
     )
     p.add_argument(
@@ -237,6 +244,7 @@ def train_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--unlabeled_batch_size", type=int, default=MRLConfig.unlabeled_batch_size)
     p.add_argument("--image_size", type=int, default=32, help="inputs are resized to this square size")
     p.add_argument("--cache_dir", help="teacher-output cache (default: $HF_MRL_CACHE/logits)")
+    add_endpoint_arguments(p)
     p.add_argument(
         "--dataloader_num_workers",
         type=int,
@@ -377,7 +385,7 @@ def preflight(args: argparse.Namespace) -> None:
         if not any(found):
             logger.warning("--resume_from_checkpoint: no checkpoint in %s yet; starting from scratch.", ckpt)
         elif run_file.is_file():
-            recorded = {"method": "mrl", **json.loads(run_file.read_text())}  # runs from before --method were mrl
+            recorded = {"method": "mrl", **read_json(run_file)}  # runs from before --method were mrl
             recorded.pop("fingerprint", None)  # the data's and teachers' content: checked once they are loaded
             changed = sorted(k for k in set(recorded) | set(identity) if recorded.get(k) != identity.get(k))
             if changed:
@@ -406,7 +414,7 @@ def check_fingerprint(ckpt: Path, data, pool, args, accelerator) -> None:
     teachers = None if pool is None else {t.id: t.weights_hash for t in pool.teachers}
     fingerprint = {"data": data.fingerprint(args.dataloader_num_workers or 0), "teachers": teachers}
     run_file = ckpt / "run.json"
-    recorded = json.loads(run_file.read_text()) if run_file.is_file() else {}
+    recorded = read_json(run_file) if run_file.is_file() else {}
     was = recorded.get("fingerprint")
     if args.resume_from_checkpoint and was is not None and was != fingerprint:
         changes = [
@@ -456,6 +464,7 @@ def train(args: argparse.Namespace) -> ReuseResult:
                 trust_remote_code=args.trust_remote_code,
                 allow_pickle=args.allow_pickle,
                 label_map=args.label_map,
+                endpoint=endpoint_options(args),
             )
             embedding = ReuseTrainer.prepare_embedding(config, pool)
         data, description = _load(args, args.seed)
@@ -472,6 +481,7 @@ def train(args: argparse.Namespace) -> ReuseResult:
         guard_workers=args.guard_workers,
         guard_repeats=args.guard_repeats,
         guard_margin=args.guard_margin,
+        guard_sequential=args.guard_sequential,
         dataset=args.dataset,
         dataset_description=description,
         splits=getattr(description, "splits", None),
@@ -600,7 +610,7 @@ def evaluate_main(argv=None) -> int:
         verify_run(run)
     except IncompleteRunError as err:
         sys.exit(f"error: {err}")
-    metrics = json.loads((run / "metrics.json").read_text())
+    metrics = read_json(run / "metrics.json")
     recorded = dict(metrics["args"])
     if parsed.dataset:
         recorded["dataset"] = parsed.dataset

@@ -16,6 +16,8 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from .utils import read_json
+
 __all__ = ["PushError", "PushResult", "check_hub_model_id", "push_folder", "push_run", "student_repo_id"]
 
 logger = logging.getLogger(__name__)
@@ -161,10 +163,9 @@ def push_run(
 
 def _method(output_dir: Path) -> str:
     """The method named in the run's metrics.json (for commit messages)."""
-    import json
 
     try:
-        method = json.loads((output_dir / "metrics.json").read_text()).get("method", "mrl")
+        method = read_json(output_dir / "metrics.json").get("method", "mrl")
     except (OSError, ValueError):
         return "MRL"
     return "MRL" if method == "mrl" else method

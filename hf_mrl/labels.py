@@ -20,6 +20,8 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
+from .utils import read_json
+
 __all__ = [
     "LabelMapping",
     "close_matches",
@@ -353,8 +355,7 @@ def load_label_map(label_map: str | os.PathLike | Mapping | None) -> dict | None
     if isinstance(label_map, (str, os.PathLike)):
         source = f"Label map file {str(label_map)!r}"
         try:
-            with open(label_map, encoding="utf-8") as f:
-                label_map = json.load(f)
+            label_map = read_json(label_map, what=source)
         except FileNotFoundError:
             raise FileNotFoundError(f"{source} does not exist.") from None
         except (ValueError, UnicodeDecodeError) as err:

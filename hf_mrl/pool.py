@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -14,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from .cache import LogitCache, row_keys
+from .endpoint import CallBudget, EndpointOptions, EndpointTeacher, check_endpoint_line, is_endpoint
 from .labels import (
     LabelMapping,
     close_matches,
@@ -24,6 +26,7 @@ from .labels import (
     normalize_label,
 )
 from .paths import missing_folder_message
+from .utils import read_json
 
 __all__ = ["ModelPool", "Teacher", "TeacherLoadError", "parse_pool_file", "parse_teacher_id"]
 
@@ -70,8 +73,29 @@ def _looks_like_hub_id(name: str) -> bool:
     return True
 
 
+def _identity(source: str) -> str:
+    """What makes two teacher sources the same teacher: the real path of a local folder (`t`, `t/.` and `../x/t`
+    are one), the id of a Hub teacher."""
+    name, revision = parse_teacher_id(source) if not os.path.isdir(source) else (source, None)
+    return os.path.realpath(name) if revision is None and os.path.isdir(name) else source
+
+
+def _check_no_duplicates(sources: Sequence[str]) -> None:
+    seen: dict[str, str] = {}
+    for source in sources:
+        try:
+            key = _identity(source)
+        except ValueError:  # a malformed id: Teacher.load says what is wrong with it
+            key = source
+        if key in seen:
+            same = "" if seen[key] == source else f" (as {seen[key]!r})"
+            raise ValueError(f"Duplicate teachers in the pool: {source!r} is listed twice{same}.")
+        seen[key] = source
+
+
 def parse_pool_file(path: str | os.PathLike) -> list[str]:
-    """Read a pool file: one teacher a line (`repo_id[@revision]` or a local path), `#` starts a comment.
+    """Read a pool file: one teacher a line (`repo_id[@revision]`, a local path, or `endpoint:URL` for a teacher
+    behind an inference endpoint), `#` starts a comment.
 
     Relative local paths are resolved against the pool file's folder. Every problem is a `ValueError` (or
     `FileNotFoundError`) naming the file and line: no teacher, an entry with spaces, a malformed `@revision`, an
@@ -101,6 +125,13 @@ def parse_pool_file(path: str | os.PathLike) -> list[str]:
         where = f"{path}:{lineno}"
         if any(c.isspace() or not c.isprintable() for c in line):
             raise ValueError(f"{where}: malformed entry {raw.strip()!r}: one teacher id per line, no spaces.")
+        if is_endpoint(line):
+            check_endpoint_line(line, where)
+            if line in seen:
+                raise ValueError(f"{where}: duplicate teacher {line!r} (first on line {seen[line]}).")
+            seen[line] = lineno
+            entries.append(line)
+            continue
         local = path.parent / line
         if not os.path.isabs(line) and _is_local(local):
             line = str(local.resolve())
@@ -265,7 +296,7 @@ def _detect_library(folder: Path, shown: str, what: str = "Teacher") -> tuple[st
     config: dict | None = None
     if config_file.is_file():
         try:
-            config = json.loads(config_file.read_text(encoding="utf-8"))
+            config = read_json(config_file, what="its config.json")
         except ValueError as err:  # invalid JSON or not UTF-8 text
             raise fail(f"has a config.json that is not valid JSON ({err}).") from err
         if not isinstance(config, dict):
@@ -279,9 +310,8 @@ def _detect_library(folder: Path, shown: str, what: str = "Teacher") -> tuple[st
             raise fail(
                 f"looks like {kind} ({marker}), not a transformers or timm checkpoint: unknown format for the pool.",
             )
-    if config is None:
-        files = sorted(p.name for p in folder.iterdir())[:12]
-        raise fail(f"has no config.json (files: {files}): not a transformers or timm checkpoint.")
+    if config is None:  # its file names are not shown: the folder may be anything a pool line points at
+        raise fail("has no config.json: not a transformers or timm checkpoint (config.json and its weights).")
     raise fail(
         "has a config.json that is neither timm's (`architecture` + `pretrained_cfg`) nor transformers' "
         "(`model_type`): unknown format.",
@@ -511,7 +541,7 @@ def _weight_files(folder: Path) -> list[Path]:
     index = folder / f"{_WEIGHTS}.index.json"
     if index.is_file():
         try:
-            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            shards = sorted(set(read_json(index)["weight_map"].values()))
         except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
             return []
         return [index, *(folder / s for s in shards)] if all((folder / s).is_file() for s in shards) else []
@@ -662,8 +692,22 @@ def _load_transformers(folder: Path, config: dict, shown: str, allow_pickle: boo
     except Exception as err:
         raise TeacherLoadError(shown, "load_failed", f"could not be loaded by transformers ({err}).") from err
     labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
-    if (folder / "preprocessor_config.json").is_file():
-        processor = AutoImageProcessor.from_pretrained(folder, trust_remote_code=trust_remote_code)
+    processor_file = folder / "preprocessor_config.json"
+    if processor_file.is_file():
+        processor_config = read_json(processor_file, what="its preprocessor_config.json")
+        if isinstance(processor_config, dict) and "auto_map" in processor_config and not trust_remote_code:
+            raise TeacherLoadError(
+                shown,
+                "remote_code",
+                "has an image processor that runs its repository's own code (`auto_map` in preprocessor_config.json)"
+                ": pass --trust_remote_code (trust_remote_code=True) if you trust it.",
+            )
+        try:
+            processor = AutoImageProcessor.from_pretrained(folder, trust_remote_code=trust_remote_code)
+        except Exception as err:
+            raise TeacherLoadError(
+                shown, "load_failed", f"has an image processor transformers could not load ({err})."
+            ) from err
 
         def preprocess(images: torch.Tensor) -> torch.Tensor:
             return processor(images=images, return_tensors="pt")["pixel_values"]
@@ -694,7 +738,9 @@ def _map_pool(
         for k in hits:
             own[k] = {**own.get(k, {}), **entries}
     known = set().union(*(label_keys(t.label_names, t.label_descriptions) for t in teachers)) if shared else set()
-    for target, names in shared.items():  # a shared name must mean something to at least one teacher
+    # an endpoint's labels are only known from its answers: a shared name may be one of them
+    endpoint = any(isinstance(t, EndpointTeacher) for t in teachers)
+    for target, names in {} if endpoint else shared.items():  # a shared name must mean something to some teacher
         for name in names:
             if normalize_label(name) not in known:
                 vocabulary = [n for t in teachers for n in [*t.label_names, *(t.label_descriptions or [])] if n]
@@ -706,6 +752,9 @@ def _map_pool(
                 )
     mappings = []
     for k, t in enumerate(teachers):
+        if isinstance(t, EndpointTeacher):  # its outputs are already over the target classes (it maps each answer)
+            mappings.append(LabelMapping(list(range(len(label_names))), list(label_names), label_names))
+            continue
         mine = own.get(k, {})
         overridden = {normalize_label(target) for target in mine}
         mappings.append(
@@ -805,6 +854,7 @@ class ModelPool:
         batch_size: int = 256,
         precision: str = "fp32",
         label_map: str | os.PathLike | Mapping | None = None,
+        endpoint: EndpointOptions | None = None,
         **load_kwargs,
     ):
         autocast_dtype(precision)  # raises ValueError for an unknown precision
@@ -813,12 +863,30 @@ class ModelPool:
                 "A ModelPool needs a non-empty list of teachers (use ModelPool.from_file for a pool file)."
             )
         self.label_names = [str(n) for n in label_names]
-        self.teachers = [t if isinstance(t, Teacher) else Teacher.load(t, **load_kwargs) for t in teachers]
-        ids = [t.id for t in self.teachers]
-        if len(set(ids)) != len(ids):
-            raise ValueError(f"Duplicate teachers in the pool: {ids}.")
-        # The map as given, as plain data: saved with a reuser, it rebuilds the same pool.
+        # The map as given, as plain data: saved with a reuser, it rebuilds the same pool. Read (and checked)
+        # before any teacher loads, so a broken file fails at once.
         self.label_map = load_label_map(label_map)
+        _check_no_duplicates([t.id if isinstance(t, Teacher) else str(t).strip() for t in teachers])
+        self.endpoint_options = endpoint or EndpointOptions()
+        self.budget = CallBudget(self.endpoint_options.max_calls)  # shared by the endpoint teachers
+
+        def load(t):
+            if isinstance(t, (Teacher, EndpointTeacher)):
+                return t
+            if is_endpoint(t):
+                return EndpointTeacher(
+                    t,
+                    self.label_names,
+                    label_map=self.label_map,
+                    cache_dir=cache_dir,
+                    options=self.endpoint_options,
+                    budget=self.budget,
+                    token=load_kwargs.get("token"),
+                )
+            return Teacher.load(t, **load_kwargs)
+
+        self.teachers = [load(t) for t in teachers]
+        _check_no_duplicates([t.id for t in self.teachers])
         sources = [t if isinstance(t, Teacher) else str(t).strip() for t in teachers]
         self.mappings: list[LabelMapping] = _map_pool(self.teachers, sources, self.label_names, self.label_map)
         for t, m in zip(self.teachers, self.mappings, strict=True):
@@ -856,8 +924,46 @@ class ModelPool:
 
     def to(self, device) -> ModelPool:
         for t in self.teachers:
-            t.model.to(device)
+            if not isinstance(t, EndpointTeacher):
+                t.model.to(device)
         return self
+
+    @property
+    def endpoints(self) -> list[EndpointTeacher]:
+        return [t for t in self.teachers if isinstance(t, EndpointTeacher)]
+
+    def endpoint_stats(self) -> dict | None:
+        """Calls made, answered, served from the cache and failed, and the answers' observed mass per endpoint
+        teacher (metrics.json, the card); None for a pool without endpoint teachers."""
+        if not self.endpoints:
+            return None
+        teachers = {
+            t.id: {
+                "top_k": t.options.top_k,
+                "observed_mass": float(np.mean(t.observed_mass)) if t.observed_mass else None,
+            }
+            for t in self.endpoints
+        }
+        return {**self.budget.to_dict(), "teachers": teachers}
+
+    def _endpoint_probs(self, k: int, images, keys, progress: bool, accelerator) -> torch.Tensor:
+        """Endpoint teacher k on every image (one process calls, the others receive its answers)."""
+        from .images import ImageSet
+
+        teacher = self.teachers[k]
+        world = accelerator.num_processes if accelerator is not None else 1
+        out = torch.zeros(len(images), len(self.label_names))
+        if world == 1 or accelerator.is_main_process:
+            step = 1024  # originals are read a chunk at a time
+            for start in range(0, len(images), step):
+                pos = np.arange(start, min(start + step, len(images)))
+                items = images._items(pos) if isinstance(images, ImageSet) else [images[int(i)] for i in pos]
+                out[start : start + len(pos)] = teacher.probs(keys[pos], items, progress)[0]
+        if world > 1:
+            from accelerate.utils import broadcast
+
+            out = broadcast(out.to(accelerator.device), from_process=0).cpu()
+        return out
 
     def probs(self, images, progress: bool = False, accelerator=None, num_workers: int = 0) -> torch.Tensor:
         """Teacher probabilities over the target classes for uint8 images (N, 3, H, W) or an `ImageSet` -> (N, K, C).
@@ -886,7 +992,10 @@ class ModelPool:
         keys = row_keys(images)
         out = torch.empty(len(images), len(self), len(self.label_names))  # (N, K, C)
         for k in range(len(self)):
-            out[:, k] = self._teacher_probs(k, images, keys, progress, accelerator)
+            if isinstance(self.teachers[k], EndpointTeacher):
+                out[:, k] = self._endpoint_probs(k, images, keys, progress, accelerator)
+            else:
+                out[:, k] = self._teacher_probs(k, images, keys, progress, accelerator)
         return out
 
     def _probs_of_originals(self, images, progress: bool, accelerator, num_workers: int) -> torch.Tensor:
@@ -896,6 +1005,10 @@ class ModelPool:
         rank = accelerator.process_index if accelerator is not None else 0
         logits, missing = [], []
         for teacher in self.teachers:
+            if isinstance(teacher, EndpointTeacher):  # answered below, not run here
+                logits.append(None)
+                missing.append(np.zeros(len(images), dtype=bool))
+                continue
             found, hit = self.cache.lookup(self._cache_key(teacher), keys, len(teacher.label_names))
             if world > 1:  # every process must agree on the rows to compute
                 from accelerate.utils import reduce
@@ -907,25 +1020,36 @@ class ModelPool:
         need = np.flatnonzero(np.any(missing, axis=0)) if len(images) else np.zeros(0, np.int64)
         if len(need):
             mine = need[rank::world]
-            local = self._run_originals(images, mine, [m[mine] for m in missing], progress, num_workers)
+            wanted = [m[mine] for m in missing]
+            with contextlib.ExitStack() as stack:  # rows reach the cache as they are computed, even if killed
+                writers = [
+                    stack.enter_context(self.cache.writer(self._cache_key(t), keys[mine[w]], teacher=t.id))
+                    if w.any()
+                    else None
+                    for t, w in zip(self.teachers, wanted, strict=True)
+                ]
+                local = self._run_originals(images, mine, wanted, progress, num_workers, writers)
             for k, teacher in enumerate(self.teachers):
                 rows = need[missing[k][need]]  # this teacher's new rows, in order
                 if not len(rows):
                     continue
                 new = local[k] if world == 1 else _gather_rows(local[k], need, missing[k], accelerator)
                 logits[k][torch.from_numpy(rows)] = new
-                if world == 1 or accelerator.is_local_main_process or self.cache.cache_dir is None:
-                    with self.cache.writer(self._cache_key(teacher), keys[rows], teacher=teacher.id) as writer:
-                        writer.write(new)
+                if world > 1:
+                    self._write_others(teacher, keys[rows], new, accelerator)
             if world > 1:
                 accelerator.wait_for_everyone()  # the entries are on disk before anyone looks again
         out = torch.empty(len(images), len(self), len(self.label_names))
         for k, mapping in enumerate(self.mappings):
-            out[:, k] = mapping.probs(logits[k])
+            if isinstance(self.teachers[k], EndpointTeacher):
+                out[:, k] = self._endpoint_probs(k, images, keys, progress, accelerator)
+            else:
+                out[:, k] = mapping.probs(logits[k])
         return out
 
-    def _run_originals(self, images, rows, wanted, progress: bool, num_workers: int) -> list[torch.Tensor]:
-        """Every teacher on the originals at `rows` whose `wanted[k]` mask is set: logits per teacher, in row order."""
+    def _run_originals(self, images, rows, wanted, progress: bool, num_workers: int, writers) -> list[torch.Tensor]:
+        """Every teacher on the originals at `rows` whose `wanted[k]` mask is set: logits per teacher, in row order,
+        each batch also going to `writers[k]`."""
         groups: dict[str, list[int]] = {}
         for k, teacher in enumerate(self.teachers):
             if wanted[k].any():
@@ -942,7 +1066,9 @@ class ModelPool:
                     mask = torch.from_numpy(wanted[k][done : done + len(chunk)])
                     if mask.any():
                         x = inputs[key] if bool(mask.all()) else inputs[key][mask]
-                        parts[k].append(self.teachers[k].logits_of_inputs(x, self.precision))
+                        part = self.teachers[k].logits_of_inputs(x, self.precision)
+                        writers[k].write(part)
+                        parts[k].append(part)
             done += len(chunk)
         return [torch.cat(p) for p in parts]
 
@@ -996,15 +1122,24 @@ class ModelPool:
         rank, world = accelerator.process_index, accelerator.num_processes
         teacher = self.teachers[k]
         width, per = len(teacher.label_names), -(-len(missing) // world)
-        local = self._run(k, images, missing[rank::world], progress and accelerator.is_local_main_process)
+        mine = missing[rank::world]
+        with self.cache.writer(self._cache_key(teacher), keys[mine], teacher=teacher.id) as writer:
+            local = self._run(k, images, mine, progress and accelerator.is_local_main_process, writer.write)
         padded = torch.zeros(per, width)
         padded[: len(local)] = local
         everyone = gather(padded.to(accelerator.device)).cpu().view(world, per, width)
         new = torch.empty(len(missing), width)
         for r in range(world):
             new[r::world] = everyone[r, : len(range(r, len(missing), world))]
-        if accelerator.is_local_main_process or self.cache.cache_dir is None:
-            with self.cache.writer(self._cache_key(teacher), keys[missing], teacher=teacher.id) as writer:
-                writer.write(new)
+        self._write_others(teacher, keys[missing], new, accelerator)
         accelerator.wait_for_everyone()  # the entry is on disk before anyone looks again
         return new
+
+    def _write_others(self, teacher: Teacher, keys, values: torch.Tensor, accelerator) -> None:
+        """After a gather: the rows other processes computed, into this machine's cache (once per machine)."""
+        if not (accelerator.is_local_main_process or self.cache.cache_dir is None):
+            return
+        _, hit = self.cache.contains(self._cache_key(teacher), keys, values.shape[1])
+        if (~hit).any():
+            with self.cache.writer(self._cache_key(teacher), keys[~hit], teacher=teacher.id) as writer:
+                writer.write(values[torch.from_numpy(~hit)])

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .utils import atomic_dir, atomic_write_text, cache_root, torch_threads
+from .utils import atomic_dir, atomic_write_text, cache_root, read_json, torch_threads
 
 __all__ = [
     "TEACHER_SPECS",
@@ -211,7 +211,7 @@ def build_digits_pool(output_dir: str | os.PathLike | None = None, domains: str 
         folder = out / f"teacher-{domain}"
         info = folder / "build_info.json"
         expected = _build_info(domain, seed, _source_tensors(domain)[0][0])
-        recorded = json.loads(info.read_text()) if info.is_file() else {}
+        recorded = read_json(info) if info.is_file() else {}
         if all(recorded.get(k) == v for k, v in expected.items()):
             logger.info("Reusing teacher %s from %s", domain, folder)
         else:

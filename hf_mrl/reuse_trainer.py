@@ -65,7 +65,10 @@ class ReuseArguments:
             costs 2 x guard_repeats x guard_folds student trainings (half of them shareable across pools).
         guard_margin: non-inferiority margin in accuracy (0.02 = 2 points): the method's student is delivered only
             when its cross-validated loss against supervised-only is, with `guard_confidence`, below it.
-        guard_confidence: one-sided confidence of that bound.
+        guard_confidence: one-sided confidence of that bound (the error guarantee of the whole rule).
+        guard_sequential: look at the evidence after each fold pair and stop once the decision is settled (keep at
+            the end of a repeat on the full rule at a stricter level, fall back as soon as harm is established;
+            close cases get every training); False: always train the whole design. See `hf_mrl.guard`.
         guard_workers: processes that train the guard's folds side by side; None: one per core on a
             single-process CPU run, else 1.
         supervised_baseline: also train the supervised-only student (the reference of the promise; needed by the
@@ -88,6 +91,7 @@ class ReuseArguments:
     guard_repeats: int = 2
     guard_margin: float = DEFAULT_MARGIN
     guard_confidence: float = DEFAULT_CONFIDENCE
+    guard_sequential: bool = True
     supervised_baseline: bool = True
     student: dict | None = None
     dataset: str = "custom"
@@ -421,6 +425,7 @@ class ReuseTrainer:
             repeats=repeats,
             margin=args.guard_margin,
             confidence=args.guard_confidence,
+            sequential=args.guard_sequential,
         )
         logger.info(
             "Guard (%d x %d folds, %d held out, %d trainings): %s %.4f vs supervised %.4f, gain %+.4f +/- %.4f, "
@@ -439,6 +444,7 @@ class ReuseTrainer:
             report.decision,
             report.reason,
         )
+        logger.info("Guard: %s", report.cost_sentence())
         return report
 
     # -- the whole run ---------------------------------------------------------------------------------
@@ -494,6 +500,8 @@ class ReuseTrainer:
             method_student = trainer.train(None if ckpt is None else ckpt / method, resume, progress=self.progress)
             method_pred = trainer.predict(data.test_images)
         reuser = trainer.strategy.reuser
+        if reuser is not None and self.pool is not None:
+            reuser.attach_pool(self.pool)  # records the teachers' weights hashes in its config
         reuse_out = trainer.strategy.reuse_predictions("t") if reuser is not None else None
         lap("method")
         guard = self.run_guard(supervised) if supervised is not None else None
@@ -590,6 +598,8 @@ class ReuseTrainer:
             "never_worse": None if sup_acc is None else reports["student"]["accuracy"] >= sup_acc,
             "teacher_accuracy": dict(zip(self.teacher_ids, self.teacher_accuracy(), strict=True)),
             "teacher_forward_samples": forward_samples,
+            # endpoint teachers: calls made, images answered, served from the cache, failed calls
+            "endpoints": self.pool.endpoint_stats() if self.pool is not None else None,
             "teacher_forward_samples_by_process": forward_by_process,
             "screening": [score.to_dict() for score in screening],
             "guard": None if guard is None else guard.to_dict(),
@@ -685,6 +695,7 @@ class ReuseTrainer:
             method=self.config.method,
             delivered=metrics.get("delivered"),
             method_student_accuracy=metrics.get("method_student_accuracy"),
+            endpoints=_card_endpoints(metrics.get("endpoints")),
             test_overlap=self._test_overlap,
         )
 
@@ -711,3 +722,14 @@ def _dataset_ids(spec: str, description: str) -> tuple[str, str, str | None]:
         return repo_id if revision is None else f"{repo_id}@{revision}", repo_id, None
     name = Path(spec).name or spec  # a local folder: its name only, not the path on this machine
     return f"local dataset `{name}`", "custom", None
+
+
+def _card_endpoints(stats: dict | None) -> dict | None:
+    """Endpoint call counts for the card, with the top_k the endpoint teachers were asked for."""
+    if not stats:
+        return None
+    ks = {t["top_k"] for t in stats["teachers"].values()}
+    return {
+        **{k: v for k, v in stats.items() if k != "teachers"},
+        "top_k": "all" if ks == {None} else max(ks - {None}),
+    }

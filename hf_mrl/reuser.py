@@ -17,6 +17,7 @@ from .cards import RunSummary, reuser_card, split_teacher_id
 from .embedding import Embedding
 from .inputs import image_batches
 from .pool import ModelPool
+from .utils import read_json
 
 __all__ = ["AttentionReuser", "FORMAT_VERSION"]
 
@@ -47,6 +48,10 @@ class AttentionReuser(
         allow_pickle: whether pickle-only teacher checkpoints were accepted (recorded, like `trust_remote_code`).
         label_map: the teachers' label mapping when the pool was given one (`ModelPool.label_mapping`), so that the
             rebuilt pool maps labels as in training; None: by name, as `ModelPool` does by default.
+        teacher_hashes: each teacher's weights hash (id -> sha256 of its weight and config files), recorded when
+            the pool is attached; a rebuilt pool whose teacher has other weights (an overwritten local folder, an id
+            edited to another commit) is refused, or only warned about with `from_pretrained(...,
+            allow_changed_teachers=True)`.
 
     >>> reuser = AttentionReuser(["org/a@1", "org/b@2"], ["0", "1"], embed_dim=4)
     >>> out = reuser(torch.randn(3, 4), torch.softmax(torch.randn(3, 2, 2), -1))
@@ -66,6 +71,7 @@ class AttentionReuser(
         trust_remote_code: bool = False,
         allow_pickle: bool = False,
         label_map: dict | None = None,
+        teacher_hashes: dict | None = None,
     ):
         super().__init__()
         _check_init_args(teachers, label_names, embed_dim, format_version)
@@ -74,6 +80,8 @@ class AttentionReuser(
         self.trust_remote_code = bool(trust_remote_code)
         self.allow_pickle = bool(allow_pickle)
         self.label_map = label_map
+        self.teacher_hashes = dict(teacher_hashes) if teacher_hashes else None
+        self._allow_changed_teachers = False
         self.embedding_spec = Embedding(embedding or "teacher-outputs").spec
         self.temperature = float(temperature) if temperature else math.sqrt(embed_dim)
         if isinstance(self._hub_mixin_config, dict):  # record resolved values (config.json, card), not None
@@ -161,13 +169,36 @@ class AttentionReuser(
     def pool(self) -> ModelPool:
         """The teacher pool, rebuilt from the recorded ids (and commits) on first use."""
         if self._pool is None:
-            self._pool = ModelPool(self.teachers, self.label_names, label_map=self.label_map, **self._load_kwargs)
+            pool = ModelPool(self.teachers, self.label_names, label_map=self.label_map, **self._load_kwargs)
+            self._check_teacher_hashes(pool)
+            self._pool = pool
         return self._pool
 
     def attach_pool(self, pool: ModelPool) -> None:
+        """Use `pool` for `predict`; its weights hashes are recorded (saved in config.json) or, if recorded, checked."""
         if pool.ids != self.teachers:
             raise ValueError(f"Pool {pool.ids} is not the one this reuser was trained with: {self.teachers}.")
+        if self.teacher_hashes is None:
+            self.teacher_hashes = {t.id: t.weights_hash for t in pool.teachers if t.weights_hash}
+        self._check_teacher_hashes(pool)
         self._pool = pool
+
+    def _check_teacher_hashes(self, pool: ModelPool) -> None:
+        changed = [
+            (t.id, self.teacher_hashes[t.id], t.weights_hash)
+            for t in pool.teachers
+            if self.teacher_hashes and self.teacher_hashes.get(t.id) not in (None, t.weights_hash)
+        ]
+        if not changed:
+            return
+        what = "; ".join(f"{i}: trained with weights {old[:12]}, found {new and new[:12]}" for i, old, new in changed)
+        message = (
+            f"The weights of teacher(s) differ from those this reuser was trained with ({what}): its attention was "
+            "learned for the old ones, so its predictions would change."
+        )
+        if not self._allow_changed_teachers:
+            raise ValueError(message + " Restore them, or load with allow_changed_teachers=True to use them anyway.")
+        logger.warning("%s Using them anyway (allow_changed_teachers=True).", message)
 
     @torch.no_grad()
     def predict(self, images, batch_size: int = 256) -> dict[str, torch.Tensor]:
@@ -233,6 +264,7 @@ class AttentionReuser(
             "trust_remote_code": self.trust_remote_code,
             "allow_pickle": self.allow_pickle,
             **({"label_map": self.label_map} if self.label_map is not None else {}),
+            **({"teacher_hashes": dict(self.teacher_hashes)} if self.teacher_hashes else {}),
         }
 
     def _save_pretrained(self, save_directory: Path) -> None:
@@ -265,6 +297,7 @@ class AttentionReuser(
         *,
         trust_remote_code: bool = False,
         allow_pickle: bool = False,
+        allow_changed_teachers: bool = False,
         **kwargs,
     ) -> AttentionReuser:
         """Load a saved reuser from a local folder or a Hub repo; its pool is rebuilt on first use.
@@ -274,6 +307,8 @@ class AttentionReuser(
             trust_remote_code: let teachers run their repositories' own code when the pool is rebuilt. Off by
                 default, even when the reuser was trained with it (its config records that; a warning says so).
             allow_pickle: accept pickle-only teacher checkpoints when the pool is rebuilt (off by default).
+            allow_changed_teachers: when a rebuilt teacher's weights differ from the recorded hash, warn instead of
+                refusing.
             kwargs: `revision`, `token`, `cache_dir`, `force_download`, `local_files_only`, `map_location`,
                 `strict`, as for `huggingface_hub.PyTorchModelHubMixin.from_pretrained`.
 
@@ -285,6 +320,7 @@ class AttentionReuser(
         _check_config(_read_config(model_id, kwargs), model_id)
         model = super().from_pretrained(model_id, **kwargs)
         model._load_kwargs.update(trust_remote_code=bool(trust_remote_code), allow_pickle=bool(allow_pickle))
+        model._allow_changed_teachers = bool(allow_changed_teachers)
         if model.trust_remote_code and not trust_remote_code:
             logger.warning(
                 "Reuser %s was trained with teachers that run their repositories' own code (trust_remote_code=True). "
@@ -409,8 +445,7 @@ def _read_config(model_id: str, kwargs: dict) -> dict:
                 f"Reuser {model_id!r} was not found: no such local folder, and not a Hub repo id ({err})."
             ) from None
     try:
-        with open(path, encoding="utf-8") as f:
-            config = json.load(f)
+        config = read_json(path, what=f"The config.json of {model_id!r}")
     except ValueError as err:  # invalid JSON, or not UTF-8 text
         raise ValueError(
             f"The config.json of {model_id!r} is not valid JSON ({err}): not a saved AttentionReuser."

@@ -38,10 +38,11 @@ from pathlib import Path
 
 import torch
 
+from .endpoint import CallBudget, EndpointError, EndpointOptions, add_endpoint_arguments, endpoint_options, is_endpoint
 from .labels import label_keys, load_label_map, map_labels, normalize_label
 from .pool import ModelPool, Teacher, TeacherLoadError, parse_teacher_id
 from .screening import screen_teachers
-from .utils import atomic_write_json, atomic_write_text, cache_root
+from .utils import atomic_write_json, atomic_write_text, cache_root, read_json
 
 __all__ = [
     "Candidate",
@@ -156,6 +157,9 @@ def discover_candidates(
         raise ValueError(f"max_candidates must be a positive integer; got {max_candidates!r}.")
     out: dict[str, Candidate] = {}
     for entry in ids:
+        if is_endpoint(entry):  # called, not downloaded: no metadata, scored on the target like the rest
+            out.setdefault(entry, Candidate(entry, None))
+            continue
         name, revision = parse_teacher_id(entry)
         out.setdefault(name, Candidate(name, revision))
     if use_search:
@@ -168,7 +172,7 @@ def discover_candidates(
                     f"HF_HUB_OFFLINE=1 and this search ({query}) was never run online: run it once online, or pass "
                     "the candidates as ids (--candidates_file)."
                 )
-            found = json.loads(cached.read_text())
+            found = read_json(cached)
         else:
             models = HfApi().list_models(
                 search=search,
@@ -263,7 +267,7 @@ def _metadata(c: Candidate, cache_dir: Path, token) -> dict:
     if sha is None and constants.HF_HUB_OFFLINE and ref.is_file():
         sha = ref.read_text().strip()  # the commit this branch or tag had when it was screened online
     if sha is not None and (folder / f"{sha}.json").is_file():
-        return json.loads((folder / f"{sha}.json").read_text())
+        return read_json(folder / f"{sha}.json")
     if constants.HF_HUB_OFFLINE:
         raise ValueError("HF_HUB_OFFLINE=1 and its metadata are not cached: run once online")
     info = HfApi().model_info(c.repo_id, revision=c.revision, files_metadata=True, token=token)
@@ -283,7 +287,7 @@ def _metadata(c: Candidate, cache_dir: Path, token) -> dict:
     if "config.json" in files:
         try:  # a gated repo may be open to this user's token: ask for the file rather than trust the flag
             path = hf_hub_download(c.repo_id, "config.json", revision=info.sha, token=token)
-            meta["config"] = json.loads(Path(path).read_text(encoding="utf-8"))
+            meta["config"] = read_json(path)
         except GatedRepoError:
             meta["denied"] = True
         except ValueError:
@@ -633,6 +637,7 @@ def score_candidates(
     label_map: str | os.PathLike | dict | None = None,
     check_permutations: bool = True,
     token=None,
+    endpoint: EndpointOptions | None = None,
 ) -> tuple[list[Candidate], _Outputs]:
     """Load each candidate with `Teacher.load` and score it on the target; returns the survivors and their outputs.
 
@@ -641,14 +646,24 @@ def score_candidates(
     (`permuted_labels`), that are no better than chance, or are near-duplicates (mean absolute difference of their
     probabilities below `duplicate_tolerance`) of an earlier, more downloaded candidate. Labels are mapped onto the
     target's as a training `ModelPool` with the same `label_map` maps them. Teacher outputs are cached per sample
-    under `cache_dir` as in training.
+    under `cache_dir` as in training. Endpoint candidates (`endpoint:URL`) are called on the same images, under
+    one call budget shared by all of them (`endpoint.max_calls`).
     """
     label_names = [str(n) for n in label_names]
     label_map = load_label_map(label_map)
     logits_dir = Path(cache_dir or cache_root() / "selection") / "logits"
     loaded, lab, unl, cov = [], [], [], []
+    budget = CallBudget((endpoint or EndpointOptions()).max_calls)
     for c in candidates:
         try:
+            if is_endpoint(c.id):
+                pool = ModelPool([c.id], label_names, cache_dir=logits_dir, label_map=label_map, endpoint=endpoint)
+                pool.budget = pool.teachers[0].budget = budget
+                lab.append(pool.probs(labeled_images)[:, 0])
+                unl.append(pool.probs(unlabeled_images)[:, 0])
+                cov.append(pool.coverage[0])
+                loaded.append(c)
+                continue
             teacher = Teacher.load(c.id, token=token)  # no pickle, no remote code
             known = label_keys(teacher.label_names, teacher.label_descriptions)
             pool = ModelPool(
@@ -657,8 +672,8 @@ def score_candidates(
             lab.append(pool.probs(labeled_images)[:, 0])
             unl.append(pool.probs(unlabeled_images)[:, 0])
             cov.append(pool.coverage[0])
-        except (TeacherLoadError, ValueError) as err:
-            reason = getattr(err, "reason", "load_failed")
+        except (TeacherLoadError, ValueError, EndpointError) as err:
+            reason = getattr(err, "reason", "load_failed" if not isinstance(err, EndpointError) else "call_failed")
             c.reject("scored", f"could not be loaded ({reason}): {err}")
             continue
         loaded.append(c)
@@ -934,6 +949,7 @@ def select_pool(
     cache_dir: str | os.PathLike | None = None,
     token: str | bool | None = None,
     max_workers: int = 4,
+    endpoint: EndpointOptions | None = None,
 ) -> SelectionResult:
     """Discover, screen and select K teachers for a target; writes the pool file and the report to `output_dir`.
 
@@ -987,8 +1003,9 @@ def select_pool(
     candidates = list(candidates)
     if not candidates:
         raise ValueError("No candidate teachers: widen the search (--search, --filter) or pass --candidates_file.")
+    called = [c for c in candidates if is_endpoint(c.id)]
     survivors = screen_metadata(
-        candidates,
+        [c for c in candidates if not is_endpoint(c.id)],
         label_names,
         allow_remote_code=allow_remote_code,
         max_parameters=max_parameters,
@@ -1002,7 +1019,7 @@ def select_pool(
     survivors = apply_download_budget(survivors, download_budget_bytes)
     downloads = download_candidates(survivors, token=token, max_workers=max_workers)
     kept, outs = score_candidates(
-        survivors,
+        survivors + called,
         label_names,
         labeled_images,
         labeled_labels,
@@ -1011,6 +1028,7 @@ def select_pool(
         label_map=label_map,
         check_permutations=check_permutations,
         token=token,
+        endpoint=endpoint,
     )
     if not kept:
         raise ValueError("No candidate passed the screens: see the reasons in the report; widen the search.")
@@ -1356,6 +1374,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--cache_dir", default=None, help="searches, metadata, teacher outputs")
     p.add_argument("--max_workers", type=int, default=4, help="concurrent downloads")
+    add_endpoint_arguments(p)
     _show_defaults(p)
     return p
 
@@ -1417,6 +1436,7 @@ def main(argv: list[str] | None = None) -> int:
             objective=args.objective,
             cache_dir=args.cache_dir,
             max_workers=args.max_workers,
+            endpoint=endpoint_options(args),
         )
     print(f"Target: {described}")
     print(f"Selected {len(result.selected)}: " + ", ".join(c.id for c in result.selected))

@@ -10,13 +10,12 @@ student's own preprocessing.
 from __future__ import annotations
 
 import inspect
-import json
 import os
 from pathlib import Path
 
 import torch
 
-from .utils import atomic_write_json
+from .utils import atomic_write_json, read_json
 
 __all__ = [
     "DEFAULT_STUDENT",
@@ -246,7 +245,7 @@ def _timm_student(source: str, shown: str, label_names, image_size, pretrained: 
 def _processor_cfg(folder: Path, config, image_size, pretrained: bool) -> tuple[tuple[int, int], tuple, tuple]:
     """Input size and normalisation of a transformers checkpoint, from its preprocessor_config.json."""
     path = folder / "preprocessor_config.json"
-    proc = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    proc = read_json(path) if path.is_file() else {}
     size = None
     for key in ("crop_size", "size") if proc.get("do_center_crop") else ("size",):
         value = proc.get(key)
@@ -339,7 +338,7 @@ def _save_timm(model: torch.nn.Module, save_directory: Path) -> None:
     # with "got multiple values for keyword argument 'num_classes'". timm reads the root value when it is absent.
     # Where the starting weights came from (a local file) is no argument of this model either.
     path = save_directory / "config.json"
-    config = json.loads(path.read_text(encoding="utf-8"))
+    config = read_json(path)
     drop = [k for k in config.get("model_args", {}) if k in ("num_classes", *_LOAD_ARGS)]
     if drop:
         for key in drop:

@@ -8,7 +8,9 @@ import json
 import math
 import os
 import shutil
+import socket
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,6 +26,8 @@ __all__ = [
     "check_json_depth",
     "disk_full_error",
     "is_disk_full",
+    "read_json",
+    "remove_stale_temp",
     "torch_threads",
 ]
 
@@ -106,26 +110,92 @@ def check_json_depth(text: str, max_depth: int = 64, what: str = "JSON") -> None
             depth -= 1
 
 
+def read_json(path: str | os.PathLike, max_depth: int = 64, what: str | None = None):
+    """Parse a JSON file after checking its nesting depth: a crafted file is a ValueError naming it, at once.
+
+    Also a `ValueError` (never a RecursionError or UnicodeDecodeError) for invalid JSON or text that is not UTF-8;
+    a UTF-8 byte-order mark is accepted.
+    """
+    what = what or str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{what} is not UTF-8 text ({err.reason} at byte {err.start}).") from None
+    check_json_depth(text, max_depth, what)
+    return json.loads(text)
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write a file whole or not at all: readers (other processes, a rerun after a crash) never see half of it."""
+def _temp_prefix(name: str) -> str:
+    # host and pid in the name let `remove_stale_temp` tell a dead writer's leftover from a live writer's file
+    return f".{name}.{_HOST}.{os.getpid()}."
+
+
+_HOST = socket.gethostname().replace(".", "-")[:32] or "host"
+_STALE_AFTER = 3600.0
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, sync: bool = False) -> Path:
+    """Write a file whole or not at all: readers (other processes, a rerun after a crash) never see half of it.
+
+    With `sync`, the data reach the disk before the rename (an entry others rely on survives a power cut).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_temp_prefix(path.name), suffix=".tmp")
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes it private; outputs follow the user's umask
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+            if sync:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
     return path
+
+
+def remove_stale_temp(folder: str | os.PathLike) -> int:
+    """Remove temp files `atomic_write_bytes` left in `folder` when its writer was killed; returns how many.
+
+    A file is stale when its writer (named in the file name) is a dead process on this host, or, for a writer on
+    another host sharing the folder, when it has not changed for an hour. A live writer's file is never touched.
+    """
+    removed = 0
+    for path in Path(folder).glob(".*.tmp"):
+        parts = path.name.rsplit(".", 4)  # .NAME . HOST . PID . RANDOM . tmp
+        if len(parts) != 5 or not parts[2].isdigit():
+            continue
+        host, pid = parts[1], int(parts[2])
+        try:
+            if host == _HOST:
+                if _alive(pid):
+                    continue
+            elif time.time() - path.lstat().st_mtime < _STALE_AFTER:
+                continue
+            if not path.is_symlink() and path.is_file():
+                path.unlink()
+                removed += 1
+        except OSError:
+            continue
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

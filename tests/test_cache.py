@@ -17,6 +17,7 @@ from helpers import make_images
 from safetensors.torch import load_file
 
 from hf_mrl import ModelPool, Teacher
+from hf_mrl import cache as cache_module
 from hf_mrl.cache import LogitCache, fingerprint, row_keys
 
 LABELS = ["a", "b", "c"]
@@ -124,57 +125,146 @@ def test_teacher_weights_and_precision_are_part_of_the_key(tmp_path):
 # ----------------------------------------------------------------------------------------------- corruption
 
 
-@pytest.mark.parametrize("damage", ["garbage", "truncated", "nan"])
-def test_corrupted_entry_is_recomputed(tmp_path, damage):
+def _flip_exponents(entry: Path, rows: int) -> None:
+    """Flip an exponent bit of the first `rows` logits in place: the values stay finite but change by 2^k."""
+    raw = bytearray(entry.read_bytes())
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8 : 8 + n])
+    start = 8 + n + header["logits"]["data_offsets"][0]
+    width = header["logits"]["shape"][1]
+    for i in range(rows * width):
+        raw[start + 4 * i + 3] ^= 0x01  # lowest exponent bit of a little-endian float32
+    entry.write_bytes(bytes(raw))
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "nan", "flipped", "keys"])
+def test_damaged_entry_is_reported_deleted_and_recomputed(tmp_path, damage, caplog):
     images = make_images(6, seed=6)
     ref = _pool(tmp_path, seeds=(0,)).probs(images)
     (entry,) = _entries(tmp_path)
     raw = entry.read_bytes()
+    n = int.from_bytes(raw[:8], "little")
     if damage == "garbage":
         entry.write_bytes(b"not a safetensors file")
     elif damage == "truncated":
         entry.write_bytes(raw[: len(raw) - 10])
-    else:  # a valid file whose logits were overwritten with NaN
+    elif damage == "nan":  # a valid file whose logits were overwritten with NaN
         tensors = load_file(entry)
         tensors["logits"][2] = float("nan")
-        header_len = int.from_bytes(raw[:8], "little")
-        data = raw[8 + header_len :]
+        data = raw[8 + n :]
         logits = tensors["logits"].numpy().astype("<f4").tobytes()
-        entry.write_bytes(raw[: 8 + header_len] + data[: len(data) - len(logits)] + logits)
+        entry.write_bytes(raw[: 8 + n] + data[: len(data) - len(logits)] + logits)
+    elif damage == "flipped":
+        _flip_exponents(entry, 6)
+        assert np.isfinite(load_file(entry)["logits"].numpy()).all()  # no finiteness check could see it
+    else:  # one bit of one key: that row would be served for another image
+        header = json.loads(raw[8 : 8 + n])
+        at = 8 + n + header["keys"]["data_offsets"][0]
+        entry.write_bytes(raw[:at] + bytes([raw[at] ^ 1]) + raw[at + 1 :])
     fresh = _pool(tmp_path, seeds=(0,))
-    torch.testing.assert_close(fresh.probs(images), ref)
-    assert _seen(fresh) == [1 if damage == "nan" else 6]
+    with caplog.at_level("WARNING", logger="hf_mrl.cache"):
+        torch.testing.assert_close(fresh.probs(images), ref, rtol=0, atol=0)
+    assert _seen(fresh) == [6]
+    assert "recomputed" in caplog.text and entry.name in caplog.text
+    assert entry not in _entries(tmp_path)  # deleted: the next run does not meet it again
+    assert len(_entries(tmp_path)) == 1  # the recomputed rows
+
+
+def test_encoder_feature_entries_carry_a_checksum(tmp_path, caplog):
+    cache = LogitCache(tmp_path)
+    feats = torch.randn(5, 4)
+    cache.put("enc", "fp", feats)
+    torch.testing.assert_close(LogitCache(tmp_path).get("enc", "fp"), feats, rtol=0, atol=0)
+    (entry,) = tmp_path.rglob("fp.safetensors")
+    raw = bytearray(entry.read_bytes())
+    raw[-1] ^= 0x01
+    entry.write_bytes(bytes(raw))
+    with caplog.at_level("WARNING", logger="hf_mrl.cache"):
+        assert LogitCache(tmp_path).get("enc", "fp") is None
+    assert "checksum" in caplog.text
+
+
+def test_a_fifo_named_like_an_entry_is_skipped(tmp_path):
+    images = make_images(4, seed=12)
+    pool = _pool(tmp_path, seeds=(0,))
+    folder = tmp_path / pool._cache_key(pool.teachers[0])
+    folder.mkdir(parents=True)
+    os.mkfifo(folder / "rows-0000.safetensors")  # opening it for reading would block forever
+    probs = pool.probs(images)
+    assert _seen(pool) == [4] and probs.shape == (4, 1, 3)
+    assert (folder / "rows-0000.safetensors").exists()  # not ours to delete: only regular files are removed
+
+
+def test_an_older_entry_without_checksums_is_recomputed(tmp_path, caplog):
+    images = make_images(4, seed=13)
+    _pool(tmp_path, seeds=(0,)).probs(images)
+    (entry,) = _entries(tmp_path)
+    raw = entry.read_bytes()
+    entry.write_bytes(raw.replace(b"hf_mrl-rows-2", b"hf_mrl-rows-1"))
+    fresh = _pool(tmp_path, seeds=(0,))
+    with caplog.at_level("WARNING", logger="hf_mrl.cache"):
+        fresh.probs(images)
+    assert _seen(fresh) == [4] and "older hf_mrl" in caplog.text
 
 
 # ----------------------------------------------------------------------------------------------- atomic writes
 
 
-def test_an_interrupted_write_leaves_no_entry(tmp_path):
+def test_an_interrupted_write_keeps_the_rows_it_received(tmp_path):
     cache = LogitCache(tmp_path)
     keys = row_keys(make_images(8, seed=7))
+    rows = torch.randn(4, 3)
     with pytest.raises(KeyboardInterrupt):
         with cache.writer("t", keys) as writer:
-            writer.write(torch.ones(4, 3))
-            raise KeyboardInterrupt  # killed between two chunks
-    assert not list(tmp_path.rglob("rows-*")) and not list(tmp_path.rglob("*.tmp"))
+            writer.write(rows)
+            raise KeyboardInterrupt  # interrupted between two chunks
+    assert not list(tmp_path.rglob("*.tmp"))
     values, hit = LogitCache(tmp_path).lookup("t", keys)
-    assert values is None and not hit.any()
+    assert hit.tolist() == [True] * 4 + [False] * 4
+    torch.testing.assert_close(values[:4], rows, rtol=0, atol=0)
 
 
-def test_writer_streams_chunks_and_checks_the_count(tmp_path):
+def test_writer_commits_shards_as_it_goes(tmp_path, monkeypatch):
+    monkeypatch.setattr(cache_module, "_SHARD_ROWS", 4)
     cache = LogitCache(tmp_path)
     keys = row_keys(make_images(10, seed=8))
     rows = torch.randn(10, 5)
+    readable = []
     with cache.writer("t", keys) as writer:
         for i in range(0, 10, 3):
             writer.write(rows[i : i + 3])
+            readable.append(int(LogitCache(tmp_path).lookup("t", keys)[1].sum()))  # as another process sees it
+    assert readable == [0, 6, 6, 10]  # a shard is committed once it holds 4 rows or more
     values, hit = LogitCache(tmp_path).lookup("t", keys)
-    assert hit.all()
+    assert hit.all() and len(_entries(tmp_path)) == 2
     torch.testing.assert_close(values, rows, rtol=0, atol=0)
     with pytest.raises(RuntimeError, match="rows"):
-        with cache.writer("t", keys) as writer:
+        with cache.writer("u", keys) as writer:
             writer.write(rows[:4])
-    assert len(_entries(tmp_path)) == 1 and not list(tmp_path.rglob("*.tmp"))
+    with pytest.raises(RuntimeError, match="rows"):
+        with cache.writer("u", keys[:2]) as writer:
+            writer.write(rows[:3])
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_temp_files_of_dead_writers_are_removed(tmp_path):
+    from hf_mrl import utils
+
+    pool = _pool(tmp_path, seeds=(0,))
+    folder = tmp_path / pool._cache_key(pool.teachers[0])
+    folder.mkdir(parents=True)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = folder / f".rows-x.safetensors.{utils._HOST}.{dead.stdout.strip()}.abcd1234.tmp"
+    live = folder / f".rows-y.safetensors.{utils._HOST}.{os.getpid()}.abcd1234.tmp"
+    foreign = folder / ".rows-z.safetensors.otherhost.1.abcd1234.tmp"  # another machine: only when an hour old
+    for path in (stale, live, foreign):
+        path.write_bytes(b"partial")
+    pool.probs(make_images(3, seed=14))
+    assert not stale.exists() and live.exists() and foreign.exists()
+    old = os.stat(foreign).st_mtime - 7200
+    os.utime(foreign, (old, old))
+    _pool(tmp_path, seeds=(0,)).probs(make_images(3, seed=14))
+    assert not foreign.exists() and live.exists()
 
 
 def test_entries_written_by_another_process_are_found(tmp_path):
@@ -224,4 +314,6 @@ def test_teacher_inference_is_sharded_over_processes(tmp_path):
     assert len(results) == 2
     assert sorted(r["first"][0] for r in results) == [10, 11]  # each process ran its half
     assert all(r["same"] and r["close"] for r in results)
-    assert len(_entries(tmp_path / "cache")) == 2  # written once (by the local main process), read by both
+    # each process stores the rows it computed (as it computes them), so every row is written once, read by both
+    entries = _entries(tmp_path / "cache")
+    assert len(entries) == 4 and sum(len(load_file(e)["keys"]) for e in entries) == 2 * 21

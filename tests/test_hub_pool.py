@@ -152,3 +152,36 @@ def test_missing_gated_and_bad_revision_are_told_apart(hub_teachers, local_hub):
         ModelPool(["org/tm", "org/tr"], TARGET)  # the pool names the failing teacher, not the first one
     assert err.value.reason == "gated" and err.value.teacher == "org/tr"
     assert isinstance(err.value, ValueError)  # callers catching ValueError keep working
+
+
+def test_a_reuser_refuses_a_teacher_whose_weights_changed(hub_teachers, tmp_path, caplog):
+    """Its config.json edited to point at another commit of a teacher: the recorded weights hash catches it."""
+    commits = hub_teachers["commits"]
+    ids = [f"org/tr@{commits['tr']}", f"org/tm@{commits['tm_v1']}"]
+    reuser = AttentionReuser(ids, TARGET, embed_dim=6)
+    reuser.attach_pool(ModelPool(ids, TARGET))  # as training does: the hashes are recorded
+    reuser.save_pretrained(tmp_path / "r")
+    config = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert set(config["teacher_hashes"]) == set(ids)
+    assert AttentionReuser.from_pretrained(tmp_path / "r").pool.ids == ids  # unchanged: loads
+    # every mention of the v1 commit (the teacher id and its hash's key) now names v2
+    text = (tmp_path / "r" / "config.json").read_text().replace(commits["tm_v1"], commits["tm_v2"])
+    (tmp_path / "r" / "config.json").write_text(text)
+    swapped = AttentionReuser.from_pretrained(tmp_path / "r")
+    with pytest.raises(ValueError, match="differ from those this reuser was trained with") as err:
+        _ = swapped.pool
+    assert f"org/tm@{commits['tm_v2']}" in str(err.value) and "allow_changed_teachers" in str(err.value)
+    allowed = AttentionReuser.from_pretrained(tmp_path / "r", allow_changed_teachers=True)
+    with caplog.at_level("WARNING", logger="hf_mrl.reuser"):
+        assert len(allowed.pool.teachers) == 2
+    assert "differ" in caplog.text
+
+
+def test_a_reuser_refuses_an_overwritten_local_teacher(tmp_path):
+    folder = make_timm_teacher(tmp_path / "t", TARGET, seed=1)
+    reuser = AttentionReuser([str(folder)], TARGET, embed_dim=3)
+    reuser.attach_pool(ModelPool([str(folder)], TARGET))
+    reuser.save_pretrained(tmp_path / "r")
+    make_timm_teacher(tmp_path / "t", TARGET, seed=2)  # same folder, other weights
+    with pytest.raises(ValueError, match="differ from those"):
+        _ = AttentionReuser.from_pretrained(tmp_path / "r").pool

@@ -215,3 +215,71 @@ def test_decoding_workers_follow_a_strategy_that_routes_the_batches(task):
         trainer.train(progress=False)
         histories.append([h["ce_loss"] for h in trainer.history])
     assert histories[0] == pytest.approx(histories[1], rel=1e-5)
+
+
+KILLED_PASS = """
+import sys, time
+sys.path.insert(0, {tests!r})
+import torch
+from hf_mrl import ModelPool, cache
+from hf_mrl.target import load_target
+
+cache._SHARD_SECONDS = 0.2  # commit every 0.2 s of work (10 s by default) so that the test need not wait long
+data, _ = load_target({data!r}, image_size=8)
+pool = ModelPool([{teacher!r}], {labels!r}, cache_dir={cache!r}, batch_size=2)
+forward = pool.teachers[0].logits_of_inputs
+
+def slow(x, precision="fp32"):
+    out = forward(x, precision)
+    with open({progress!r}, "a") as f:
+        f.write(f"{{len(x)}}\\n")
+    time.sleep(0.1)
+    return out
+
+pool.teachers[0].logits_of_inputs = slow
+pool.probs(data.unlabeled_images, num_workers=0)
+"""
+
+
+def test_a_killed_teacher_pass_keeps_the_rows_it_computed(task, tmp_path):
+    """SIGKILL in the middle of a lazy split's teacher pass: the rerun computes only the rows not yet committed."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    progress = tmp_path / "progress"
+    script = tmp_path / "pass.py"
+    script.write_text(
+        KILLED_PASS.format(
+            tests=str(Path(__file__).parent),
+            data=task["data"],
+            teacher=task["teachers"][0],
+            labels=LABELS,
+            cache=str(tmp_path / "cache"),
+            progress=str(progress),
+        )
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
+    proc = subprocess.Popen([sys.executable, str(script)], env=env)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        if progress.exists() and sum(map(int, progress.read_text().split())) >= 16:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the teacher pass ended before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    computed = sum(map(int, progress.read_text().split()))
+    assert computed < 30
+
+    data, _ = load_target(task["data"], image_size=8)
+    pool = ModelPool([task["teachers"][0]], LABELS, cache_dir=tmp_path / "cache", batch_size=2)
+    probs = pool.probs(data.unlabeled_images, num_workers=0)
+    reused = 30 - pool.teachers[0].samples_seen
+    assert reused >= 12, f"only {reused} of the {computed} rows computed before the kill were kept"
+    assert not list((tmp_path / "cache").rglob("*.tmp"))
+    fresh = ModelPool([task["teachers"][0]], LABELS, batch_size=2)  # batch size changes float rounding
+    torch.testing.assert_close(probs, fresh.probs(data.unlabeled_images, num_workers=0), rtol=0, atol=0)

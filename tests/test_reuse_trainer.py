@@ -100,6 +100,18 @@ def test_guard_folds_in_parallel_workers_decide_as_one_worker(task, caplog):
     assert parallel.to_dict() == serial.to_dict()
 
 
+def test_the_sequential_guard_decides_the_same_on_two_workers(task):
+    """Looks are taken on completed prefixes of the look order, so which worker finishes first does not matter."""
+    pool, data, _ = task
+    runner = ReuseTrainer(pool, data, MRLConfig(**TINY), _args())
+    reuse = runner.compute_reuse_inputs()
+    kw = dict(folds=2, repeats=2, sequential=True)
+    serial = cross_validate_reuse(runner.config, data, reuse, pool.ids, workers=1, **kw)
+    parallel = cross_validate_reuse(runner.config, data, reuse, pool.ids, workers=2, **kw)
+    assert parallel.to_dict() == serial.to_dict() and serial.rule == "sequential"
+    assert serial.trainings <= serial.trainings_full == 8
+
+
 def test_arguments_and_inputs_are_checked():
     with pytest.raises(ValueError, match="guard_folds must be 0"):
         ReuseArguments(guard_folds=1)

@@ -341,3 +341,23 @@ def test_swap_permutations_are_nested_cycles():
         assert len(m) == k
         moved.append(m)
     assert all(a < b for a, b in zip(moved, moved[1:], strict=False))
+
+
+def test_the_sequential_guard_gets_records_of_its_own_and_keeps_the_full_guards_hashes():
+    full, seq = recipe.Spec(), recipe.Spec(guard_sequential=True)
+    # the full guard's hash is what it was before the option existed (its records still match) ...
+    assert recipe.pool_run_hash(full, "p") == recipe._hash({**full.identity(), "pool": "p"})
+    # ... a sequential run is a new record, and the supervised side (every fold trained) is shared
+    assert recipe.pool_run_hash(seq, "p") != recipe.pool_run_hash(full, "p")
+    assert recipe.supervised_hash(seq) == recipe.supervised_hash(full)
+    assert recipe.make_spec(recipe.parse_args(["--guard_sequential"])).guard_sequential
+
+
+def test_full_guard_records_replay_the_sequential_rule(ran):
+    results, summary = ran
+    for pool in summary["pools"].values():
+        assert pool["sequential_trainings"] is not None and pool["sequential_trainings"]["max"] <= 8
+        for q in pool["per_seed"]:
+            assert q["sequential"]["decision"] in ("keep", "fall_back") and q["guard_trainings"] == 8
+        assert all(d["decision"] != d["full"] for d in pool["sequential_differs"])
+    assert "the sequential guard on the same folds" in (results / recipe.REPORT).read_text()

@@ -376,3 +376,51 @@ def test_resume_needs_the_arguments_of_the_checkpoints(recipe, tiny, tmp_path, c
     with caplog.at_level(logging.WARNING, logger="hf_mrl.cli"):
         recipe.preflight(_args(recipe, tiny, tmp_path / "new", "--resume_from_checkpoint"))
     assert any("no checkpoint" in r.getMessage() for r in caplog.records)
+
+
+# ----------------------------------------------------------------------------------------------- hostile inputs
+
+
+def test_one_local_teacher_spelled_three_ways_is_one_duplicate(tmp_path, monkeypatch):
+    folder = make_transformers_teacher(tmp_path / "x" / "t", LABELS)
+    monkeypatch.chdir(tmp_path / "x")
+    for spelling in ("t/.", "../x/t", str(folder)):
+        with pytest.raises(ValueError, match="Duplicate teachers.*listed twice") as err:
+            ModelPool(["t", spelling], LABELS)
+        assert repr(spelling) in str(err.value)
+
+
+def test_a_deeply_nested_label_map_fails_before_any_teacher_loads(tmp_path, monkeypatch):
+    deep = tmp_path / "map.json"
+    deep.write_text("[" * 10_000 + "]" * 10_000)
+    loads = []
+    monkeypatch.setattr(Teacher, "load", classmethod(lambda cls, *a, **k: loads.append(a)))
+    with pytest.raises(ValueError, match="nests deeper than"):
+        ModelPool(["org/a", "org/b"], LABELS, label_map=deep)
+    assert not loads
+
+
+def test_a_deeply_nested_reuser_config_is_a_clean_error(tmp_path):
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "config.json").write_text('{"teachers": ' + "[" * 10_000 + "]" * 10_000 + "}")
+    with pytest.raises(ValueError, match="nests deeper than"):
+        AttentionReuser.from_pretrained(tmp_path / "r")
+
+
+def test_a_pool_line_pointing_at_a_system_folder_lists_none_of_its_files(tmp_path):
+    (tmp_path / "secret").mkdir()
+    (tmp_path / "secret" / "passwords.txt").write_text("x")
+    with pytest.raises(TeacherLoadError) as err:
+        Teacher.load(str(tmp_path / "secret"))
+    assert "passwords" not in str(err.value) and "no config.json" in str(err.value)
+
+
+def test_a_processor_that_needs_remote_code_names_the_flag(tmp_path):
+    folder = make_transformers_teacher(tmp_path / "t", LABELS)
+    config = json.loads((folder / "preprocessor_config.json").read_text())
+    config["auto_map"] = {"AutoImageProcessor": "processing_remote.RemoteProcessor"}
+    (folder / "preprocessor_config.json").write_text(json.dumps(config))
+    (folder / "processing_remote.py").write_text("raise SystemExit('remote code ran')\n")
+    with pytest.raises(TeacherLoadError, match="--trust_remote_code") as err:
+        Teacher.load(str(folder))
+    assert err.value.reason == "remote_code" and "http" not in str(err.value)
