@@ -397,12 +397,18 @@ def _load_hub(spec: str, name: str, revision: str | None, config: str | None = N
             f"access: {err} Check the id and revision (a private or gated dataset needs a token)."
         ) from None
     except ConnectionError as err:
+        import difflib
+
+        # A bare name is a valid Hub id: a folder here named almost like it is the likelier meaning.
+        here = [e.name for e in os.scandir(".") if e.is_dir()] if "/" not in name else []
+        close = difflib.get_close_matches(name, here, n=1, cutoff=0.75)
+        hint = f" (and there is no such folder {name!r} here; did you mean {close[0]!r}?)" if close else ""
         if ds_config.HF_HUB_OFFLINE:
             raise ValueError(
                 f"Dataset {spec!r} is not in the datasets cache ({ds_config.HF_DATASETS_CACHE}) and HF_HUB_OFFLINE=1: "
-                "run once online to cache it."
+                f"run once online to cache it{hint}."
             ) from None
-        raise ValueError(f"Dataset {spec!r} could not be fetched from the Hub: {err}") from None
+        raise ValueError(f"Dataset {spec!r} could not be fetched from the Hub: {err}{hint}") from None
     if isinstance(dataset, datasets.Dataset):  # a builder with one unnamed split
         dataset = datasets.DatasetDict(train=dataset)
     return dataset

@@ -48,6 +48,9 @@ def test_typo_in_a_dataset_folder_is_no_such_folder(tiny, tmp_path, monkeypatch,
         assert f"Dataset {spec!r}: no such folder" in message and "cache" not in message, message
     with pytest.raises(ValueError, match="did you mean .*tiny"):
         check_target("data/tiyn")
+    monkeypatch.chdir(tmp_path / "data")  # a bare name is a valid Hub id: offline, the close folder is named too
+    with pytest.raises(ValueError, match=r"no such folder 'tiyn' here; did you mean 'tiny'\?"):
+        check_target("tiyn")
 
 
 def test_evaluate_from_another_directory_and_its_one_line_errors(recipe, monkeypatch, tiny, tmp_path, capsys):
