@@ -219,7 +219,9 @@ class RunSummary:
 
     `method` names the training method (`MRLConfig.method`); `delivered` is `"supervised"` when the supervised-only
     student was delivered (the never-worse guard fell back, or the method is `supervised`), and
-    `method_student_accuracy` the test accuracy of the method's own student, delivered or not. A method without a
+    `method_student_accuracy` the test accuracy of the method's own student, delivered or not. `test_overlap` counts
+    labeled training rows that are also evaluation rows (allowed with `--allow_test_overlap`): then the card calls the
+    accuracies what they are and claims no test-split result in its metadata. A method without a
     reuser has no `reuse_accuracy`, `reuse_strength` or `attention_by_domain`; one without teachers has no `teachers`.
 
     >>> RunSummary(teachers=[TeacherSummary("org/a@0123abc")], label_names=["0", "1"], dataset="my data")
@@ -255,6 +257,7 @@ class RunSummary:
     delivered: str | None = None
     method_student_accuracy: float | None = None
     endpoints: dict | None = None  # endpoint teachers' call counts and top_k (`ModelPool.endpoint_stats`)
+    test_overlap: int = 0  # labeled rows that are also evaluation rows (--allow_test_overlap): not a test accuracy
 
     def __post_init__(self):
         self.teachers = [t if isinstance(t, TeacherSummary) else TeacherSummary(**t) for t in self.teachers]
@@ -388,6 +391,15 @@ def _training(s: RunSummary, method: str | None = None) -> dict:
     }
 
 
+def _split_name(s: RunSummary) -> str:
+    if not s.test_overlap:
+        return "target test split"
+    return (
+        f"evaluation split, which holds {s.test_overlap} of the labeled training images (allowed by "
+        "--allow_test_overlap): these are not test accuracies"
+    )
+
+
 def _results(s: RunSummary) -> dict | None:
     if s.student_accuracy is None or s.supervised_accuracy is None:
         return None
@@ -453,6 +465,7 @@ def _results(s: RunSummary) -> dict | None:
             }
         )
     return {
+        "split_name": _split_name(s),
         "rows": rows,
         "never_worse": delta >= 0,
         "tie": abs(delta) < 1e-12,
@@ -477,7 +490,7 @@ def _attention(s: RunSummary) -> dict | None:
 
 
 def _eval_results(s: RunSummary | None, accuracy: float | None, worst_key: str) -> list[EvalResult]:
-    if s is None or accuracy is None:
+    if s is None or accuracy is None or s.test_overlap:  # measured on training rows: no test-split claim
         return []
     common = {"task_type": _TASK, "dataset_type": s.dataset_id, "dataset_name": s.dataset, "dataset_split": "test"}
     results = [

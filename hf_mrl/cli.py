@@ -13,20 +13,24 @@ model is loaded or image decoded where it can be seen that early.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
+import os
+import re
 import shutil
 import sys
 from pathlib import Path
 
 import torch
 
-from .config import MRLConfig
+from . import __version__
+from .config import HYPERGRADIENTS, OUTER_LABELS, PROTOTYPE_INITS, MRLConfig
 from .endpoint import add_endpoint_arguments, endpoint_options
 from .hub import PushError, check_hub_model_id, push_run
 from .pool import ModelPool, parse_pool_file
 from .reuse_trainer import ReuseArguments, ReuseResult, ReuseTrainer
 from .strategies import METHODS, get_strategy
-from .target import check_target, load_target
+from .target import DEFAULT_TEST_SIZE, check_target, check_test_size, load_target
 from .trainer import latest_checkpoint, make_accelerator
 from .utils import atomic_write_json, cache_root, read_json
 
@@ -35,10 +39,136 @@ __all__ = ["main", "train_main", "train_parser", "parse_train_args", "preflight"
 logger = logging.getLogger("hf_mrl.cli")
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """`--help` shows each flag's default (Hugging Face scripts do), except where there is none to show."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if (
+            "default" in text
+            or action.default is None
+            or action.default is False
+            or action.default == argparse.SUPPRESS
+        ):
+            return text  # the help says it already, or there is nothing to show
+        if not action.option_strings:
+            return text
+        if isinstance(action.default, bool):  # --flag / --no-flag, on by default
+            return (text + " " if text else "") + "(default: on)"
+        return (text + " " if text else "") + "(default: %(default)s)"
+
+
+def _show_defaults(p: argparse.ArgumentParser) -> None:
+    """Flags without help text still show their default (argparse prints nothing for a flag without help)."""
+    for action in p._actions:
+        shown = not (action.default is None or action.default is False or action.default == argparse.SUPPRESS)
+        if action.help is None and action.option_strings and shown:
+            action.help = "(default: %(default)s)"
+
+
+# MRLConfig fields a user tunes, as `--name` flags (their help is the field's own documentation). Those with flags of
+# their own (method, max_steps, batch sizes, outer_every, embedding, seed, checkpointing_steps) are not repeated.
+_OWN_FLAGS = ("method", "max_steps", "batch_size", "unlabeled_batch_size", "outer_every", "embedding", "seed")
+_CONFIG_FLAGS = tuple(f.name for f in dataclasses.fields(MRLConfig) if f.name not in (*_OWN_FLAGS, "checkpoint_every"))
+_CHOICES = {"hypergradient": HYPERGRADIENTS, "outer_labels": OUTER_LABELS, "prototype_init": PROTOTYPE_INITS}
+
+
+def _field_docs() -> dict[str, str]:
+    """`name: text` of MRLConfig's Args section, one line each."""
+    docs, name = {}, None
+    for line in (MRLConfig.__doc__ or "").split("Args:", 1)[-1].splitlines():
+        match = re.match(r"^ {8}(\w+): (.*)$", line)
+        if match:
+            name, docs[match.group(1)] = match.group(1), match.group(2)
+        elif name and line.startswith(" " * 12):
+            docs[name] += " " + line.strip()
+    return docs
+
+
+def add_config_arguments(p: argparse.ArgumentParser) -> None:
+    group = p.add_argument_group("training hyperparameters (MRLConfig; see docs/method.md)")
+    docs = _field_docs()
+    for f in dataclasses.fields(MRLConfig):
+        if f.name not in _CONFIG_FLAGS:
+            continue
+        text = docs.get(f.name, "").replace("%", "%%")
+        if f.type in ("bool", bool):
+            group.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction, default=f.default, help=text)
+        else:
+            kind = {"int": int, "float": float, "float | None": float}.get(str(f.type), str)
+            kwargs = {"choices": _CHOICES[f.name]} if f.name in _CHOICES else {}
+            group.add_argument(f"--{f.name}", type=kind, default=f.default, help=text, **kwargs)
+
+
+def config_from_args(args: argparse.Namespace) -> MRLConfig:
+    """The `MRLConfig` of `hf-mrl train` flags (ValueError for a value it refuses)."""
+    return MRLConfig(
+        method=args.method,
+        max_steps=args.max_steps,
+        seed=args.seed,
+        embedding=args.embedding,
+        outer_every=args.outer_every,
+        batch_size=args.batch_size,
+        unlabeled_batch_size=args.unlabeled_batch_size,
+        checkpoint_every=args.checkpointing_steps,
+        **{name: getattr(args, name) for name in _CONFIG_FLAGS},
+    )
+
+
+def add_data_arguments(p: argparse.ArgumentParser, dataset_default: str = "digits-ld:MUS") -> None:
+    """The target-data flags, shared by `train` and `select` (read back by `data_options`)."""
+    p.add_argument(
+        "--dataset",
+        default=dataset_default,
+        help="`digits-ld[:SETTING]`, a Hub dataset id `org/name[@revision]`, an image folder or a save_to_disk folder",
+    )
+    p.add_argument("--dataset_config_name", help="the configuration of a Hub dataset (datasets.load_dataset's name)")
+    splits = "default: the split named after the role, else `train` (or the only split)"
+    p.add_argument("--labeled_split", help=f"split with labels, `datasets` slicing allowed ({splits})")
+    p.add_argument("--unlabeled_split", help=f"split without (or with unused) labels ({splits})")
+    p.add_argument("--test_split", help="split the results are measured on (default: `test`, else the labeled split)")
+    p.add_argument(
+        "--test_size",
+        type=_test_size,
+        default=DEFAULT_TEST_SIZE,
+        help="the test part carved when the test role shares its split with another role: a fraction or a count "
+        "(stratified by label and domain, seeded by --seed)",
+    )
+    p.add_argument(
+        "--allow_test_overlap",
+        action="store_true",
+        help="accept labeled rows that are also test rows (refused by default); the results then say they are not "
+        "test accuracies",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the labeled draw, the carving and the training")
+    p.add_argument(
+        "--labeled_per_class",
+        type=int,
+        help="labeled samples per class: drawn from Digits-LD (default 10), from a split shared with the unlabeled "
+        "role (default 10), or from the labeled split (default: all of it)",
+    )
+    p.add_argument(
+        "--domain_column",
+        help="latent-domain column (string, integer or ClassLabel), evaluation only (default: domain)",
+    )
+    p.add_argument("--image_column", default="image")
+    p.add_argument("--label_column", default="label")
+
+
+def _test_size(text: str) -> float | int:
+    try:
+        return check_test_size(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def train_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog=prog, description="Train a reuse student (and the supervised-only baseline on the same split)."
+        prog=prog,
+        description="Train a reuse student (and the supervised-only baseline on the same split).",
+        formatter_class=HelpFormatter,
     )
+    p.add_argument("--version", action="version", version=f"hf-mrl {__version__}")
     p.add_argument("--pool", help="pool file: one `repo_id[@revision]` or local path a line (default: Digits-LD pool)")
     p.add_argument(
         "--method",
@@ -47,18 +177,7 @@ def train_parser(prog: str | None = None) -> argparse.ArgumentParser:
         help="mrl (attention reuse; the default), a baseline, or oracle (a reference that reads the training data's "
         "latent-domain labels). Only mrl trains a reuser; methods without teachers ignore --pool",
     )
-    p.add_argument(
-        "--dataset",
-        default="digits-ld:MUS",
-        help="`digits-ld[:SETTING]`, a Hub dataset id `org/name[@revision]`, an image folder or a save_to_disk folder",
-    )
-    p.add_argument("--labeled_split", default="labeled", help="split with labels, `datasets` slicing allowed")
-    p.add_argument("--unlabeled_split", default="unlabeled", help="split without (or with unused) labels")
-    p.add_argument("--test_split", default="test", help="split the results are measured on")
-    p.add_argument(
-        "--domain_column",
-        help="latent-domain column (string, integer or ClassLabel), evaluation only (default: domain)",
-    )
+    add_data_arguments(p)
     p.add_argument(
         "--skip_bad_images", action="store_true", help="leave out images that cannot be decoded (counted in metrics)"
     )
@@ -67,13 +186,6 @@ def train_parser(prog: str | None = None) -> argparse.ArgumentParser:
     )
     p.add_argument("--output_dir", required=True)
     p.add_argument("--max_steps", type=int, default=MRLConfig.max_steps)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument(
-        "--labeled_per_class",
-        type=int,
-        help="labeled samples per class: drawn from Digits-LD (default 10) or from the dataset's labeled split "
-        "(default: all of it)",
-    )
     p.add_argument("--resume_from_checkpoint", action="store_true", help="continue from DIR/checkpoints")
     p.add_argument("--checkpointing_steps", type=int, default=0, help="save the training state every N steps")
     p.add_argument(
@@ -130,8 +242,6 @@ def train_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--outer_every", type=int, default=MRLConfig.outer_every)
     p.add_argument("--batch_size", type=int, default=MRLConfig.batch_size)
     p.add_argument("--unlabeled_batch_size", type=int, default=MRLConfig.unlabeled_batch_size)
-    p.add_argument("--image_column", default="image")
-    p.add_argument("--label_column", default="label")
     p.add_argument("--image_size", type=int, default=32, help="inputs are resized to this square size")
     p.add_argument("--cache_dir", help="teacher-output cache (default: $HF_MRL_CACHE/logits)")
     add_endpoint_arguments(p)
@@ -147,11 +257,21 @@ def train_parser(prog: str | None = None) -> argparse.ArgumentParser:
         help="Accelerate's mixed precision, also used for teacher inference (default: accelerate's config)",
     )
     p.add_argument("--no_progress", action="store_true")
+    p.add_argument(
+        "--report_to",
+        choices=("none", "tensorboard", "trackio", "wandb", "all"),
+        default="none",
+        help="experiment tracking through Accelerate's trackers: each step's losses and reuse strength, the reuser's "
+        "attention per teacher, the guard's evidence and the accuracies",
+    )
+    p.add_argument("--logging_dir", help="where tensorboard writes its event files (default: OUTPUT_DIR/logs)")
     hub = p.add_argument_group("Hub (see README, Hub): the reuser goes to ORG/NAME, the student to ORG/NAME-student")
     hub.add_argument("--push_to_hub", action="store_true", help="push what the run trained (reuser and/or student)")
     hub.add_argument("--hub_model_id", help="ORG/NAME; also names the repos in the model cards without a push")
     hub.add_argument("--hub_private", action="store_true", help="create the repos private")
     hub.add_argument("--hub_token", help="Hub token (prefer HF_TOKEN or `hf auth login`: arguments show in `ps`)")
+    add_config_arguments(p)
+    _show_defaults(p)
     return p
 
 
@@ -184,8 +304,10 @@ _RUN_KEYS = (
 # Recorded when they differ from the default (runs from before these flags lack them).
 _OPTIONAL_KEYS = {
     **{"student": None, "student_pretrained": False, "student_image_size": None, "label_map": None},
-    **{"labeled_split": "labeled", "unlabeled_split": "unlabeled", "test_split": "test"},
+    **{"labeled_split": None, "unlabeled_split": None, "test_split": None, "dataset_config_name": None},
+    **{"test_size": DEFAULT_TEST_SIZE, "allow_test_overlap": False},
     **{"domain_column": None, "skip_bad_images": False, "mixed_precision": None},
+    **{f.name: f.default for f in dataclasses.fields(MRLConfig) if f.name in _CONFIG_FLAGS},
 }
 
 
@@ -194,29 +316,38 @@ def run_identity(args: argparse.Namespace, pool: list[str] | None) -> dict:
     return {"pool": pool, **{k: getattr(args, k) for k in _RUN_KEYS}, **optional}
 
 
-def _data_options(args) -> dict:
+def data_options(args) -> dict:
     """The dataset flags as `check_target` / `load_target` keywords (also read back from a run's metrics.json)."""
     get = args.get if isinstance(args, dict) else lambda k, d=None: getattr(args, k, d)
+    # Runs recorded before the split defaults were chosen from the dataset named the roles' own splits.
+    old = isinstance(args, dict) and "test_size" not in args
     return {
         "image_column": get("image_column", "image"),
         "label_column": get("label_column", "label"),
         "domain_column": get("domain_column"),
-        "labeled_split": get("labeled_split", "labeled"),
-        "unlabeled_split": get("unlabeled_split", "unlabeled"),
-        "test_split": get("test_split", "test"),
+        "labeled_split": get("labeled_split", "labeled" if old else None),
+        "unlabeled_split": get("unlabeled_split", "unlabeled" if old else None),
+        "test_split": get("test_split", "test" if old else None),
+        "test_size": get("test_size", DEFAULT_TEST_SIZE),
+        "allow_test_overlap": get("allow_test_overlap", False),
+        "dataset_config_name": get("dataset_config_name"),
+        "seed": get("seed", 0),
     }
+
+
+_data_options = data_options
 
 
 def _load(args, seed: int):
     get = args.get if isinstance(args, dict) else lambda k, d=None: getattr(args, k, d)
+    options = data_options(args) | {"seed": seed}
     return load_target(
         get("dataset"),
         get("labeled_per_class"),
-        seed,
         image_size=get("image_size", 32),
         skip_bad_images=get("skip_bad_images", False),
         num_workers=get("dataloader_num_workers", 0) or 0,
-        **_data_options(args),
+        **options,
     )
 
 
@@ -229,6 +360,7 @@ def preflight(args: argparse.Namespace) -> None:
     """
     from accelerate import PartialState
 
+    config_from_args(args)  # a hyperparameter MRLConfig refuses fails here, before anything is loaded
     pool = None
     if get_strategy(args.method).needs_teachers:
         pool = parse_pool_file(args.pool) if args.pool else None
@@ -307,17 +439,14 @@ def check_fingerprint(ckpt: Path, data, pool, args, accelerator) -> None:
 
 def train(args: argparse.Namespace) -> ReuseResult:
     """Load the pool and the data, run `ReuseTrainer`, write DIR/ (main process); the result."""
-    accelerator = make_accelerator(**({"mixed_precision": args.mixed_precision} if args.mixed_precision else {}))
-    config = MRLConfig(
-        method=args.method,
-        max_steps=args.max_steps,
-        seed=args.seed,
-        embedding=args.embedding,
-        outer_every=args.outer_every,
-        batch_size=args.batch_size,
-        unlabeled_batch_size=args.unlabeled_batch_size,
-        checkpoint_every=args.checkpointing_steps,
-    )
+    options = {"mixed_precision": args.mixed_precision} if args.mixed_precision else {}
+    if args.report_to != "none":
+        options |= {"log_with": args.report_to, "project_dir": args.logging_dir or str(Path(args.output_dir) / "logs")}
+    accelerator = make_accelerator(**options)
+    config = config_from_args(args)
+    if args.report_to != "none":
+        hparams = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in config.to_dict().items()}
+        accelerator.init_trackers("hf_mrl", config=hparams | {"dataset": args.dataset})
     pool = embedding = None
     with accelerator.main_process_first():
         # Teachers and encoder first: a teacher that cannot be used fails before any image is decoded.
@@ -355,13 +484,18 @@ def train(args: argparse.Namespace) -> ReuseResult:
         guard_sequential=args.guard_sequential,
         dataset=args.dataset,
         dataset_description=description,
+        splits=getattr(description, "splits", None),
         progress=not args.no_progress,
         dataloader_num_workers=args.dataloader_num_workers,
         allow_pickle=args.allow_pickle,
     )
     trainer = ReuseTrainer(pool, data, config, run_args, embedding=embedding, accelerator=accelerator)
     result = trainer.train(Path(args.output_dir) / "checkpoints", resume=args.resume_from_checkpoint)
+    for tracker in accelerator.trackers:  # flush and close (end_training would also end the process group)
+        tracker.finish()
     result.metrics["args"] = {k: v for k, v in vars(args).items() if "token" not in k}
+    if os.path.exists(args.dataset):  # absolute, so that `hf-mrl evaluate DIR` finds it from any directory
+        result.metrics["args"]["dataset"] = os.path.abspath(args.dataset)
     result.metrics["skipped_images"] = getattr(description, "skipped_images", {})
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
@@ -386,12 +520,30 @@ def summary_line(metrics: dict) -> str:
         parts.append(f"supervised-only: {metrics['supervised_accuracy']:.4f}")
     if metrics.get("reuse_accuracy") is not None:
         parts.append(f"reuser: {metrics['reuse_accuracy']:.4f}")
-    return f"\n{metrics['dataset']} test accuracy -- " + "   ".join(parts)
+    overlap = (metrics.get("splits") or {}).get("labeled_test_overlap")
+    what = (
+        "test accuracy"
+        if not overlap
+        else f"accuracy on rows that include {overlap} labeled ones, NOT a test accuracy"
+    )
+    return f"\n{metrics['dataset']} {what} -- " + "   ".join(parts)
+
+
+def next_steps(output_dir: str, has_reuser: bool, hub_model_id: str | None = None, pushed: bool = False) -> str:
+    """The last line of a run: how to evaluate, load and push what it wrote."""
+    import shlex
+
+    out = shlex.quote(str(output_dir))
+    where = repr(str(Path(output_dir) / "reuser"))
+    load = f"hf_mrl.AttentionReuser.from_pretrained({where})" if has_reuser else f"the student in {out}/student"
+    push = f"pushed to {hub_model_id}" if pushed else f"hf-mrl push {out} {hub_model_id or 'ORG/NAME'}"
+    return f"next: evaluate: hf-mrl evaluate {out}  |  load: {load}  |  push: {push}"
 
 
 def _setup_logging() -> None:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    for noisy in ("httpx", "urllib3", "huggingface_hub", "timm", "accelerate"):
+    # One line per HTTP request otherwise (httpx logs each at INFO).
+    for noisy in ("httpx", "httpcore", "urllib3", "huggingface_hub", "timm", "accelerate", "filelock", "fsspec"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
@@ -418,11 +570,12 @@ def train_main(argv=None, prog: str | None = None) -> None:
             push_main(
                 [args.output_dir, args.hub_model_id] + (["--private"] if args.hub_private else []), args.hub_token
             )
+        print(next_steps(args.output_dir, metrics["reuse_accuracy"] is not None, args.hub_model_id, args.push_to_hub))
 
 
 def push_main(argv=None, token: str | None = None) -> None:
     """`hf-mrl push DIR ORG/NAME`: push what DIR holds (reuser and/or student); the retry command of every push."""
-    p = argparse.ArgumentParser(prog="hf-mrl push", description=push_main.__doc__)
+    p = argparse.ArgumentParser(prog="hf-mrl push", description=push_main.__doc__, formatter_class=HelpFormatter)
     p.add_argument("output_dir", help="the --output_dir of a training run")
     p.add_argument("hub_model_id", help="ORG/NAME: the reuser goes there, the student to ORG/NAME-student")
     p.add_argument("--private", action="store_true", help="create the repos private")
@@ -446,15 +599,28 @@ def evaluate_main(argv=None) -> int:
     from .student import load_student, student_preprocess
     from .trainer import student_input_side
 
-    p = argparse.ArgumentParser(prog="hf-mrl evaluate", description=evaluate_main.__doc__)
+    p = argparse.ArgumentParser(
+        prog="hf-mrl evaluate", description=evaluate_main.__doc__, formatter_class=HelpFormatter
+    )
     p.add_argument("run_dir")
-    run = Path(p.parse_args(argv).run_dir)
+    p.add_argument("--dataset", help="the run's dataset, where it is now (default: the path or id the run recorded)")
+    parsed = p.parse_args(argv)
+    run = Path(parsed.run_dir)
     try:
         verify_run(run)
     except IncompleteRunError as err:
         sys.exit(f"error: {err}")
     metrics = read_json(run / "metrics.json")
-    data, desc = _load(metrics["args"], metrics["args"]["seed"])
+    recorded = dict(metrics["args"])
+    if parsed.dataset:
+        recorded["dataset"] = parsed.dataset
+    try:
+        data, desc = _load(recorded, recorded["seed"])
+    except (ValueError, OSError) as err:  # the data moved, or the run recorded a path relative to elsewhere
+        sys.exit(
+            f"error: the test data of {run} cannot be read: {' '.join(str(err).split())} Pass --dataset with where "
+            "the run's dataset is now."
+        )
     rows = {}
     if metrics.get("reuse_accuracy") is not None:  # an MRL run: its reuser rebuilds the pool
         reuser = AttentionReuser.from_pretrained(str(run / "reuser"))
@@ -490,9 +656,18 @@ COMMANDS = {
 
 def main(argv=None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
+    listed = "\n".join(f"  {name:9s} {text.splitlines()[0]}" for name, text in COMMANDS.items())
+    usage = f"usage: hf-mrl [-h] [--version] {{{','.join(COMMANDS)}}} ...\n\ncommands:\n{listed}"
+    if argv and argv[0] in ("-h", "--help"):
+        print(usage)
+        sys.exit(0)
+    if argv and argv[0] == "--version":
+        print(f"hf-mrl {__version__}")
+        sys.exit(0)
     if not argv or argv[0] not in COMMANDS:
-        listed = "\n".join(f"  {name:9s} {text.splitlines()[0]}" for name, text in COMMANDS.items())
-        sys.exit(f"usage: hf-mrl {{{','.join(COMMANDS)}}} ...\n{listed}")
+        what = f"unknown command {argv[0]!r}" if argv else "a command is required"
+        print(f"{usage}\nhf-mrl: error: {what}", file=sys.stderr)
+        sys.exit(2)
     command, rest = argv[0], argv[1:]
     if command == "train":
         train_main(rest, prog="hf-mrl train")

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
+import math
 import os
+import warnings
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -19,6 +22,7 @@ import torch
 __all__ = ["ImageSet", "decode_image", "take", "to_rgb"]
 
 _KEY_PREFIX = b"hf_mrl-image-bytes-1"
+logger = logging.getLogger(__name__)
 
 
 def to_rgb(img):
@@ -42,8 +46,18 @@ def to_rgb(img):
     return img.convert("RGB")
 
 
-def decode_image(item):
-    """One value of an image column (`{"bytes", "path"}` with decoding off, a PIL image, or an HWC array) -> PIL."""
+# Originals longer than this on a side are reduced to it once, when first decoded: no teacher processor or student
+# reads more than a few hundred pixels, and a 10000 x 10000 original decoded again for every batch cost 28 s a step
+# and 8.8 GB. JPEGs are drafted (decoded at a reduced scale by libjpeg itself), other formats decoded and reduced.
+MAX_SIDE = 2048
+_REDUCED_CACHE_BYTES = 512 * 2**20  # reduced originals kept per ImageSet (a 2048 x 2048 RGB image is 12 MB)
+
+
+def decode_image(item, max_side: int | None = None):
+    """One value of an image column (`{"bytes", "path"}` with decoding off, a PIL image, or an HWC array) -> PIL.
+
+    With `max_side`, a JPEG larger than that is decoded at the smallest reduced scale libjpeg offers that keeps it at
+    least `max_side` (`Image.draft`): its full-size pixels are never held."""
     import datasets
     from PIL import Image, ImageOps
 
@@ -54,6 +68,10 @@ def decode_image(item):
             img = Image.open(item["path"])
         else:  # a remote path (hf://...), or nothing at all: datasets knows how to fetch it, and says what is wrong
             return datasets.Image().decode_example(item)
+        if max_side and max(img.size) > max_side and img.format == "JPEG":
+            full, scale = img.size, max_side / max(img.size)
+            img.draft(img.mode, (math.ceil(img.width * scale), math.ceil(img.height * scale)))
+            img.info["hf_mrl_full_size"] = full  # what it was: for the warning about large originals
         img.load()  # decode now: a truncated file fails here, not later
         if img.getexif().get(0x0112) is not None:  # EXIF orientation, applied as datasets does
             img = ImageOps.exif_transpose(img)
@@ -72,6 +90,23 @@ def decode_image(item):
             a = a * 255.0
         a = np.clip(a, 0, 255).astype(np.uint8)
     return Image.fromarray(a)
+
+
+def decode_original(item, max_side: int | None = MAX_SIDE):
+    """`to_rgb(decode_image(item))`, an original longer than `max_side` on a side reduced to it (aspect kept); and
+    whether it was larger (`(image, original_size or None)`)."""
+    from PIL import Image
+
+    with warnings.catch_warnings():  # large originals are handled here: not PIL's raw DecompressionBombWarning
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        img = decode_image(item, max_side)
+        size = img.info.get("hf_mrl_full_size", img.size)
+        if max_side and max(img.size) > max_side:
+            if img.mode not in ("RGB", "RGBA", "L", "LA"):  # modes thumbnail cannot filter: converted first
+                img = to_rgb(img)
+            img.thumbnail((max_side, max_side), Image.Resampling.BICUBIC, reducing_gap=2.0)  # in place: no copy
+            return to_rgb(img), size
+    return to_rgb(img), img.info.get("hf_mrl_full_size")  # a drafted JPEG was larger
 
 
 def failure_reason(err: Exception) -> str:
@@ -131,7 +166,17 @@ class ImageSet:
         self.where = where or "the dataset"
         self.rows = np.arange(len(self.dataset), dtype=np.int64) if rows is None else np.asarray(rows, np.int64)
         self._keys: np.ndarray | None = None
-        bound_heap_growth()  # memory that does not grow with the data: see there
+        # dataset row -> its reduced original (large originals only), shared by subsets; not pickled into workers
+        self._reduced: dict[int, object] = {}
+        self._resized: dict[tuple[int, int], np.ndarray] = {}  # (row, side) -> uint8 array, for those rows
+        self._warned = [False]
+        bound_heap_growth()
+
+    def __getstate__(self) -> dict:
+        return {
+            **self.__dict__,
+            "_reduced": {},
+        }  # a DataLoader worker keeps its own  # memory that does not grow with the data: see there
 
     # -- sequence protocol ---------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -165,7 +210,15 @@ class ImageSet:
         pos = self._positions(index)
         if not len(pos):
             return torch.zeros((0, 3, self.size, self.size), dtype=torch.uint8)
-        arrays = [to_uint8(img, self.size) for img in self.originals(pos)]
+        arrays = []
+        for p, img in zip(pos, self.originals(pos), strict=True):
+            key = (int(self.rows[p]), self.size)
+            if key[0] in self._reduced:  # a large original: resized once at this size too (2048 -> 32 px is slow)
+                if key not in self._resized:
+                    self._resized[key] = to_uint8(img, self.size)
+                arrays.append(self._resized[key])
+            else:
+                arrays.append(to_uint8(img, self.size))
         return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
 
     def subset(self, index) -> ImageSet:
@@ -198,10 +251,35 @@ class ImageSet:
         out = []
         for p, item in zip(pos, self._items(pos), strict=True):
             try:
-                out.append(to_rgb(decode_image(item)))
+                out.append(self.decode(int(p), item))
             except Exception as err:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError...
                 raise ValueError(self.error_message(int(p), item, err)) from None
         return out
+
+    def decode(self, position: int, item):
+        """The RGB original at `position` (its column value `item`); one larger than `MAX_SIDE` is decoded once,
+        reduced to it, and kept (within `_REDUCED_CACHE_BYTES`), with one warning naming its row."""
+        row = int(self.rows[position])
+        cached = self._reduced.get(row)
+        if cached is not None:
+            return cached
+        img, full = decode_original(item, MAX_SIDE)
+        if full is not None:
+            if not self._warned[0]:
+                self._warned[0] = True
+                logger.warning(
+                    "The image at row %d of %s is %dx%d: decoded once at most %d px on its long side (and kept "
+                    "so), since no teacher or student reads more. Other large images are reduced without a warning.",
+                    row,
+                    self.where,
+                    full[0],
+                    full[1],
+                    MAX_SIDE,
+                )
+            held = sum(im.width * im.height * 3 for im in self._reduced.values())
+            if held + img.width * img.height * 3 <= _REDUCED_CACHE_BYTES:
+                self._reduced[row] = img
+        return img
 
     def error_message(self, position: int, item, err: Exception) -> str:
         path = item.get("path") if isinstance(item, dict) else None
@@ -337,7 +415,7 @@ class _Batches(torch.utils.data.Dataset):
         decoded = []
         for p, item in zip(pos, items, strict=True):
             try:
-                decoded.append(to_rgb(decode_image(item)))
+                decoded.append(self.images.decode(int(p), item))
             except Exception as err:
                 if tolerant:
                     decoded.append(None)

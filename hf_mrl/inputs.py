@@ -45,12 +45,12 @@ def _to_uint8(x: torch.Tensor, what: str) -> torch.Tensor:
 
 
 def _rgb(x: torch.Tensor, what: str) -> torch.Tensor:
-    """(B, C, H, W) with C in 1, 3, 4 -> (B, 3, H, W): grey repeated, alpha dropped (as PIL's convert('RGB'))."""
+    """(B, C, H, W) with C in 1, 3, 4 -> (B, 3, H, W): grey repeated, alpha composited onto white."""
     c = x.shape[1]
     if c == 1:
         return x.expand(-1, 3, -1, -1)
-    if c == 4:
-        return x[:, :3]
+    if c == 4:  # alpha composited onto white, as training does (not dropped)
+        return _from_rgba(x)
     return x
 
 
@@ -71,6 +71,10 @@ def _from_tensor(x: torch.Tensor) -> torch.Tensor:
 
 
 def _from_array(a: np.ndarray) -> torch.Tensor:
+    if a.dtype == np.uint16 and a.ndim == 2:  # a 16-bit grey image, scaled as training scales an I;16 PNG
+        from PIL import Image
+
+        return _from_pil(Image.fromarray(a))
     if a.dtype == object or not (np.issubdtype(a.dtype, np.floating) or a.dtype == np.uint8):
         raise TypeError(f"Expected a numpy image of dtype uint8 or float (in [0, 1]); got {a.dtype}.")
     if a.ndim == 2:  # one grey image
@@ -88,7 +92,19 @@ def _from_array(a: np.ndarray) -> torch.Tensor:
 
 
 def _from_pil(image) -> torch.Tensor:
-    return torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1).unsqueeze(0).contiguous()
+    """The conversion training uses (`hf_mrl.images.to_rgb`: alpha composited onto white, 16-bit scaled, CMYK and
+    palettes converted), so that `predict` sees the same pixels as the run that trained the reuser."""
+    from .images import to_rgb
+
+    return torch.from_numpy(np.array(to_rgb(image))).permute(2, 0, 1).unsqueeze(0).contiguous()
+
+
+def _from_rgba(x: torch.Tensor) -> torch.Tensor:
+    """(B, 4, H, W) uint8 -> RGB composited onto white through PIL, exactly as training decodes an RGBA image."""
+    from PIL import Image
+
+    hwc = x.permute(0, 2, 3, 1).numpy()
+    return torch.cat([_from_pil(Image.fromarray(np.ascontiguousarray(a), mode="RGBA")) for a in hwc])
 
 
 def to_uint8_image(item) -> torch.Tensor:
@@ -102,18 +118,19 @@ def to_uint8_image(item) -> torch.Tensor:
     if isinstance(item, np.ndarray):
         return _from_array(item)
     if isinstance(item, dict) and ("bytes" in item or "path" in item):
-        import datasets
+        from .images import decode_image
 
         try:
-            return _from_pil(datasets.Image().decode_example(item))
+            return _from_pil(decode_image(item))  # as training decodes it (EXIF orientation applied)
         except (OSError, ValueError) as err:  # PIL's UnidentifiedImageError is an OSError
             raise ValueError(f"Could not decode the image {_short(item)}: {err}") from None
     if isinstance(item, (str, os.PathLike)):
         if not os.path.isfile(item):
             raise ValueError(f"{str(item)!r} is not an image file on this machine (URLs are not fetched).")
         try:
-            with Image.open(item) as image:
-                return _from_pil(image)
+            from .images import decode_image
+
+            return _from_pil(decode_image({"path": os.fspath(item), "bytes": None}))
         except OSError as err:
             raise ValueError(f"Could not read the image file {str(item)!r}: {err}") from None
     raise _error(item)

@@ -1,14 +1,18 @@
 """Map a teacher's own label names onto the target task's label names.
 
 Automatic matching compares normalised names (case, spaces, `-`/`_` ignored): first a teacher label or description
-as a whole, then each of its comma-separated synonyms (`tabby, tabby cat` matches a target class `tabby cat`). What
-names cannot tell, a label map says: target label -> the teacher labels that mean it (several teacher classes may
-map onto one target class: their probabilities add up).
+as a whole, then each of its comma-separated synonyms (`tabby, tabby cat` matches a target class `tabby cat`); then,
+for teachers with ImageNet classes, by meaning: a target class takes every ImageNet class below it in WordNet
+(`cat` the domestic and wild cats below `cat, true cat`, `dog` the dog breeds); then by words (`cat` in `tiger cat`).
+What names cannot tell, a label map says: target label -> the teacher labels that mean it (several teacher classes
+may map onto one target class: their probabilities add up).
 """
 
 from __future__ import annotations
 
 import difflib
+import functools
+import json
 import logging
 import os
 import re
@@ -21,6 +25,8 @@ from .utils import read_json
 __all__ = [
     "LabelMapping",
     "close_matches",
+    "closest_labels",
+    "imagenet_wnids",
     "label_keys",
     "imagenet_descriptions",
     "is_generic",
@@ -28,6 +34,7 @@ __all__ = [
     "load_label_map",
     "map_labels",
     "normalize_label",
+    "wordnet_match",
 ]
 
 logger = logging.getLogger(__name__)
@@ -240,22 +247,63 @@ def map_labels(
                 )
             if found:
                 take(c, found[:1])
+    how = {c: "label map" if groups[c] is not None else None for c in range(len(target_labels))}
+    how |= {c: "name" for c in owner.values() if how[c] is None}
+    # By meaning: the ImageNet classes below a target class in WordNet, the most specific target class first (`dog`
+    # must not take the terriers of a target class `terrier`).
+    wnids = imagenet_wnids(teacher_labels, descriptions)
+    found_by_meaning = {}
+    for c, key in enumerate(target_labels):
+        if groups[c] is None:
+            match = wordnet_match(key, wnids)
+            if match:
+                found_by_meaning[c] = match
+    for c, (synset, outputs) in sorted(found_by_meaning.items(), key=lambda item: len(item[1][1])):
+        free = [i for i in outputs if i not in owner]
+        if free:
+            take(c, free)
+            how[c] = f"WordNet: below {synset_text(synset)}"
+    for c, key in enumerate(norm_target):  # by words: every free output with the class's words in a synonym
+        if groups[c] is None:
+            found = [i for i in range(len(teacher_labels)) if i not in owner and _word_match(key, synonyms[i])]
+            if found:
+                take(c, found)
+                how[c] = "words"
     result = [g or [] for g in groups]
+    if any(h not in (None, "name", "label map") for h in how.values()):  # the pool logs the mapping; this says why
+        _log_mapping(teacher_name, result, teacher_labels, target_labels, how)
     if not any(result):
         if is_generic(teacher_labels):
             hint = " Its labels are generic (LABEL_0, ...): give the checkpoint real `id2label` names."
         elif is_generic(target_labels):
             hint = " The target's labels are generic (LABEL_0, ...): give the dataset's ClassLabel real names."
         else:
+            close = {
+                t: closest_labels(t, teacher_labels + [d for d in descriptions or [] if d]) for t in target_labels
+            }
+            close_text = "; ".join(f"{t!r}: {v}" for t, v in list(close.items())[:8] if v)
             hint = (
-                " Check that it was trained for the same classes, map its labels onto the target's with a label map "
-                "(--label_map), or drop it from the pool."
+                (f" Closest teacher labels: {close_text}." if close_text else " No teacher label is close to any.")
+                + " Check that it was trained for the same classes, map its labels onto the target's with a label "
+                "map (--label_map), or drop it from the pool."
             )
         raise ValueError(
             f"{teacher_name} shares no label with the target task: its labels are {_shown(teacher_labels)}, "
             f"the target's are {list(target_labels[:8])}.{hint}"
         )
     return LabelMapping(result, teacher_labels, target_labels)
+
+
+def _log_mapping(teacher_name, groups, teacher_labels, target_labels, how) -> None:
+    """Show the mapping before any training: target class <- teacher labels (how they were matched)."""
+    parts = []
+    for c, g in enumerate(groups):
+        shown = ", ".join(repr(teacher_labels[i]) for i in g[:4]) + (f" +{len(g) - 4} more" if len(g) > 4 else "")
+        parts.append(
+            f"{target_labels[c]} <- {shown or 'nothing'}"
+            + (f" [{how[c]}]" if how.get(c) not in (None, "name") else "")
+        )
+    logger.info("%s label mapping: %s", teacher_name, "; ".join(parts))
 
 
 def _target_index(target: str, target_labels: list[str], norm_target: list[str], teacher_name: str) -> int:
@@ -338,3 +386,95 @@ def load_label_map(label_map: str | os.PathLike | Mapping | None) -> dict | None
         else:
             result.update(entries({key: value}, source))
     return result
+
+
+# ------------------------------------------------------------------------------------------------ WordNet (ImageNet)
+
+
+@functools.lru_cache(maxsize=1)
+def _wordnet() -> dict:
+    """The WordNet 3.0 hierarchy above the ImageNet-1k classes (package data; see hf_mrl/data/README.md)."""
+    from importlib import resources
+
+    table = json.loads(resources.files("hf_mrl.data").joinpath("imagenet_wordnet.json").read_text(encoding="utf-8"))
+    synsets = table["synsets"]
+    ancestors = {}
+    for wnid, _ in table["imagenet_classes"]:
+        seen, todo = set(), [wnid]
+        while todo:
+            w = todo.pop()
+            if w not in seen:
+                seen.add(w)
+                todo += synsets[w]["parents"]
+        ancestors[wnid] = seen
+    by_name: dict[str, list[str]] = {}
+    for wnid, name in table["imagenet_classes"]:
+        by_name.setdefault(normalize_label(name), []).append(wnid)
+    return {**table, "ancestors": ancestors, "by_name": by_name}
+
+
+def imagenet_wnids(
+    teacher_labels: Sequence[str], descriptions: Sequence[str | None] | None = None
+) -> list[str | None]:
+    """The ImageNet-1k synset (`n02123045`) each teacher output stands for, None where its name names none.
+
+    A 1,000-output teacher whose names follow ImageNet's order is read by position (ImageNet has two `crane`s and
+    two `maillot`s); otherwise an output is identified by its wnid, or by an ImageNet class name that is unique.
+    """
+    table = _wordnet()
+    classes = table["imagenet_classes"]
+    names = [
+        {normalize_label(n) for n in (label, (descriptions or [None] * len(teacher_labels))[i]) if n}
+        for i, label in enumerate(map(str, teacher_labels))
+    ]
+    if len(teacher_labels) == len(classes):
+        hits = sum(w.lower() in n or normalize_label(name) in n for (w, name), n in zip(classes, names, strict=True))
+        if hits >= 0.95 * len(classes):
+            return [w for w, _ in classes]
+    wnids: list[str | None] = []
+    known = table["ancestors"]
+    for n in names:
+        found = {k for k in n if k in known} | {w for k in n for w in table["by_name"].get(k, [])}
+        wnids.append(found.pop() if len(found) == 1 else None)
+    return wnids
+
+
+def wordnet_match(target: str, wnids: Sequence[str | None]) -> tuple[str, list[int]] | None:
+    """`(synset, outputs)`: the outputs whose ImageNet synset lies at or below the first WordNet sense of `target`
+    (in WordNet's sense order) that has any; None when no sense has one (or `target` is not a WordNet noun)."""
+    if not any(wnids):
+        return None
+    table = _wordnet()
+    key = normalize_label(target)
+    senses = table["senses"].get(key) or (table["senses"].get(key[:-1]) if key.endswith("s") else None) or []
+    for synset in senses:
+        outputs = [i for i, w in enumerate(wnids) if w and synset in table["ancestors"][w]]
+        if outputs:
+            return synset, outputs
+    return None
+
+
+def synset_text(wnid: str) -> str:
+    """`n02121620` -> `cat, true cat (n02121620)`, for logs and cards."""
+    lemmas = _wordnet()["synsets"].get(wnid, {}).get("lemmas", [])
+    return f"{', '.join(lemmas[:3])} ({wnid})"
+
+
+def _word_match(key: str, synonyms: set[str]) -> bool:
+    """Whether the words of `key` appear, in order and whole, in one of the synonyms (`cat` in `tiger cat`)."""
+    words = key.split()
+    for s in synonyms:
+        tokens = s.split()
+        if any(tokens[i : i + len(words)] == words for i in range(len(tokens) - len(words) + 1)):
+            return True
+    return False
+
+
+def closest_labels(target: str, teacher_labels: Sequence[str], n: int = 5) -> list[str]:
+    """The teacher labels closest to a target class: those that contain its words, then those spelt alike, then those
+    that contain it as a part of a word (`cat` in `catamaran`)."""
+    key = normalize_label(target)
+    found = [t for t in teacher_labels if _word_match(key, set(label_synonyms(t)) | {normalize_label(t)})]
+    found += close_matches(target, teacher_labels, n=n)
+    found += [t for t in teacher_labels if key in normalize_label(t)]
+    return list(dict.fromkeys(found))[:n]

@@ -25,6 +25,7 @@ from .labels import (
     map_labels,
     normalize_label,
 )
+from .paths import missing_folder_message
 from .utils import read_json
 
 __all__ = ["ModelPool", "Teacher", "TeacherLoadError", "parse_pool_file", "parse_teacher_id"]
@@ -109,7 +110,7 @@ def parse_pool_file(path: str | os.PathLike) -> list[str]:
     if not path.is_file():
         raise FileNotFoundError(f"Pool file {str(path)!r} does not exist.")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a BOM (Windows editors write one) is not part of line 1
     except UnicodeDecodeError as err:
         raise ValueError(
             f"Pool file {str(path)!r} is not a UTF-8 text file ({err.reason} at byte {err.start}): "
@@ -134,6 +135,8 @@ def parse_pool_file(path: str | os.PathLike) -> list[str]:
         local = path.parent / line
         if not os.path.isabs(line) and _is_local(local):
             line = str(local.resolve())
+        elif missing_folder_message(line.split("@", 1)[0], path.parent):  # a typo in a path, not a Hub id
+            raise ValueError(f"{where}: {missing_folder_message(line.split('@', 1)[0], path.parent)}.")
         try:
             name, _ = parse_teacher_id(line)
         except ValueError as err:
@@ -227,6 +230,9 @@ def _resolve(
     )
     from huggingface_hub.utils import validate_repo_id
 
+    missing = missing_folder_message(name)
+    if missing:  # a typo in a local path: say so, not "not in the Hub cache"
+        raise fail("not_found", f"was not found: {missing}.")
     try:
         validate_repo_id(name)
     except HFValidationError:

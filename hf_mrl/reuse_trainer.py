@@ -76,6 +76,9 @@ class ReuseArguments:
         student: `create_student` arguments (`architecture`, `model_args`, ...); None for the default student.
         dataset: the dataset's spec (`digits-ld:MUS`, a folder, a Hub id), shown on the model cards.
         dataset_description: a readable name of the data, shown in metrics.json and on the cards.
+        splits: how the labeled / unlabeled / test parts were made (`load_target`'s `description.splits`), recorded
+            as metrics.json `splits`; a `labeled_test_overlap` above 0 makes the metrics and cards say that the
+            accuracies are not test accuracies.
         progress: progress bars (main process only).
         dataloader_num_workers: processes decoding lazy images (`ImageSet`) for the teachers, the embedding and
             the student's next batches; 0 decodes in the training process.
@@ -93,6 +96,7 @@ class ReuseArguments:
     student: dict | None = None
     dataset: str = "custom"
     dataset_description: str | None = None
+    splits: dict | None = None
     progress: bool = True
     dataloader_num_workers: int = 0
     allow_pickle: bool = False
@@ -346,6 +350,7 @@ class ReuseTrainer:
     def train_supervised(self, checkpoint_dir: str | os.PathLike | None = None, resume: bool = False) -> SupervisedRun:
         """The supervised-only student (same student, budget and seed), and its test predictions."""
         trainer = self._student_trainer(dataclasses.replace(self.config, method="supervised"))
+        trainer.log_prefix = "supervised"
         student = trainer.train(checkpoint_dir, resume=resume, progress=self.progress)
         return SupervisedRun(student, trainer.predict(self.data.test_images), trainer=trainer)
 
@@ -491,6 +496,7 @@ class ReuseTrainer:
             trainer, method_student, method_pred = supervised.trainer, supervised.student, supervised.test_predictions
         else:
             trainer = self._student_trainer(cfg)
+            trainer.log_prefix = method
             method_student = trainer.train(None if ckpt is None else ckpt / method, resume, progress=self.progress)
             method_pred = trainer.predict(data.test_images)
         reuser = trainer.strategy.reuser
@@ -519,6 +525,7 @@ class ReuseTrainer:
             predictions["reuse"] = reuse_out["predictions"]
         metrics = self._metrics(predictions, delivered, screening, guard, trainer, reuse_out, start)
         metrics["time_s"] = times  # wall time of each part of the run
+        self._log_to_trackers(metrics, reuse_out)
         return ReuseResult(
             method=method,
             delivered=delivered,
@@ -537,6 +544,28 @@ class ReuseTrainer:
         )
 
     # -- reporting -----------------------------------------------------------------------------------------
+    def _log_to_trackers(self, metrics: dict, reuse_out: dict | None) -> None:
+        """The run's results to the accelerator's trackers (--report_to): accuracies, the reuser's mean attention per
+        teacher, the reuse strength, and the guard's evidence (its gain, bound and decision)."""
+        acc = self.accelerator
+        if not acc.trackers:
+            return
+        values = {
+            f"results/{k}": metrics[k]
+            for k in ("student_accuracy", "supervised_accuracy", "reuse_accuracy", "reuse_strength")
+            if isinstance(metrics.get(k), (int, float))
+        }
+        if reuse_out is not None:  # mean attention per teacher over the test split
+            for k, weight in enumerate(reuse_out["weights"].mean(0).tolist()):
+                values[f"attention/teacher_{k + 1}"] = weight
+        guard = metrics.get("guard") or {}
+        for key in ("gain", "gain_stderr", "loss_upper", "z", "margin", "reuse_accuracy", "supervised_accuracy"):
+            if isinstance(guard.get(key), (int, float)):
+                values[f"guard/{key}"] = float(guard[key])
+        if guard:
+            values["guard/delivered_method"] = float(guard.get("decision") != "fall_back")
+        acc.log(values, step=self.config.max_steps)
+
     def _report(self, pred: torch.Tensor) -> dict:
         d = self.data
         return accuracy_report(pred, d.test_labels, d.test_domains, d.domain_names)
@@ -583,6 +612,9 @@ class ReuseTrainer:
             "num_labeled": len(data.labeled_labels),
             "num_unlabeled": len(data.unlabeled_images),
             "num_test": len(data.test_labels),
+            "splits": self.args.splits,
+            # What the accuracies measure: "test", or labeled rows among the evaluation rows (--allow_test_overlap).
+            "evaluation": "test" if not self._test_overlap else "overlaps the labeled data (not a test accuracy)",
             "config": cfg.to_dict(),
             "pool": self.teacher_ids,
             # Given by the user: recorded (and saved with the reuser) so the pool can be rebuilt the same way.
@@ -664,7 +696,12 @@ class ReuseTrainer:
             delivered=metrics.get("delivered"),
             method_student_accuracy=metrics.get("method_student_accuracy"),
             endpoints=_card_endpoints(metrics.get("endpoints")),
+            test_overlap=self._test_overlap,
         )
+
+    @property
+    def _test_overlap(self) -> int:
+        return int((self.args.splits or {}).get("labeled_test_overlap") or 0)
 
 
 def _pool_ids(path: str | os.PathLike) -> list[str]:

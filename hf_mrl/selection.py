@@ -1324,12 +1324,14 @@ def _parse_size(text: str | None) -> int | None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="hf-mrl select", description=__doc__.splitlines()[0])
+    from .cli import HelpFormatter, _show_defaults, add_data_arguments
+
+    p = argparse.ArgumentParser(
+        prog="hf-mrl select", description=__doc__.splitlines()[0], formatter_class=HelpFormatter
+    )
     p.add_argument("--output_dir", required=True, help="writes pool.txt, report.md, report.json, reachable.png")
     p.add_argument("--k", type=int, default=3, help="how many teachers to select")
-    p.add_argument("--dataset", default="digits-ld", help="target: digits-ld[:SETTING] or a save_to_disk folder")
-    p.add_argument("--labeled_per_class", type=int, default=None)
-    p.add_argument("--seed", type=int, default=0, help="seed of the labeled draw (as in train_mrl.py)")
+    add_data_arguments(p, dataset_default="digits-ld")  # the same data flags as `hf-mrl train`, carved the same way
     p.add_argument("--unlabeled_sample", type=int, default=2000, help="unlabeled samples scored per candidate")
     p.add_argument("--search", default=None, help="Hub search term (model id substring)")
     p.add_argument("--filter", action="append", default=[], help="Hub filter tag, e.g. a library (repeatable)")
@@ -1373,11 +1375,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache_dir", default=None, help="searches, metadata, teacher outputs")
     p.add_argument("--max_workers", type=int, default=4, help="concurrent downloads")
     add_endpoint_arguments(p)
+    _show_defaults(p)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     """`hf-mrl select`: discover, screen and select K teachers; prints where the pool file and report are."""
+    from .cli import data_options
     from .pool import parse_pool_file
     from .target import load_target
     from .utils import torch_threads
@@ -1394,7 +1398,10 @@ def main(argv: list[str] | None = None) -> int:
 
     label_map = load_label_map(args.label_map)  # a bad file fails here, before the target is loaded
     ids = parse_pool_file(args.candidates_file) if args.candidates_file else []
-    target, described = load_target(args.dataset, args.labeled_per_class, args.seed)
+    try:
+        target, described = load_target(args.dataset, args.labeled_per_class, **data_options(args))
+    except ValueError as err:  # bad data input: one line, as `hf-mrl train` says it
+        sys.exit("error: " + " ".join(str(err).split()))
     gen = torch.Generator().manual_seed(args.seed)
     sample = torch.randperm(len(target.unlabeled_images), generator=gen)[: args.unlabeled_sample]
     with torch_threads(min(torch.get_num_threads(), 2)):

@@ -30,23 +30,29 @@ logger = logging.getLogger(__name__)
 
 SPLITS = ("labeled", "unlabeled", "test")
 DIGITS_LD_LABELED_PER_CLASS = 10
+CARVED_LABELED_PER_CLASS = 10  # labeled and unlabeled roles share a split and no count was given
+DEFAULT_TEST_SIZE = 0.2
 
 
 class DatasetDescription(str):
     """The short description `load_target` returns (a `str`, for cards and metrics), with what was skipped.
 
     `skipped_images` maps a role (`labeled`, `unlabeled`, `test`) to the rows of that split whose image could not be
-    decoded and were left out (only with `skip_bad_images=True`).
+    decoded and were left out (only with `skip_bad_images=True`). `splits` records the parts: the split each role
+    read, which split was carved, the seed and test size, the size and classes of each part, and how many labeled rows
+    are also test rows (`labeled_test_overlap`, 0 unless `allow_test_overlap`).
     """
 
     skipped_images: dict[str, list[int]]
+    splits: dict | None
 
-    def __new__(cls, text: str, skipped_images: dict[str, list[int]] | None = None):
+    def __new__(cls, text: str, skipped_images: dict[str, list[int]] | None = None, splits: dict | None = None):
         skipped = {role: rows for role, rows in (skipped_images or {}).items() if rows}
         if skipped:
             text += f" (skipped {sum(map(len, skipped.values()))} unreadable image(s))"
         self = super().__new__(cls, text)
         self.skipped_images = skipped
+        self.splits = splits  # how the parts were made: see `_carve` (metrics.json `splits`)
         return self
 
     @property
@@ -249,18 +255,37 @@ def _split_names(split_spec: str) -> list[str]:
     return [re.split(r"[\[(]", part, maxsplit=1)[0].strip() for part in split_spec.split("+")]
 
 
-def _check_split_specs(splits: dict[str, str]) -> None:
+def _check_split_specs(splits: dict[str, str | None]) -> None:
     for role, value in splits.items():
+        if value is None:  # chosen from the dataset's splits (`_default_splits`)
+            continue
         if not isinstance(value, str) or not value.strip() or not all(_split_names(value)):
             raise ValueError(
                 f"{role}_split must be a split name with optional slicing, such as 'train' or 'train[:2%]'; got "
                 f"{value!r}."
             )
-    if splits["labeled"] == splits["test"]:
-        logger.warning(
-            "labeled_split and test_split are both %r: the test accuracy is measured on training data.",
-            splits["test"],
-        )
+
+
+def check_test_size(value) -> float | int:
+    """`test_size` as a fraction in (0, 1) or a count >= 1 (as `datasets.Dataset.train_test_split` takes it)."""
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            value = int(text)
+        except ValueError:
+            try:
+                value = float(text)
+            except ValueError:
+                value = text
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ValueError(f"test_size must be a fraction in (0, 1) or a number of samples; got {value!r}.")
+    if isinstance(value, (float, np.floating)) and not float(value).is_integer():
+        if not 0 < value < 1:
+            raise ValueError(f"test_size must be a fraction in (0, 1) or a number of samples; got {value!r}.")
+        return float(value)
+    if value < 1:
+        raise ValueError(f"test_size must be a fraction in (0, 1) or a number of samples >= 1; got {value!r}.")
+    return int(value)
 
 
 def _is_saved_dataset(folder: str) -> bool:
@@ -306,33 +331,43 @@ def _saved_split_is_empty(folder: str) -> bool:
         return False
 
 
-def _load_image_folder(folder: str, splits: dict[str, str]):
-    """An image folder: `<split>/<class>/<image>` for each named split (the unlabeled one needs no class folders),
-    or any layout `datasets.load_dataset("imagefolder", data_dir=...)` reads (`train/`, `test/`...)."""
+# Folder names `datasets`' imagefolder builder reads as splits, and this toolkit's own role names.
+_SPLIT_FOLDERS = ("train", "training", "validation", "valid", "val", "dev", "test", "testing", "eval", *SPLITS)
+
+
+def _load_image_folder(folder: str, splits: dict[str, str | None]):
+    """An image folder: `<split>/<class>/<image>` for each split folder (`train/`, `test/`, `labeled/`, `unlabeled/`,
+    or any folder a split flag names), or `<class>/<image>` as one `train` split. A split folder with no class
+    folders, or one read only by the unlabeled role, is loaded without labels."""
     import datasets
 
-    named = {role: _split_names(value) for role, value in splits.items()}
-    own = [n for n in dict.fromkeys(sum(named.values(), [])) if os.path.isdir(os.path.join(folder, n))]
+    named = {role: _split_names(value) if value else [] for role, value in splits.items()}
+    wanted = set(sum(named.values(), [])) | set(_SPLIT_FOLDERS)
+    own = sorted(n for n in os.listdir(folder) if n in wanted and os.path.isdir(os.path.join(folder, n)))
+
+    def has_classes(name: str) -> bool:
+        return any(e.is_dir() for e in os.scandir(os.path.join(folder, name)))
+
     try:
         if not own:
             return datasets.load_dataset("imagefolder", data_dir=folder)
-        # Class names come from the folders of the labeled and test splits together, so that both share one
-        # ClassLabel; a split only the unlabeled role reads is loaded on its own, without labels.
-        labeled = [n for n in own if n in named["labeled"] + named["test"]]
-        unlabeled_only = [n for n in own if n not in labeled]
+        # Class names come from the folders of all labeled splits together, so that they share one ClassLabel.
+        only_unlabeled = set(named["unlabeled"]) - set(named["labeled"] + named["test"])
+        unlabeled = [n for n in own if n in only_unlabeled or n == "unlabeled" or not has_classes(n)]
+        labeled = [n for n in own if n not in unlabeled]
         parts = {}
         if labeled:
             files = {n: os.path.join(folder, n, "**") for n in labeled}
             parts.update(datasets.load_dataset("imagefolder", data_files=files))
-        if unlabeled_only:
-            files = {n: os.path.join(folder, n, "**") for n in unlabeled_only}
+        if unlabeled:
+            files = {n: os.path.join(folder, n, "**") for n in unlabeled}
             parts.update(datasets.load_dataset("imagefolder", data_files=files, drop_labels=True))
-        return datasets.DatasetDict(parts)
+        return datasets.DatasetDict({n: parts[n] for n in own if n in parts})
     except (FileNotFoundError, ValueError) as err:  # EmptyDatasetError is a FileNotFoundError
         raise ValueError(
             f"Folder {folder!r} is neither a save_to_disk dataset (no dataset_dict.json) nor an image folder "
             f"datasets can read ({type(err).__name__}: {err}). An image folder holds <split>/<class>/<image> files, "
-            "e.g. labeled/cat/1.png, unlabeled/2.png, test/cat/3.png."
+            "e.g. train/cat/1.png, test/cat/3.png (or labeled/cat/1.png, unlabeled/2.png, test/cat/3.png)."
         ) from None
 
 
@@ -349,41 +384,52 @@ def _parse_hub_id(spec: str) -> tuple[str, str | None] | None:
     return name, revision or None
 
 
-def _load_hub(spec: str, name: str, revision: str | None):
+def _load_hub(spec: str, name: str, revision: str | None, config: str | None = None):
     import datasets
     from datasets import config as ds_config
     from datasets.exceptions import DatasetNotFoundError
 
     try:
-        dataset = datasets.load_dataset(name, revision=revision)
+        dataset = datasets.load_dataset(name, config, revision=revision)
     except DatasetNotFoundError as err:
         raise ValueError(
             f"Dataset {spec!r} is not a local folder, nor a dataset on the Hub ({ds_config.HF_ENDPOINT}) that you can "
             f"access: {err} Check the id and revision (a private or gated dataset needs a token)."
         ) from None
     except ConnectionError as err:
+        import difflib
+
+        # A bare name is a valid Hub id: a folder here named almost like it is the likelier meaning.
+        here = [e.name for e in os.scandir(".") if e.is_dir()] if "/" not in name else []
+        close = difflib.get_close_matches(name, here, n=1, cutoff=0.75)
+        hint = f" (and there is no such folder {name!r} here; did you mean {close[0]!r}?)" if close else ""
         if ds_config.HF_HUB_OFFLINE:
             raise ValueError(
                 f"Dataset {spec!r} is not in the datasets cache ({ds_config.HF_DATASETS_CACHE}) and HF_HUB_OFFLINE=1: "
-                "run once online to cache it."
+                f"run once online to cache it{hint}."
             ) from None
-        raise ValueError(f"Dataset {spec!r} could not be fetched from the Hub: {err}") from None
+        raise ValueError(f"Dataset {spec!r} could not be fetched from the Hub: {err}{hint}") from None
     if isinstance(dataset, datasets.Dataset):  # a builder with one unnamed split
         dataset = datasets.DatasetDict(train=dataset)
     return dataset
 
 
-def _open(spec: str, splits: dict[str, str]):
+def _open(spec: str, splits: dict[str, str | None], config: str | None = None):
     """The DatasetDict a `--dataset` value names: a save_to_disk folder, an image folder or a Hub dataset id."""
     if os.path.isdir(spec):
         return _load_saved(spec) if _is_saved_dataset(spec) else _load_image_folder(spec, splits)
+    from .paths import missing_folder_message
+
+    missing = missing_folder_message(spec.split("@", 1)[0])
+    if missing:  # a typo in a local path, not a Hub id that is missing from the Hub or the cache
+        raise ValueError(f"Dataset {spec!r}: {missing}.")
     hub = None if os.path.exists(spec) else _parse_hub_id(spec)
     if hub is None:
         raise ValueError(
             f"Unknown dataset {spec!r}: use 'digits-ld[:SETTING]', a folder written by DatasetDict.save_to_disk, an "
             "image folder, or a Hub dataset id 'org/name[@revision]'."
         )
-    return _load_hub(spec, *hub)
+    return _load_hub(spec, *hub, config)
 
 
 def _select(dataset, spec: str, splits: dict[str, str]):
@@ -397,7 +443,10 @@ def _select(dataset, spec: str, splits: dict[str, str]):
         )
     available = list(dataset)
     sizes = {name: len(ds) for name, ds in dataset.items()}
-    roles = {}
+    # A row's identity is its position in the dataset (splits laid end to end), whatever spec selected it: overlap
+    # between roles is found from these, not from the split strings.
+    offsets = dict(zip(available, np.cumsum([0] + [sizes[n] for n in available]).tolist(), strict=False))
+    roles, rows = {}, {}
     for role, value in splits.items():
         for name in _split_names(value):
             if name not in dataset:
@@ -409,6 +458,7 @@ def _select(dataset, spec: str, splits: dict[str, str]):
                 )
         if value in dataset:
             roles[role] = dataset[value]
+            rows[role] = offsets[value] + np.arange(sizes[value], dtype=np.int64)
             continue
         try:
             instructions = datasets.ReadInstruction.from_spec(value).to_absolute(sizes)
@@ -419,11 +469,240 @@ def _select(dataset, spec: str, splits: dict[str, str]):
             ) from None
         parts = [dataset[i.splitname].select(range(i.from_, i.to)) for i in instructions]
         roles[role] = parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
-    return datasets.DatasetDict(roles)
+        rows[role] = np.concatenate(
+            [offsets[i.splitname] + np.arange(i.from_, i.to, dtype=np.int64) for i in instructions]
+        )
+    return datasets.DatasetDict(roles), rows, offsets
 
 
-def _resolve(spec: str, splits: dict[str, str]):
-    return _select(_open(spec, splits), spec, splits)
+def _default_splits(dataset, spec: str, splits: dict[str, str | None]) -> dict[str, str]:
+    """Fill the roles left unset from the dataset's own splits.
+
+    A split named after a role serves it (`labeled`, `unlabeled`, `test`); otherwise the labeled role reads `train`
+    (or the only split), the unlabeled role the same split, and the test role `test` when there is one, else the
+    labeled split too. Roles that name the same split are carved from it (`_carve`).
+    """
+    import datasets
+
+    if isinstance(dataset, datasets.Dataset):
+        return {r: v or r for r, v in splits.items()}  # `_select` names the problem
+    available = list(dataset)
+    out = {r: (v if v is not None else (r if r in available else None)) for r, v in splits.items()}
+    if out["labeled"] is None:
+        if "train" in available or len(available) == 1:
+            out["labeled"] = "train" if "train" in available else available[0]
+        else:
+            example = available[0] if available else "train"
+            raise ValueError(
+                f"Dataset {spec!r} has splits {available}, none named 'labeled' or 'train': pass --labeled_split "
+                f"naming the split with labels, e.g. {example!r}."
+            )
+    if out["unlabeled"] is None:
+        out["unlabeled"] = out["labeled"]
+    if out["test"] is None:
+        out["test"] = "test" if "test" in available else out["labeled"]
+    return out
+
+
+def _stratified_take(strata: np.ndarray, n_take: int, rng: np.random.Generator) -> np.ndarray:
+    """Positions of `n_take` items drawn so that each stratum keeps its share (largest remainders, seeded)."""
+    keys, inverse, counts = np.unique(strata, return_inverse=True, return_counts=True)
+    quota = counts * n_take / len(strata)
+    take = np.floor(quota).astype(np.int64)
+    short = n_take - int(take.sum())
+    if short:  # the strata with the largest remainders (ties broken at random) get one more
+        order = np.lexsort((rng.random(len(keys)), -(quota - take)))
+        take[order[:short]] += 1
+    chosen = [rng.permutation(np.flatnonzero(inverse == k))[: take[k]] for k in range(len(keys))]
+    return np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, dtype=np.int64)
+
+
+def _domain_values(ds, column: str | None) -> list[str] | None:
+    import datasets
+
+    if not column or column not in ds.column_names:
+        return None
+    feature = ds.features[column]
+    values = ds[column]
+    if isinstance(feature, datasets.ClassLabel):
+        return [feature.int2str(int(v)) if v is not None and v >= 0 else "" for v in values]
+    return ["" if v is None else str(v) for v in values]
+
+
+def _shares(values: list[str]) -> dict[str, float]:
+    names, counts = np.unique(np.asarray(values, dtype=str), return_counts=True)
+    return {str(n): round(float(c) / max(1, len(values)), 4) for n, c in zip(names, counts, strict=True)}
+
+
+def _carve(dd, rows, splits, label_column, domain_column, test_size, labeled_per_class, seed):
+    """Split the roles that name one split into disjoint parts: a test part of `test_size`, stratified by label and
+    domain; `labeled_per_class` per class from the rest (all of the rest when no unlabeled role shares the split and
+    no count is given); the rest unlabeled. Returns the new DatasetDict and rows, and the roles of each carved split.
+    """
+    import datasets
+
+    groups: dict[str, list[str]] = {}
+    for role in SPLITS:
+        groups.setdefault(splits[role].strip(), []).append(role)
+    carved = {}
+    for spec, group in groups.items():
+        if len(group) < 2:
+            continue
+        ds, ids = dd[group[0]], rows[group[0]]
+        where = f"split {spec!r} (read by the {', '.join(group)} roles)"
+        if label_column not in ds.column_names or not isinstance(ds.features[label_column], datasets.ClassLabel):
+            return dd, rows, carved  # check_dataset names the problem
+        names = list(ds.features[label_column].names)
+        labels = np.asarray([-1 if v is None else v for v in ds[label_column]], dtype=np.int64)
+        rng = np.random.default_rng(seed)
+        valid = np.flatnonzero(labels >= 0)  # rows without a label can only be unlabeled
+        part: dict[str, np.ndarray] = {}
+        rest = valid
+        if "test" in group:
+            n_test = test_size if isinstance(test_size, int) else int(round(test_size * len(valid)))
+            if not 1 <= n_test < len(valid):
+                raise ValueError(
+                    f"test_size={test_size} leaves no test or no training part of {where}, which has {len(valid)} "
+                    "labeled rows: pass --test_size as a fraction in (0, 1) or a smaller count."
+                )
+            strata = labels[valid].astype(str)
+            domains = _domain_values(ds, domain_column)
+            if domains is not None:
+                strata = np.char.add(np.char.add(strata, "|"), np.asarray(domains, dtype=str)[valid])
+            part["test"] = valid[_stratified_take(strata, n_test, rng)]
+            rest = np.setdiff1d(valid, part["test"])
+        if "labeled" in group:
+            n = labeled_per_class
+            if n is None and "unlabeled" in group:
+                n = CARVED_LABELED_PER_CLASS
+                logger.info(
+                    "labeled_per_class not set: drawing %d labeled samples per class from %s; the rest is unlabeled.",
+                    n,
+                    where,
+                )
+            if n is None:
+                part["labeled"] = rest
+            else:
+                _check_labeled_per_class(n)
+                counts = np.bincount(labels[rest], minlength=len(names))
+                c = int(counts.argmin())
+                if counts[c] < n:
+                    left = " after the test part" if "test" in group else ""
+                    raise ValueError(
+                        f"labeled_per_class={n} is more than {where} holds{left}: class {names[c]!r} has "
+                        f"{int(counts[c])} sample(s). Lower --labeled_per_class"
+                        + (" or --test_size." if "test" in group else ".")
+                    )
+                draws = [rng.choice(rest[labels[rest] == k], size=n, replace=False) for k in range(len(names))]
+                part["labeled"] = np.sort(np.concatenate(draws))
+        if "unlabeled" in group:
+            taken = np.concatenate([part.get("test", []), part.get("labeled", [])]).astype(np.int64)
+            part["unlabeled"] = np.setdiff1d(np.arange(len(ds)), taken)
+        for role, idx in part.items():
+            dd[role] = ds.select(idx.tolist())
+            rows[role] = ids[idx]
+        carved[spec] = group
+    return dd, rows, carved
+
+
+def _split_record(dd, rows, splits, carved, label_column, domain_column, seed, test_size, whole) -> dict:
+    """metrics.json `splits`: what each role read and holds, and the labeled/test overlap by row identity."""
+    record = {
+        "labeled_split": splits["labeled"],
+        "unlabeled_split": splits["unlabeled"],
+        "test_split": splits["test"],
+        "carved": dict(carved) or None,
+        "seed": seed,
+        "test_size": test_size if any("test" in g for g in carved.values()) else None,
+        "sizes": {role: len(dd[role]) for role in SPLITS},
+        "labeled_test_overlap": int(len(np.intersect1d(rows["labeled"], rows["test"]))),
+        "unlabeled_test_overlap": int(len(np.intersect1d(rows["unlabeled"], rows["test"]))),
+    }
+    names = list(dd["labeled"].features[label_column].names)
+    for role in ("labeled", "test"):
+        counts = np.bincount(np.asarray(dd[role][label_column], dtype=np.int64).clip(0), minlength=len(names))
+        record[f"{role}_classes"] = {n: int(c) for n, c in zip(names, counts, strict=True)}
+    shares = {}
+    for spec in carved:
+        values = _domain_values(whole[spec], domain_column)
+        if values is not None:
+            shares[f"whole {spec}"] = _shares(values)
+    for role in SPLITS:
+        values = _domain_values(dd[role], domain_column)
+        if values is not None:
+            shares[role] = _shares(values)
+    if shares:
+        record["domain_shares"] = shares
+    return record
+
+
+def _overlap_error(spec, splits, offsets, overlap) -> ValueError:
+    first = int(overlap[0])
+    name = max((n for n, o in offsets.items() if o <= first), key=lambda n: offsets[n])
+    return ValueError(
+        f"{len(overlap)} row(s) of {spec!r} are in both the labeled part (labeled_split={splits['labeled']!r}) and the "
+        f"test part (test_split={splits['test']!r}), e.g. row {first - offsets[name]} of split {name!r}: accuracy "
+        "on them is not a test accuracy. Name disjoint splits or slices, or let the labeled, unlabeled and test roles "
+        "name the same split to have it carved into disjoint parts (--test_size, --labeled_per_class); "
+        "--allow_test_overlap measures on the overlapping rows anyway and reports it as such, not as test accuracy."
+    )
+
+
+def _roles(
+    spec,
+    splits,
+    *,
+    config,
+    image_column,
+    label_column,
+    domain_column,
+    labeled_per_class,
+    seed,
+    test_size,
+    allow_test_overlap,
+):
+    """The labeled / unlabeled / test DatasetDict of a non-embedded `--dataset`: selected, checked, carved, and its
+    split record; refuses labeled rows that are also test rows unless `allow_test_overlap`."""
+    test_size = check_test_size(test_size)
+    dataset = _open(spec, splits, config)
+    splits = _default_splits(dataset, spec, splits)
+    dd, rows, offsets = _select(dataset, spec, splits)
+    whole = {}
+    for role in SPLITS:
+        whole.setdefault(splits[role].strip(), dd[role])
+    # Before the label checks, so that overlapping slices are named as such; a labeled split shared with another
+    # role is carved first (the overlap check after carving counts what is left).
+    if all(splits["labeled"].strip() != splits[r].strip() for r in ("unlabeled", "test")):
+        overlap = np.intersect1d(rows["labeled"], rows["test"])
+        if len(overlap) and not allow_test_overlap:
+            raise _overlap_error(spec, splits, offsets, overlap)
+    sliced = "[" in splits["labeled"]
+    hint = (
+        f" labeled_split={splits['labeled']!r} is a slice, and slices are not stratified (on data sorted by class or "
+        "domain a slice misses classes): let the labeled, unlabeled and test roles name the same split to have it "
+        "carved, stratified (--test_size, --labeled_per_class)."
+        if sliced
+        else ""
+    )
+    check_dataset(dd, image_column, label_column, missing_hint=hint)  # structure first: carving reads the labels
+    _check_domain_column(dd, domain_column)
+    column = domain_column or _default_domain_column(dd)
+    dd, rows, carved = _carve(dd, rows, splits, label_column, column, test_size, labeled_per_class, seed)
+    carved_labeled = any("labeled" in g for g in carved.values())
+    check_dataset(dd, image_column, label_column, None if carved_labeled else labeled_per_class)
+    if labeled_per_class is not None and not carved_labeled:
+        dd, keep = _subsample_labeled(dd, label_column, labeled_per_class, seed)
+        rows["labeled"] = rows["labeled"][keep]
+    record = _split_record(dd, rows, splits, carved, label_column, column, seed, test_size, whole)
+    overlap = np.intersect1d(rows["labeled"], rows["test"])
+    if len(overlap) and not allow_test_overlap:
+        raise _overlap_error(spec, splits, offsets, overlap)
+    if len(overlap):
+        logger.warning(
+            "%d labeled row(s) are also test rows (--allow_test_overlap): the accuracies are not test accuracies.",
+            len(overlap),
+        )
+    return dd, splits, record, column
 
 
 def _check_domain_column(dataset, column: str | None) -> None:
@@ -466,9 +745,12 @@ def load_target(
     label_column: str = "label",
     domain_column: str | None = None,
     image_size: int = 32,
-    labeled_split: str = "labeled",
-    unlabeled_split: str = "unlabeled",
-    test_split: str = "test",
+    labeled_split: str | None = None,
+    unlabeled_split: str | None = None,
+    test_split: str | None = None,
+    test_size: float | int = DEFAULT_TEST_SIZE,
+    allow_test_overlap: bool = False,
+    dataset_config_name: str | None = None,
     skip_bad_images: bool = False,
     lazy: bool | None = None,
     num_workers: int = 0,
@@ -481,15 +763,23 @@ def load_target(
             `org/name[@revision]` (read with `datasets.load_dataset`, cached: it loads with `HF_HUB_OFFLINE=1`
             after one online run).
         labeled_per_class: draw that many labeled samples per class (seeded): from the benchmark's target-train
-            part (default 10), or from the labeled split (default: all of it).
-        seed: the draw's seed.
+            part (default 10), from a split the labeled role shares with the unlabeled one (default 10), or from the
+            labeled split (default: all of it).
+        seed: the seed of the draws (the labeled samples, the carved test part).
         image_column, label_column: the columns of images and of `ClassLabel` labels (the unlabeled split may
             lack labels).
         domain_column: a latent-domain column (strings, integers or a `ClassLabel`), read for evaluation only. By
             default a column named `domain`, where there is one; a named column must exist in the test split.
         image_size: side of the square RGB uint8 images (any input size and mode is converted).
         labeled_split, unlabeled_split, test_split: the splits of each role, with `datasets` slicing
-            (`train[:2%]`, `train[2%:]+validation`).
+            (`train[:2%]`, `train[2%:]+validation`). Unset: the split named after the role, else `train` (or the only
+            split) for labeled and unlabeled, and `test` (else that same split) for test. Roles that name the same
+            split are carved from it into disjoint parts: a test part of `test_size` (stratified by label and domain),
+            `labeled_per_class` labeled samples per class from the rest, the rest unlabeled.
+        test_size: the carved test part: a fraction in (0, 1) or a number of samples.
+        allow_test_overlap: accept labeled rows that are also test rows (found by row identity, however the splits
+            are named or sliced; refused by default); the description's `splits` records how many.
+        dataset_config_name: the configuration of a Hub dataset (`datasets.load_dataset(name, config)`).
         skip_bad_images: leave out images that cannot be decoded (counted in the description's `skipped_images`;
             one decoding pass at load) instead of raising a `ValueError` that names split and row.
         lazy: keep images in the dataset's Arrow table and decode them per batch (`ImageSet`); the default for
@@ -498,7 +788,7 @@ def load_target(
 
     Returns:
         `(data, description)`: the `TargetData`, and a `DatasetDescription` (a `str` for cards and metrics, with
-        `skipped_images` and `num_skipped_images`).
+        `skipped_images`, `num_skipped_images` and the `splits` record).
 
     >>> data, desc = load_target("org/pets@v1", labeled_split="train[:2%]", unlabeled_split="train[2%:]")  # doctest: +SKIP
     """
@@ -516,23 +806,40 @@ def load_target(
         options["lazy"] = False if lazy is None else lazy
         data, _ = _convert(dd, domain_column=domain_column or "domain", skip_bad_images=False, **options)
         return data, DatasetDescription(f"Digits-LD {setting} ({n} labels per class)")
-    dd = _resolve(spec, splits)
-    check_dataset(dd, image_column, label_column, labeled_per_class)
-    _check_domain_column(dd, domain_column)
-    if labeled_per_class is not None:
-        dd = _subsample_labeled(dd, label_column, labeled_per_class, seed)
-    column = domain_column or _default_domain_column(dd)
+    dd, splits, record, column = _roles(
+        spec,
+        splits,
+        config=dataset_config_name,
+        image_column=image_column,
+        label_column=label_column,
+        domain_column=domain_column,
+        labeled_per_class=labeled_per_class,
+        seed=seed,
+        test_size=test_size,
+        allow_test_overlap=allow_test_overlap,
+    )
     options |= dict(lazy=True if lazy is None else lazy, num_workers=num_workers)
     data, skipped = _convert(
         dd, domain_column=column, skip_bad_images=skip_bad_images, where=_where(spec, splits), **options
     )
-    default = all(splits[r] == r for r in SPLITS)
-    text = spec if default else f"{spec} (labeled {labeled_split}, unlabeled {unlabeled_split}, test {test_split})"
-    return data, DatasetDescription(text, skipped)
+    return data, DatasetDescription(_describe(spec, splits, record, dataset_config_name), skipped, record)
 
 
-def _digits_ld_defaults(splits: dict[str, str]) -> None:
-    if any(splits[r] != r for r in SPLITS):
+def _describe(spec: str, splits: dict[str, str], record: dict, config: str | None) -> str:
+    name = spec if config is None else f"{spec} ({config})"
+    if all(splits[r] == r for r in SPLITS):
+        return name
+    if record["carved"] and len(record["carved"]) == 1 and len(next(iter(record["carved"].values()))) == 3:
+        sizes = record["sizes"]
+        return (
+            f"{name} (split {splits['test']!r} carved: {sizes['labeled']} labeled, {sizes['unlabeled']} unlabeled, "
+            f"{sizes['test']} test)"
+        )
+    return f"{name} (labeled {splits['labeled']}, unlabeled {splits['unlabeled']}, test {splits['test']})"
+
+
+def _digits_ld_defaults(splits: dict[str, str | None]) -> None:
+    if any(splits[r] not in (None, r) for r in SPLITS):
         raise ValueError(
             f"The embedded Digits-LD benchmark has fixed splits; got labeled_split={splits['labeled']!r}, "
             f"unlabeled_split={splits['unlabeled']!r}, test_split={splits['test']!r}. Leave them unset."
@@ -550,7 +857,7 @@ def _subsample_labeled(dataset, label_column: str, labeled_per_class: int, seed:
             [rng.choice(np.flatnonzero(labels == c), size=labeled_per_class, replace=False) for c in np.unique(labels)]
         )
     )
-    return datasets.DatasetDict({**dataset, "labeled": dataset["labeled"].select(keep.tolist())})
+    return datasets.DatasetDict({**dataset, "labeled": dataset["labeled"].select(keep.tolist())}), keep
 
 
 def check_target(
@@ -560,9 +867,13 @@ def check_target(
     label_column: str = "label",
     *,
     domain_column: str | None = None,
-    labeled_split: str = "labeled",
-    unlabeled_split: str = "unlabeled",
-    test_split: str = "test",
+    labeled_split: str | None = None,
+    unlabeled_split: str | None = None,
+    test_split: str | None = None,
+    test_size: float | int = DEFAULT_TEST_SIZE,
+    allow_test_overlap: bool = False,
+    dataset_config_name: str | None = None,
+    seed: int = 0,
     training_domains: bool = False,
 ) -> list[str]:
     """Check a `--dataset` value without decoding any image; return the target label names.
@@ -581,9 +892,19 @@ def check_target(
         _digits_ld_defaults(splits)
         _parse_setting(spec.partition(":")[2] or "MUS")
         return list(LABEL_NAMES)
-    dd = _resolve(spec, splits)
-    names = check_dataset(dd, image_column, label_column, labeled_per_class)
-    _check_domain_column(dd, domain_column)
+    dd, splits, _, _ = _roles(
+        spec,
+        splits,
+        config=dataset_config_name,
+        image_column=image_column,
+        label_column=label_column,
+        domain_column=domain_column,
+        labeled_per_class=labeled_per_class,
+        seed=seed,
+        test_size=test_size,
+        allow_test_overlap=allow_test_overlap,
+    )
+    names = list(dd["labeled"].features[label_column].names)
     if training_domains:
         column = domain_column or "domain"
         lacking = [splits[r] for r in ("labeled", "unlabeled") if column not in dd[r].column_names]
@@ -608,13 +929,19 @@ def hub_dataset_id(spec: str) -> tuple[str, str | None] | None:
 
 
 def check_dataset(
-    dataset, image_column: str = "image", label_column: str = "label", labeled_per_class: int | None = None
+    dataset,
+    image_column: str = "image",
+    label_column: str = "label",
+    labeled_per_class: int | None = None,
+    *,
+    missing_hint: str = "",
 ) -> list[str]:
     """Validate a target DatasetDict's structure and labels without decoding images; return its label names.
 
     Raises `ValueError` naming the split and column for: not a DatasetDict, a missing split or column, an empty
     split, an image column that holds no images, a label column that is not a `ClassLabel`, missing (-1) or
-    out-of-range labels, a class without any labeled sample, or `labeled_per_class` above what a class has.
+    out-of-range labels, a class without any labeled sample (its message ends with `missing_hint`), or
+    `labeled_per_class` above what a class has.
     """
     import datasets
 
@@ -673,6 +1000,7 @@ def check_dataset(
             if empty:
                 raise ValueError(
                     f"Classes {empty[:10]} have no labeled sample; label at least one sample of each class."
+                    + missing_hint
                 )
             if labeled_per_class is not None:
                 _check_labeled_per_class(labeled_per_class)

@@ -190,6 +190,10 @@ class StudentTrainer:
     >>> trainer.strategy.reuser  # MRL's attention reuser (None for methods without one)  # doctest: +SKIP
     """
 
+    # The name under which the training loop logs each step to the accelerator's trackers (None: not logged); set by
+    # ReuseTrainer for the runs it reports (the supervised baseline and the method), not for the guard's folds.
+    log_prefix: str | None = None
+
     def __init__(
         self,
         config: MRLConfig,
@@ -318,6 +322,8 @@ class StudentTrainer:
             logs = self.training_step(self.step.value, None if prefetched is None else next(prefetched))
             self.step.value += 1
             self.history.append(logs)
+            if self.log_prefix and acc.trackers:  # --report_to: Accelerate's trackers (main process only)
+                acc.log(self._tracked(logs), step=self.step.value)
             bar.update(1)
             if self.step.value % 20 == 0:
                 bar.set_postfix({k: f"{v:.3f}" for k, v in logs.items()})
@@ -328,6 +334,12 @@ class StudentTrainer:
         bar.close()
         self.strategy.on_train_end()
         return acc.unwrap_model(self.student)
+
+    def _tracked(self, logs: dict) -> dict[str, float]:
+        out = {f"{self.log_prefix}/{k}": float(v) for k, v in logs.items() if isinstance(v, (int, float))}
+        if hasattr(self.strategy, "reuse_strength"):
+            out[f"{self.log_prefix}/reuse_strength"] = float(self.strategy.reuse_strength)
+        return out
 
     def _prefetch(self, start: int):
         """Batches of steps `start`.. decoded by DataLoader workers while the student trains (lazy images only)."""

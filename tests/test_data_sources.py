@@ -167,7 +167,7 @@ def test_split_slicing_selects_those_rows(tmp_path):
         image_size=4,
         labeled_split="train[:2]+test[:2]",
         unlabeled_split="train",
-        test_split="test",
+        test_split="test[2:]",  # disjoint from the labeled test[:2]: an overlap is refused
     )
     assert plus.labeled_labels.tolist() == [0, 1, 1, 0]
 
@@ -403,7 +403,7 @@ def test_cli_corrupt_image_names_split_and_row(recipe, monkeypatch, tiny, tmp_pa
 def test_cli_missing_split_lists_the_splits(recipe, monkeypatch, tiny, tmp_path):
     dd = datasets.load_from_disk(str(tiny["data"]))
     datasets.DatasetDict(train=dd["labeled"], test=dd["test"]).save_to_disk(str(tmp_path / "dd"))
-    message = _cli(recipe, monkeypatch, tiny, tmp_path, tmp_path / "dd")
+    message = _cli(recipe, monkeypatch, tiny, tmp_path, tmp_path / "dd", "--labeled_split", "labeled")
     assert "has no split 'labeled' (named by labeled_split='labeled'); its splits are ['train', 'test']" in message
 
 

@@ -141,7 +141,7 @@ def test_missing_gated_and_bad_revision_are_told_apart(hub_teachers, local_hub):
     cases = {
         "org/missing": ("not_found", "was not found"),
         "org/tm@no-such-branch": ("revision_not_found", "no revision 'no-such-branch'"),
-        "./no/such/folder": ("not_found", "no such local folder"),
+        "./no/such/folder": ("not_found", "no such folder"),
     }
     for source, (reason, words) in cases.items():
         with pytest.raises(TeacherLoadError, match=words) as err:

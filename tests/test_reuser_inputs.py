@@ -103,11 +103,14 @@ def test_images_of_different_sizes_each_go_through_every_teacher_at_their_own_si
         torch.testing.assert_close(got[key], expected, rtol=0, atol=1e-6)
 
 
-def test_grey_and_rgba_images_are_converted_as_pil_does(reuser):
+def test_grey_and_rgba_images_are_converted_as_training_does(reuser):
+    """Grey repeated; alpha composited onto white as training decodes it (not dropped: test_image_conversion.py)."""
+    from hf_mrl.images import to_rgb
+
     grey = Image.fromarray(np.arange(256, dtype=np.uint8).reshape(16, 16))
     rgba = Image.fromarray(np.full((16, 16, 4), 90, dtype=np.uint8))
     with one_torch_thread():
-        _same(reuser.predict([grey, rgba]), reuser.predict([grey.convert("RGB"), rgba.convert("RGB")]))
+        _same(reuser.predict([grey, rgba]), reuser.predict([grey.convert("RGB"), to_rgb(rgba)]))
         _same(reuser.predict(np.asarray(grey)), reuser.predict(grey))
 
 
