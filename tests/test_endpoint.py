@@ -234,6 +234,7 @@ def test_a_run_mixing_local_and_endpoint_teachers_trains_saves_reloads_and_asks_
         assert set(server.authorizations) == {f"Bearer {token}"}  # used for every call...
         for path in (tmp_path / "run").rglob("*"):  # ...and written nowhere: metrics, cards, configs, checkpoints
             assert not path.is_file() or token.encode() not in path.read_bytes(), path
+        assert test_recipe.LAST_OUTPUT and not any(token in text for text in test_recipe.LAST_OUTPUT)  # nor logged
         n = sum(tiny["sizes"].values())
         assert server.calls == 2 * n  # each image once per endpoint
         assert metrics["endpoints"]["answered"] == 2 * n and metrics["endpoints"]["calls"] == 2 * n

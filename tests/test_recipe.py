@@ -25,7 +25,11 @@ def launch(tiny, out: Path, *extra: str, num_processes: int = 1, cache: str = "c
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_MRL_CACHE": str(tiny["root"] / "hf_mrl_cache")}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    LAST_OUTPUT[:] = [proc.stdout, proc.stderr]  # the run's console log, for tests that read it
     return json.loads((out / "metrics.json").read_text())
+
+
+LAST_OUTPUT: list[str] = []
 
 
 def test_recipe_outputs_and_teacher_passes(tiny, tmp_path):
