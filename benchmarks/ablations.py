@@ -29,7 +29,7 @@ from harness import (
     run_benchmark,
 )
 
-from hf_mrl.config import MRLConfig
+from hf_mrl.training.config import MRLConfig
 
 TRAIN = {"max_steps": 250, "batch_size": 32, "unlabeled_batch_size": 64}  # the benchmark's budget
 

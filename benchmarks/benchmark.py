@@ -42,7 +42,7 @@ from harness import (
     write_report,
 )
 
-from hf_mrl.strategies import METHODS
+from hf_mrl.training.strategies import METHODS
 
 # Full-run defaults: 495 runs on 2 CPU cores within an hour (see README, Benchmark).
 FULL = {

@@ -158,7 +158,7 @@ class _Sampler(threading.Thread):
 def probe(args) -> dict:
     """One run in this (fresh) process: teacher pass + `steps` student steps over `n` unlabeled images."""
     from hf_mrl import ModelPool, MRLConfig, ReuseArguments, ReuseTrainer
-    from hf_mrl.target import load_target
+    from hf_mrl.data.target import load_target
 
     torch.set_num_threads(args.threads)
     sampler = _Sampler()
@@ -202,7 +202,7 @@ def throughput(data_dir: str, teachers: list[str], n: int, workers: int, rounds:
     import tempfile
 
     from hf_mrl import ModelPool
-    from hf_mrl.target import load_target
+    from hf_mrl.data.target import load_target
 
     data, _ = load_target(data_dir, unlabeled_split=f"unlabeled[:{n}]")
     images = data.unlabeled_images

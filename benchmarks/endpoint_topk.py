@@ -39,10 +39,10 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     from hf_mrl import ModelPool, MRLConfig, ReuseArguments, ReuseTrainer
-    from hf_mrl.endpoint import EndpointOptions
-    from hf_mrl.pool import parse_pool_file
-    from hf_mrl.pool_builder import build_digits_pool
-    from hf_mrl.target import load_target
+    from hf_mrl.data.target import load_target
+    from hf_mrl.pool.builder import build_digits_pool
+    from hf_mrl.pool.endpoint import EndpointOptions
+    from hf_mrl.pool.model_pool import parse_pool_file
     from hf_mrl.testing import LocalEndpoint
 
     torch.set_num_threads(args.threads)

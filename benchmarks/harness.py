@@ -33,8 +33,8 @@ from pathlib import Path
 
 import torch
 
-from hf_mrl.config import MRLConfig
-from hf_mrl.strategies import METHODS
+from hf_mrl.training.config import MRLConfig
+from hf_mrl.training.strategies import METHODS
 from hf_mrl.utils import atomic_write_json, cache_root, torch_threads
 
 __all__ = [
@@ -201,7 +201,7 @@ def bench_hash(spec: BenchmarkSpec, pool_hash: str) -> str:
 def resolve_pool_file(spec: BenchmarkSpec) -> str:
     if spec.pool_file is not None:
         return str(spec.pool_file)
-    from hf_mrl.pool_builder import build_digits_pool
+    from hf_mrl.pool.builder import build_digits_pool
 
     return str(build_digits_pool())
 
@@ -259,7 +259,7 @@ _POOLS: dict[tuple[str, str | None, tuple[str, ...]], object] = {}
 
 def load_pool(teachers: str | Sequence[str], label_names: list[str], cache_dir: str | None):
     """A ModelPool from a pool file or a list of ids, kept per process (loading teachers is the slow part)."""
-    from hf_mrl.pool import ModelPool, parse_pool_file
+    from hf_mrl.pool.model_pool import ModelPool, parse_pool_file
 
     ids = tuple(parse_pool_file(teachers)) if isinstance(teachers, (str, os.PathLike)) else tuple(teachers)
     key = (str(cache_dir), ",".join(label_names), ids)
@@ -279,7 +279,7 @@ class _Dataset:
 
 
 def fingerprints(data) -> dict:
-    from hf_mrl.cache import fingerprint
+    from hf_mrl.pool.cache import fingerprint
 
     return {
         "labeled": fingerprint(data.labeled_images),
@@ -312,9 +312,9 @@ def _domain_names(data) -> list[str]:
 
 def prepare_dataset(spec: BenchmarkSpec, teachers, setting: str, labeled_per_class: int, seed: int) -> _Dataset:
     """Load one dataset and the teachers' outputs on it (cached on disk across runs and processes)."""
-    from hf_mrl.embedding import Embedding
-    from hf_mrl.target import check_target, load_target
-    from hf_mrl.trainer import compute_reuse_inputs
+    from hf_mrl.data.target import check_target, load_target
+    from hf_mrl.reuse.embedding import Embedding
+    from hf_mrl.reuse.outputs import compute_reuse_inputs
 
     dataset = spec.dataset(setting)
     label_names = check_target(dataset, labeled_per_class)
@@ -591,7 +591,7 @@ def run_benchmark(
 
 
 def _label_names(spec: BenchmarkSpec, keys: Sequence[RunKey]) -> list[str]:
-    from hf_mrl.target import check_target
+    from hf_mrl.data.target import check_target
 
     setting = keys[0].setting if keys else "MUS"
     return check_target(spec.dataset(setting), keys[0].labeled_per_class if keys else None)

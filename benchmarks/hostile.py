@@ -110,7 +110,7 @@ def teacher_role(folder: str | os.PathLike) -> str:
 
 def _source_hash(folder: Path) -> str:
     """Hash of what shapes a teacher's outputs: weights and the (pre)processing configs."""
-    from hf_mrl.pool import _files_hash, _weight_files
+    from hf_mrl.pool.model_pool import _files_hash, _weight_files
 
     files = _weight_files(folder) + [folder / f for f in ("config.json", "preprocessor_config.json")]
     return _files_hash([f for f in files if f.is_file()])
@@ -191,7 +191,7 @@ def make_random_teacher(
 
 
 def _make_random_teacher(source, out_dir, seed, calibration_images, logit_std) -> Path:
-    from hf_mrl.pool import Teacher, _detect_library
+    from hf_mrl.pool.model_pool import Teacher, _detect_library
 
     source, out_dir = Path(source), Path(out_dir)
     library, config = _detect_library(source, str(source))
@@ -390,7 +390,7 @@ def make_unrelated_teacher(
     """
     import timm
 
-    from hf_mrl.pool_builder import _accuracy, make_timm_classifier, train_classifier
+    from hf_mrl.pool.builder import _accuracy, make_timm_classifier, train_classifier
 
     out_dir = Path(out_dir)
     architecture = architecture or UNRELATED_TASKS[task]
@@ -426,7 +426,7 @@ def _unrelated_info(task: str, seed: int, architecture: str, num_train: int, epo
 
 
 def _fingerprint(images: torch.Tensor) -> str:
-    from hf_mrl.cache import fingerprint
+    from hf_mrl.pool.cache import fingerprint
 
     return fingerprint(images)
 
@@ -438,10 +438,10 @@ def _honest_teachers(honest: Mapping[str, str | os.PathLike] | str | os.PathLike
     """Domain code -> folder of each honest teacher (folders named `teacher-<code>` in a pool file)."""
     if isinstance(honest, Mapping):
         return {str(k): Path(v) for k, v in honest.items()}
-    from hf_mrl.pool import parse_pool_file
+    from hf_mrl.pool.model_pool import parse_pool_file
 
     if honest is None:
-        from hf_mrl.pool_builder import build_digits_pool
+        from hf_mrl.pool.builder import build_digits_pool
 
         honest = build_digits_pool()
     out = {}
@@ -455,7 +455,7 @@ def _honest_teachers(honest: Mapping[str, str | os.PathLike] | str | os.PathLike
 
 def _digits_calibration(n: int = 600, seed: int = 0) -> torch.Tensor:
     """A seeded sample of Digits-LD source images (every domain): what the random teachers are calibrated on."""
-    from hf_mrl.pool_builder import _source_tensors
+    from hf_mrl.pool.builder import _source_tensors
 
     gen = torch.Generator().manual_seed(seed)
     parts = []
@@ -505,7 +505,7 @@ def build_hostile_pools(
     if unknown:
         raise ValueError(f"Unknown hostile pools {unknown}; choose from {list(HOSTILE_POOLS)}.")
     if honest is None:
-        from hf_mrl.pool_builder import build_digits_pool
+        from hf_mrl.pool.builder import build_digits_pool
 
         honest = build_digits_pool()
     teachers = _honest_teachers(honest)

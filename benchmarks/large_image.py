@@ -48,7 +48,7 @@ def _write(folder: Path, n: int, side: int | None) -> None:
 def _child(folder: str, steps: int) -> dict:
     import datasets
 
-    from hf_mrl.images import ImageSet, to_uint8
+    from hf_mrl.data.images import ImageSet, to_uint8
 
     images = ImageSet(datasets.load_from_disk(folder), "image", 32, "bench")
     start = time.perf_counter()

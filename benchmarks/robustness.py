@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 from harness import apply_preset, csv_arg, read_json, write_json
 
-from hf_mrl.config import MRLConfig
+from hf_mrl.training.config import MRLConfig
 
 logger = logging.getLogger("robustness")
 
@@ -186,7 +186,7 @@ _DATA: dict = {}  # one dataset kept per process: (dataset, n, seed) -> TargetDa
 
 
 def _load_data(spec: Spec, seed: int):
-    from hf_mrl.target import load_target
+    from hf_mrl.data.target import load_target
 
     key = (spec.dataset, spec.labeled_per_class, seed)
     if key not in _DATA:
@@ -275,7 +275,7 @@ def run_pool(spec_dict: dict, pool: str, info: dict, seed: int, records_dir: str
     from hf_mrl import ReuseArguments, ReuseTrainer
     from hf_mrl.guard import repeated_folds
     from hf_mrl.metrics import accuracy_report
-    from hf_mrl.reuse_trainer import SupervisedRun
+    from hf_mrl.training.reuse_trainer import SupervisedRun
 
     spec = Spec(**spec_dict)
     torch.set_num_threads(spec.threads)
@@ -377,7 +377,7 @@ def run_all(
 
     Returns `{"ran": n, "skipped": n, "wall_time_s": s}`.
     """
-    from hf_mrl.target import check_target
+    from hf_mrl.data.target import check_target
 
     results = Path(results_dir)
     records = results / RECORDS_DIR
@@ -836,7 +836,7 @@ def render_markdown(summary: dict, spec_identity: dict, timing: dict | None, com
     lines.append(
         "\nBad teachers: roles random, permuted and unrelated. *Attention on bad teachers*: the MRL reuser's mean "
         "weight on them over the test samples (summed over the bad teachers), next to their share under uniform "
-        "weights. *Flagged*: teacher x seed pairs with at least one screening flag (`hf_mrl.screening`, LEEP and "
+        "weights. *Flagged*: teacher x seed pairs with at least one screening flag (`hf_mrl.pool.screening`, LEEP and "
         "accuracy on the labeled data); screening only reports, it drops no teacher.\n"
     )
     lines.append(f"![delivered - supervised per pool and seed]({FIGURE})\n")

@@ -148,7 +148,7 @@ def reuse_inputs(data, k: int, cache_dir=None, device: str = "cpu", precision: s
 
 def make_trainer(data, reuse, ids, sizes: Sizes, device: str, precision: str, **config):
     from hf_mrl import MRLConfig, StudentTrainer
-    from hf_mrl.trainer import make_accelerator
+    from hf_mrl.training.trainer import make_accelerator
 
     if sizes.batch_size:
         config.setdefault("batch_size", sizes.batch_size)
@@ -302,7 +302,7 @@ def _hub_format_pool(root: Path) -> Path:
     as Hub checkpoints: realistic teacher inference cost without training anything."""
     import timm
 
-    from hf_mrl.pool_builder import _LABELS, make_timm_classifier, make_transformers_classifier
+    from hf_mrl.pool.builder import _LABELS, make_timm_classifier, make_transformers_classifier
 
     torch.manual_seed(0)
     model, _ = make_timm_classifier("test_resnet")

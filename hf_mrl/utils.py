@@ -243,3 +243,38 @@ def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def kmeans(
+    x: torch.Tensor, k: int, seed: int = 0, iters: int = 50, init: str = "k-means++", centres_too: bool = False
+):
+    """Seeded k-means of rows (n, p) -> cluster index (n,) (and the centres with `centres_too`).
+
+    `init`: "k-means++" (spread-out seeds; the guard's latent clusters) or "random" (k distinct rows; pool
+    selection's clusters). A cluster that empties keeps its centre; iteration stops when no assignment changes.
+    """
+    n = len(x)
+    k = max(1, min(k, n))
+    gen = torch.Generator().manual_seed(seed)
+    if init == "random":
+        centres = x[torch.randperm(n, generator=gen)[:k]].clone()
+    elif init == "k-means++":
+        chosen = [x[torch.randint(n, (1,), generator=gen)].squeeze(0)]
+        for _ in range(1, k):
+            d2 = torch.cdist(x, torch.stack(chosen)).min(1).values ** 2
+            if float(d2.sum()) <= 0:
+                break
+            chosen.append(x[torch.multinomial(d2 / d2.sum(), 1, generator=gen)].squeeze(0))
+        centres = torch.stack(chosen)
+    else:
+        raise ValueError(f"init must be 'k-means++' or 'random'; got {init!r}.")
+    assign = torch.cdist(x, centres).argmin(1)
+    for _ in range(iters):
+        centres = torch.stack(
+            [x[assign == j].mean(0) if (assign == j).any() else centres[j] for j in range(len(centres))]
+        )
+        new = torch.cdist(x, centres).argmin(1)
+        if torch.equal(new, assign):
+            break
+        assign = new
+    return (assign, centres) if centres_too else assign

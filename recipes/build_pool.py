@@ -9,7 +9,7 @@ reuses the teachers that exist.
 import argparse
 import logging
 
-from hf_mrl.pool_builder import build_digits_pool, default_pool_dir
+from hf_mrl.pool.builder import build_digits_pool, default_pool_dir
 
 
 def main(argv=None) -> None:

@@ -9,7 +9,7 @@ those in DIR/metrics.json. A run of a --method other than mrl has no reuser: onl
 
 import sys
 
-from hf_mrl.cli import evaluate_main as main
+from hf_mrl.cli.main import evaluate_main as main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -8,10 +8,10 @@ Writes DIR/reuser/, DIR/student/ (config.json + model.safetensors + README.md) a
 than mrl trains no attention reuser: it writes DIR/student/ and DIR/metrics.json only. Methods that need no teachers
 (supervised, pl, mean-teacher, vat, fixmatch) never load the pool. The same command is installed as `hf-mrl train`.
 
-What it does, from Python (see `hf_mrl.cli.train` for the whole of it):
+What it does, from Python (see `hf_mrl.cli.main.train` for the whole of it):
 
     from hf_mrl import ModelPool, MRLConfig, ReuseArguments, ReuseTrainer
-    from hf_mrl.target import load_target
+    from hf_mrl.data.target import load_target
 
     data, description = load_target("digits-ld:MUS", labeled_per_class=10, seed=0)
     pool = ModelPool.from_file("hub-ids.txt", data.label_names)
@@ -20,7 +20,7 @@ What it does, from Python (see `hf_mrl.cli.train` for the whole of it):
     result.push_to_hub("me/mus-mrl")            # the reuser to me/mus-mrl, the student to me/mus-mrl-student
 """
 
-from hf_mrl.cli import parse_train_args, preflight, train, train_main
+from hf_mrl.cli.main import parse_train_args, preflight, train, train_main
 
 __all__ = ["main", "parse_args", "preflight", "train"]
 

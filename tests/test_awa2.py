@@ -12,7 +12,7 @@ import pytest
 from helpers import make_timm_teacher, make_transformers_teacher
 
 from hf_mrl.data import AWA2_ATTRIBUTES, attribute_label_names, load_awa2, load_awa2_attribute, read_awa2_metadata
-from hf_mrl.target import check_dataset, target_from_datasets
+from hf_mrl.data.target import check_dataset, target_from_datasets
 from hf_mrl.testing import make_awa2_fixture
 from hf_mrl.testing.awa2_fixture import FIXTURE_CLASSES
 

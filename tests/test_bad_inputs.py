@@ -22,10 +22,12 @@ from helpers import make_target_dataset, make_timm_teacher, make_transformers_te
 from huggingface_hub import HfApi
 from safetensors.torch import load_file, save_file
 
-from hf_mrl import AttentionReuser, ModelPool, Teacher, cli, reuse_trainer
-from hf_mrl.labels import map_labels
-from hf_mrl.pool import TeacherLoadError, parse_pool_file
-from hf_mrl.target import check_dataset, load_target, target_from_datasets
+import hf_mrl.cli.train as cli_train
+import hf_mrl.training.reuse_trainer as reuse_trainer
+from hf_mrl import AttentionReuser, ModelPool, Teacher
+from hf_mrl.data.target import check_dataset, load_target, target_from_datasets
+from hf_mrl.pool.labels import map_labels
+from hf_mrl.pool.model_pool import TeacherLoadError, parse_pool_file
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "train_mrl.py"
@@ -142,9 +144,9 @@ def run_cli(recipe, monkeypatch, argv: list[str], before: str = "training") -> s
     with monkeypatch.context() as patch:
         patch.setattr(reuse_trainer, "StudentTrainer", _Tripwire("training"))
         if before in ("teachers", "images"):
-            patch.setattr(cli, "load_target", _Tripwire("image decoding"))
+            patch.setattr(cli_train, "load_target", _Tripwire("image decoding"))
         if before == "teachers":
-            patch.setattr(cli, "ModelPool", _Tripwire("teacher loading"))
+            patch.setattr(cli_train, "ModelPool", _Tripwire("teacher loading"))
         with pytest.raises(SystemExit) as exit_info:
             recipe.main(argv)
     message = exit_info.value.code
@@ -344,14 +346,14 @@ def test_generic_names_on_both_sides_are_no_mapping():
 def test_a_class_no_teacher_covers_is_a_warning(bad, caplog):
     """Teachers with partial label spaces are accepted; a target class none of them knows is warned about."""
     folder = make_timm_teacher(bad["root"] / "partial", ["a", "b"])
-    with caplog.at_level(logging.WARNING, logger="hf_mrl.pool"):
+    with caplog.at_level(logging.WARNING, logger="hf_mrl.pool.model_pool"):
         pool = ModelPool([str(folder)], LABELS)
     assert pool.coverage.tolist() == [[True, True, False]]
     assert any("No teacher in the pool predicts target class(es) ['c']" in r.getMessage() for r in caplog.records)
 
 
 def test_ambiguous_teacher_labels_are_a_warning(caplog):
-    with caplog.at_level(logging.WARNING, logger="hf_mrl.labels"):
+    with caplog.at_level(logging.WARNING, logger="hf_mrl.pool.labels"):
         mapping = map_labels(["Crane", "crane", "heron"], ["crane", "heron"], teacher_name="Teacher 'org/birds'")
     assert mapping.index == [0, 2]
     assert any("two outputs named like target class 'crane'" in r.getMessage() for r in caplog.records)

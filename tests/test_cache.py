@@ -16,9 +16,9 @@ import torch
 from helpers import make_images
 from safetensors.torch import load_file
 
+import hf_mrl.pool.cache as cache_module
 from hf_mrl import ModelPool, Teacher
-from hf_mrl import cache as cache_module
-from hf_mrl.cache import LogitCache, fingerprint, row_keys
+from hf_mrl.pool.cache import LogitCache, fingerprint, row_keys
 
 LABELS = ["a", "b", "c"]
 
@@ -162,7 +162,7 @@ def test_damaged_entry_is_reported_deleted_and_recomputed(tmp_path, damage, capl
         at = 8 + n + header["keys"]["data_offsets"][0]
         entry.write_bytes(raw[:at] + bytes([raw[at] ^ 1]) + raw[at + 1 :])
     fresh = _pool(tmp_path, seeds=(0,))
-    with caplog.at_level("WARNING", logger="hf_mrl.cache"):
+    with caplog.at_level("WARNING", logger="hf_mrl.pool.cache"):
         torch.testing.assert_close(fresh.probs(images), ref, rtol=0, atol=0)
     assert _seen(fresh) == [6]
     assert "recomputed" in caplog.text and entry.name in caplog.text
@@ -179,7 +179,7 @@ def test_encoder_feature_entries_carry_a_checksum(tmp_path, caplog):
     raw = bytearray(entry.read_bytes())
     raw[-1] ^= 0x01
     entry.write_bytes(bytes(raw))
-    with caplog.at_level("WARNING", logger="hf_mrl.cache"):
+    with caplog.at_level("WARNING", logger="hf_mrl.pool.cache"):
         assert LogitCache(tmp_path).get("enc", "fp") is None
     assert "checksum" in caplog.text
 
@@ -202,7 +202,7 @@ def test_an_older_entry_without_checksums_is_recomputed(tmp_path, caplog):
     raw = entry.read_bytes()
     entry.write_bytes(raw.replace(b"hf_mrl-rows-2", b"hf_mrl-rows-1"))
     fresh = _pool(tmp_path, seeds=(0,))
-    with caplog.at_level("WARNING", logger="hf_mrl.cache"):
+    with caplog.at_level("WARNING", logger="hf_mrl.pool.cache"):
         fresh.probs(images)
     assert _seen(fresh) == [4] and "older hf_mrl" in caplog.text
 

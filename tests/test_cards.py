@@ -9,7 +9,7 @@ import pytest
 import yaml
 from huggingface_hub import ModelCard
 
-from hf_mrl.cards import RunSummary, TeacherSummary, reuser_card, student_card, validate_card
+from hf_mrl.hub.cards import RunSummary, TeacherSummary, reuser_card, student_card, validate_card
 
 ROOT = Path(__file__).resolve().parents[1]
 SHA = "0123456789abcdef0123456789abcdef01234567"
@@ -366,7 +366,7 @@ def test_reuser_card_keeps_guard_and_screening_without_domain_labels():
 
 @pytest.mark.parametrize("method", ["supervised", "pl", "mean-teacher", "vat", "fixmatch", "mr-bs", "mr-cr", "oracle"])
 def test_student_card_of_every_method_without_reuser(method):
-    from hf_mrl.cards import METHOD_TEXT
+    from hf_mrl.hub.cards import METHOD_TEXT
 
     info = METHOD_TEXT[method]
     changes = {} if info.teachers else {"teachers": [], "screening": []}
@@ -412,8 +412,8 @@ def test_a_transformers_students_card_says_transformers_and_loads_with_it(tmp_pa
     metadata, tags and loading snippet; a timm student's still says timm."""
     from helpers import make_transformers_teacher, one_torch_thread
 
-    from hf_mrl.reuse_trainer import _student_facts
-    from hf_mrl.student import TransformersStudent, create_student
+    from hf_mrl.training.reuse_trainer import _student_facts
+    from hf_mrl.training.student import TransformersStudent, create_student
 
     source = make_transformers_teacher(tmp_path / "tr", list("vwxyz"))
     with one_torch_thread():

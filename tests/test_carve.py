@@ -10,7 +10,7 @@ import datasets
 import numpy as np
 import pytest
 
-from hf_mrl.target import check_target, load_target
+from hf_mrl.data.target import check_target, load_target
 
 LABELS = ["a", "b", "c"]  # the tiny pool's labels
 DOMAINS = ["art", "cartoon", "photo", "sketch"]
@@ -147,7 +147,7 @@ def test_cli_refuses_overlapping_slices_and_allows_them_only_as_not_test(recipe,
 
 def test_select_takes_the_same_data_flags_and_carves_the_same_way(tmp_path, monkeypatch):
     """`hf-mrl select` reads the data as `train` does: the labeled set it screens on is the one training uses."""
-    from hf_mrl import selection
+    import hf_mrl.cli.select as select_cli
 
     _pacs(tmp_path / "pacs")
     seen = {}
@@ -156,16 +156,16 @@ def test_select_takes_the_same_data_flags_and_carves_the_same_way(tmp_path, monk
         seen["labeled"] = labeled_images.keys()
         raise SystemExit(0)
 
-    monkeypatch.setattr(selection, "select_pool", fake_select_pool)
+    monkeypatch.setattr(select_cli, "select_pool", fake_select_pool)
     argv = ["--output_dir", str(tmp_path / "sel"), "--dataset", str(tmp_path / "pacs"), "--no_search"]
     argv += ["--candidates_file", str(tmp_path / "ids.txt"), "--labeled_per_class", "2", "--test_size", "0.25"]
     (tmp_path / "ids.txt").write_text("org/a\n")
     with pytest.raises(SystemExit):
-        selection.main(argv + ["--seed", "3"])
+        select_cli.main(argv + ["--seed", "3"])
     data, _ = load_target(str(tmp_path / "pacs"), 2, seed=3, test_size=0.25)
     assert {tuple(k) for k in seen["labeled"].tolist()} == _keys(data.labeled_images)
     with pytest.raises(SystemExit) as info:
-        selection.main(argv + ["--test_split", "train[40%:]", "--labeled_split", "train[:50%]"])
+        select_cli.main(argv + ["--test_split", "train[40%:]", "--labeled_split", "train[:50%]"])
     assert str(info.value.code).startswith("error: ") and "are in both the labeled part" in str(info.value.code)
     json.dumps(data.label_names)
 

@@ -9,7 +9,7 @@ import logging
 import pytest
 
 from hf_mrl import __version__
-from hf_mrl.cli import _setup_logging, config_from_args, main, parse_train_args, run_identity
+from hf_mrl.cli.main import _setup_logging, config_from_args, main, parse_train_args, run_identity
 
 
 def test_top_level_help_and_version_exit_0(capsys):

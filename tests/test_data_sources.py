@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from hf_mrl.target import check_target, hub_dataset_id, load_target, target_from_datasets
+from hf_mrl.data.target import check_target, hub_dataset_id, load_target, target_from_datasets
 from hf_mrl.testing.hub_server import upload_parquet_dataset
 
 LABELS = ["a", "b"]

@@ -18,8 +18,8 @@ import attribute_pool  # noqa: E402
 import digit_attributes as da  # noqa: E402
 
 from hf_mrl.data import load_digits_ld  # noqa: E402
-from hf_mrl.pool import ModelPool, parse_pool_file  # noqa: E402
-from hf_mrl.target import check_dataset, load_target  # noqa: E402
+from hf_mrl.data.target import check_dataset, load_target  # noqa: E402
+from hf_mrl.pool.model_pool import ModelPool, parse_pool_file  # noqa: E402
 
 
 def test_seven_balanced_distinct_attributes():

@@ -13,7 +13,7 @@ import torch
 from helpers import make_images, make_timm_teacher, make_transformers_teacher
 
 from hf_mrl import ModelPool
-from hf_mrl.endpoint import EndpointError, EndpointOptions, answer_to_probs
+from hf_mrl.pool.endpoint import EndpointError, EndpointOptions, answer_to_probs
 from hf_mrl.testing import LocalEndpoint
 
 LABELS = ["a", "b", "c", "d"]
@@ -158,7 +158,7 @@ def test_damaged_answer_lines_are_asked_again(served, tmp_path):
 
 
 def test_credentials_never_come_from_the_pool_file(tmp_path):
-    from hf_mrl.pool import parse_pool_file
+    from hf_mrl.pool.model_pool import parse_pool_file
 
     for url in ("https://user:secret@host/m", "https://host/m?api_key=hf_x", "https://host/m?token=hf_x"):
         (tmp_path / "pool.txt").write_text(f"endpoint:{url}\n")
@@ -186,8 +186,8 @@ def test_random_faults_give_the_clean_outputs_with_one_good_call_per_image(serve
 def test_screening_flags_an_endpoint_with_permuted_labels(served, tmp_path):
     from test_selection import spread_classes
 
-    from hf_mrl.screening import screen_teachers
-    from hf_mrl.selection import permuted_labels
+    from hf_mrl.pool.screening import screen_teachers
+    from hf_mrl.pool.selection import permuted_labels
 
     images = make_images(48, size=16, seed=15)
     honest = spread_classes(make_transformers_teacher(tmp_path / "honest", LABELS, seed=5), images)
@@ -259,7 +259,7 @@ import sys
 sys.path.insert(0, {tests!r})
 from helpers import make_images
 from hf_mrl import ModelPool
-from hf_mrl.endpoint import EndpointOptions
+from hf_mrl.pool.endpoint import EndpointOptions
 
 pool = ModelPool([{line!r}], {labels!r}, cache_dir={cache!r}, endpoint=EndpointOptions(concurrency=1))
 pool.probs(make_images(12, size=16, seed=11))
@@ -300,8 +300,8 @@ def test_a_killed_run_loses_no_answer_it_got(served, tmp_path):
 
 
 def test_select_scores_endpoint_candidates_under_one_call_budget(served, tmp_path):
-    from hf_mrl.pool import parse_pool_file
-    from hf_mrl.selection import select_pool
+    from hf_mrl.pool.model_pool import parse_pool_file
+    from hf_mrl.pool.selection import select_pool
 
     server, folders = served["server"], served["folders"]
     images, unlabeled = make_images(24, size=16, seed=12), make_images(16, size=16, seed=13)

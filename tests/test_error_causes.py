@@ -8,8 +8,8 @@ import shutil
 
 import pytest
 
-from hf_mrl.pool import ModelPool, TeacherLoadError, parse_pool_file
-from hf_mrl.target import check_target
+from hf_mrl.data.target import check_target
+from hf_mrl.pool.model_pool import ModelPool, TeacherLoadError, parse_pool_file
 
 
 def test_pool_file_with_a_utf8_bom(tiny, tmp_path):
@@ -56,7 +56,7 @@ def test_typo_in_a_dataset_folder_is_no_such_folder(tiny, tmp_path, monkeypatch,
 def test_evaluate_from_another_directory_and_its_one_line_errors(recipe, monkeypatch, tiny, tmp_path, capsys):
     from test_data_sources import _cli
 
-    from hf_mrl.cli import evaluate_main
+    from hf_mrl.cli.main import evaluate_main
 
     shutil.copytree(tiny["data"], tmp_path / "tiny")
     monkeypatch.chdir(tmp_path)

@@ -316,7 +316,7 @@ def test_sequential_final_look_is_the_full_rule_at_the_level_left():
 def _planted_jobs(monkeypatch, reuse_right, sup_right):
     """Replace the fold trainings by planted per-sample correctness (a vector over the labeled samples, or a function
     of the fold's size giving its held-out vector); returns the list of (method, fold) calls."""
-    import hf_mrl.guard as guard
+    import hf_mrl.guard.workers as workers
 
     calls = []
 
@@ -327,7 +327,7 @@ def _planted_jobs(monkeypatch, reuse_right, sup_right):
             return right(int((fold == f).sum()))
         return right[fold == f].clone()
 
-    monkeypatch.setattr(guard, "_fold_job", fake)
+    monkeypatch.setattr(workers, "_fold_job", fake)
     return calls
 
 

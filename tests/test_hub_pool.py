@@ -12,7 +12,7 @@ from huggingface_hub import HfApi
 from safetensors.torch import load_file
 
 from hf_mrl import AttentionReuser, ModelPool, Teacher
-from hf_mrl.pool import TeacherLoadError
+from hf_mrl.pool.model_pool import TeacherLoadError
 from hf_mrl.testing import LocalHub
 
 TARGET = ["a", "b", "c"]
@@ -172,7 +172,7 @@ def test_a_reuser_refuses_a_teacher_whose_weights_changed(hub_teachers, tmp_path
         _ = swapped.pool
     assert f"org/tm@{commits['tm_v2']}" in str(err.value) and "allow_changed_teachers" in str(err.value)
     allowed = AttentionReuser.from_pretrained(tmp_path / "r", allow_changed_teachers=True)
-    with caplog.at_level("WARNING", logger="hf_mrl.reuser"):
+    with caplog.at_level("WARNING", logger="hf_mrl.reuse.reuser"):
         assert len(allowed.pool.teachers) == 2
     assert "differ" in caplog.text
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hf_mrl.hypergrad import first_order_hypergradient, functional_student, unrolled_hypergradient
-from hf_mrl.trainer import kd_loss
+from hf_mrl.training.hypergrad import first_order_hypergradient, functional_student, unrolled_hypergradient
+from hf_mrl.training.trainer import kd_loss
 
 K, PDIM, C, D = 3, 2, 3, 4  # teachers, embedding dim, classes, input features
 LAMBDA, T, ALPHA, TAU = 0.7, 2.0, 0.5, 1.3

@@ -12,8 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
-from hf_mrl.images import ImageSet
-from hf_mrl.inputs import image_batches
+from hf_mrl.data.images import ImageSet
+from hf_mrl.data.inputs import image_batches
 
 SIDE = 8
 

@@ -11,7 +11,7 @@ import torch
 from helpers import make_images, make_timm_teacher
 
 from hf_mrl import ModelPool
-from hf_mrl.labels import imagenet_descriptions, load_label_map, map_labels
+from hf_mrl.pool.labels import imagenet_descriptions, load_label_map, map_labels
 
 # ImageNet-1k classes (index: timm description) used below.
 TABBY, TIGER_CAT, PERSIAN, BEAGLE, GOLDFISH, AIRLINER = 281, 282, 283, 162, 1, 404
@@ -132,7 +132,7 @@ def test_imagenet_teacher_on_a_ten_class_target(imagenet_teacher, caplog):
     label_map = {"cat": ["tabby", "tiger cat", "n02123394"], "dog": ["beagle"], "airplane": ["airliner"]}
     # The other classes would match by meaning (WordNet: test_wordnet_labels.py); here the map leaves them out.
     label_map |= {name: [] for name in TARGET[4:]}
-    with caplog.at_level(logging.INFO, logger="hf_mrl.pool"):
+    with caplog.at_level(logging.INFO, logger="hf_mrl.pool.model_pool"):
         pool = ModelPool([str(imagenet_teacher)], TARGET, label_map=label_map)
     teacher = pool.teachers[0]
     assert len(teacher.label_names) == 1000 and teacher.label_names[TABBY] == "n02123045"

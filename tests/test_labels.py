@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hf_mrl.labels import map_labels, normalize_label
+from hf_mrl.pool.labels import map_labels, normalize_label
 
 
 @pytest.mark.parametrize(

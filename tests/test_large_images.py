@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hf_mrl import images as images_module
-from hf_mrl.images import ImageSet
+import hf_mrl.data.images as images_module
+from hf_mrl.data.images import ImageSet
 
 
 def _encoded(size, fmt) -> bytes:
@@ -34,7 +34,7 @@ def test_a_large_original_is_decoded_once_reduced_and_named(fmt, monkeypatch, ca
     real_open = Image.open
     monkeypatch.setattr(Image, "open", lambda *a, **k: opened.append(1) or real_open(*a, **k))
     images = ImageSet(ds, "image", 8, "split 'train' of 'big'")
-    with caplog.at_level(logging.WARNING, logger="hf_mrl.images"):
+    with caplog.at_level(logging.WARNING, logger="hf_mrl.data.images"):
         originals = images.originals([2, 0])
         for _ in range(3):
             batch = images[[0, 1, 2, 3]]  # every batch holds it, as when it sits in a small labeled set

@@ -8,7 +8,7 @@ import torch
 from helpers import make_target_dataset, make_timm_teacher, make_transformers_teacher
 
 from hf_mrl import ImageSet, ModelPool, MRLConfig, ReuseArguments, ReuseTrainer, StudentTrainer
-from hf_mrl.target import load_target
+from hf_mrl.data.target import load_target
 
 LABELS = ["a", "b", "c"]
 
@@ -221,8 +221,9 @@ KILLED_PASS = """
 import sys, time
 sys.path.insert(0, {tests!r})
 import torch
-from hf_mrl import ModelPool, cache
-from hf_mrl.target import load_target
+import hf_mrl.pool.cache as cache
+from hf_mrl import ModelPool
+from hf_mrl.data.target import load_target
 
 cache._SHARD_SECONDS = 0.2  # commit every 0.2 s of work (10 s by default) so that the test need not wait long
 data, _ = load_target({data!r}, image_size=8)

@@ -62,7 +62,7 @@ def test_rendering_is_seeded():
 
 
 def test_teacher_saves_at_native_size(built, monkeypatch):
-    from hf_mrl.pool import Teacher
+    from hf_mrl.pool.model_pool import Teacher
 
     monkeypatch.setitem(build.TEACHERS, "chalk", {**build.TEACHERS["chalk"], "epochs": 1})
     monkeypatch.setattr(build, "DOMAIN_NAMES", ["chalk"])

@@ -9,7 +9,7 @@ import torch
 from test_trainer import _config, _data, _reuse, _trainer
 
 from hf_mrl import MRLConfig
-from hf_mrl.strategies.mrl import label_folds
+from hf_mrl.training.strategies.mrl import label_folds
 
 
 def test_label_folds_partition_the_labels_interleave_classes_and_follow_the_seed():

@@ -11,7 +11,7 @@ from helpers import make_images, make_timm_teacher, make_transformers_teacher
 from safetensors.torch import load_file
 
 from hf_mrl import ModelPool, Teacher
-from hf_mrl.pool import parse_pool_file, parse_teacher_id
+from hf_mrl.pool.model_pool import parse_pool_file, parse_teacher_id
 
 TARGET = ["a", "b", "c"]
 TRANSFORMERS_LABELS = ["c", "extra", "a", "b"]  # permuted, with one class the target lacks

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from hf_mrl import pool_builder
+import hf_mrl.pool.builder as pool_builder
 
 
 def test_teachers_train_on_fixed_threads_whatever_the_caller(tmp_path, monkeypatch):

@@ -10,8 +10,8 @@ import torch
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from hf_mrl.labels import is_generic, map_labels, normalize_label
-from hf_mrl.pool import parse_pool_file
+from hf_mrl.pool.labels import is_generic, map_labels, normalize_label
+from hf_mrl.pool.model_pool import parse_pool_file
 
 # Derandomized: CI sees the same examples on every run (a failure is a regression, not a lucky draw).
 SETTINGS = settings(max_examples=60, deadline=None, derandomize=True)

@@ -16,11 +16,12 @@ from helpers import load_recipe, make_target_dataset, make_timm_teacher, make_tr
 from huggingface_hub import HfApi, ModelCard
 
 from hf_mrl import AttentionReuser
-from hf_mrl.cards import student_card
-from hf_mrl.hub import PushError, main, push_run
-from hf_mrl.run_folder import write_manifest
-from hf_mrl.student import create_student, save_student
+from hf_mrl.cli.push import push_main as main
+from hf_mrl.hub.cards import student_card
+from hf_mrl.hub.push import PushError, push_run
 from hf_mrl.testing import LocalHub, endpoint_patches
+from hf_mrl.training.run_folder import write_manifest
+from hf_mrl.training.student import create_student, save_student
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "train_mrl.py"
@@ -203,7 +204,7 @@ def test_push_then_load_by_repo_id_in_a_new_process_and_offline_rerun(hub_task, 
     import datasets
     from safetensors.torch import save_file
 
-    from hf_mrl.target import target_from_datasets
+    from hf_mrl.data.target import target_from_datasets
 
     out = tmp_path / "run"
     push = ["--push_to_hub", "--hub_model_id", "org/mrl-tiny", "--hub_token", TOKEN]

@@ -59,12 +59,12 @@ def test_recipe_outputs_and_teacher_passes(tiny, tmp_path):
         f"""
         import json, timm, torch, datasets
         from hf_mrl import AttentionReuser
-        from hf_mrl.target import target_from_datasets
+        from hf_mrl.data.target import target_from_datasets
         data = target_from_datasets(datasets.load_from_disk({str(tiny["data"])!r}), image_size=16)
         reuser = AttentionReuser.from_pretrained({str(out / "reuser")!r})
         pred = reuser.predict(data.test_images)["predictions"]
         student = timm.create_model("local-dir:{out / "student"}", pretrained=True).eval()
-        from hf_mrl.student import student_preprocess
+        from hf_mrl.training.student import student_preprocess
         with torch.no_grad():
             spred = student(student_preprocess(student)(data.test_images)).argmax(-1)
         print(json.dumps({{"reuse": (pred == data.test_labels).float().mean().item(),

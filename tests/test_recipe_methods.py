@@ -15,8 +15,8 @@ import yaml
 from helpers import load_recipe
 from PIL import Image
 
-import hf_mrl.cli as cli
-from hf_mrl.strategies import METHODS, STRATEGIES
+import hf_mrl.cli.train as cli_train
+from hf_mrl.training.strategies import METHODS, STRATEGIES
 
 
 class _Tripwire:
@@ -51,7 +51,7 @@ def _intro(body: str) -> str:
 
 
 def test_every_method_is_a_recipe_choice_and_card_text_follows_the_strategies(recipe):
-    from hf_mrl.cards import METHOD_TEXT
+    from hf_mrl.hub.cards import METHOD_TEXT
 
     assert set(METHODS) == set(STRATEGIES) == set(METHOD_TEXT)
     for method in METHODS:
@@ -70,7 +70,7 @@ def test_supervised_trains_one_student_and_never_touches_the_pool(recipe, tiny, 
     (stale / "config.json").write_text("{}")  # an earlier MRL run's reuser: it must not survive next to this run
     made = []
 
-    import hf_mrl.reuse_trainer as run
+    import hf_mrl.training.reuse_trainer as run
 
     class CountingTrainer(run.StudentTrainer):
         def __init__(self, config, *args, **kwargs):
@@ -79,7 +79,7 @@ def test_supervised_trains_one_student_and_never_touches_the_pool(recipe, tiny, 
 
     monkeypatch.setattr(run, "StudentTrainer", CountingTrainer)
     for module, name, what in [
-        (cli, "ModelPool", "teacher loading"),
+        (cli_train, "ModelPool", "teacher loading"),
         (run, "ModelPool", "teacher loading"),
         (run, "Embedding", "the embedding"),
         (run, "compute_reuse_inputs", "a teacher pass"),
@@ -118,7 +118,7 @@ def test_supervised_trains_one_student_and_never_touches_the_pool(recipe, tiny, 
 
 def test_a_method_without_teachers_gets_the_guard_and_its_fallback(recipe, tiny, tmp_path, monkeypatch):
     """pl: no pool; the guard still compares it with supervised-only (forced to fall back here)."""
-    import hf_mrl.reuse_trainer as run
+    import hf_mrl.training.reuse_trainer as run
 
     real_guard = run.cross_validate_reuse
     seen = {}
@@ -130,7 +130,7 @@ def test_a_method_without_teachers_gets_the_guard_and_its_fallback(recipe, tiny,
         return report
 
     monkeypatch.setattr(run, "cross_validate_reuse", guard_that_falls_back)
-    monkeypatch.setattr(cli, "ModelPool", _Tripwire("teacher loading"))
+    monkeypatch.setattr(cli_train, "ModelPool", _Tripwire("teacher loading"))
     out = tmp_path / "pl"
     argv = _argv(tiny, out, "--method", "pl")
     del argv[argv.index("--pool") : argv.index("--pool") + 2]  # not needed by a method without teachers
@@ -182,7 +182,7 @@ def test_oracle_needs_the_training_datas_domain_labels(recipe, tiny, tmp_path, m
     dd = datasets.load_from_disk(str(tiny["data"]))
     dd = datasets.DatasetDict({**dd, "unlabeled": dd["unlabeled"].remove_columns("domain")})
     dd.save_to_disk(str(tmp_path / "no-domains"))
-    monkeypatch.setattr(cli, "ModelPool", _Tripwire("teacher loading"))  # the check comes before the teachers
+    monkeypatch.setattr(cli_train, "ModelPool", _Tripwire("teacher loading"))  # the check comes before the teachers
     argv = _argv(tiny, tmp_path / "out", "--method", "oracle")
     argv[argv.index("--dataset") + 1] = str(tmp_path / "no-domains")
     with pytest.raises(SystemExit) as exit_info:
@@ -198,8 +198,8 @@ def test_resume_refuses_another_method_and_old_run_records_count_as_mrl(recipe, 
     out = tmp_path / "r"
     (out / "checkpoints" / "mrl" / "step_0000002").mkdir(parents=True)
     args = recipe.parse_args(_argv(tiny, out, "--resume_from_checkpoint"))
-    from hf_mrl.cli import run_identity
-    from hf_mrl.pool import parse_pool_file
+    from hf_mrl.cli.main import run_identity
+    from hf_mrl.pool.model_pool import parse_pool_file
 
     identity = run_identity(args, parse_pool_file(args.pool))
     del identity["method"]  # run.json of a run from before --method
@@ -212,15 +212,15 @@ def test_resume_refuses_another_method_and_old_run_records_count_as_mrl(recipe, 
 def test_push_of_a_method_without_reuser_pushes_the_student_only(recipe, local_hub, tmp_path, capsys):
     from huggingface_hub import HfApi
 
-    from hf_mrl.cards import RunSummary, student_card
-    from hf_mrl.student import create_student, save_student
+    from hf_mrl.hub.cards import RunSummary, student_card
+    from hf_mrl.training.student import create_student, save_student
 
     student = create_student(["a", "b", "c"], image_size=16)
     summary = RunSummary(teachers=[], label_names=["a", "b", "c"], dataset="tiny", method="vat", delivered="vat")
     card = student_card({**student.pretrained_cfg, "architecture": "resnet10t"}, summary, repo_id="org/v-student")
     save_student(student, tmp_path / "run" / "student", card=str(card))
     (tmp_path / "run" / "metrics.json").write_text(json.dumps({"method": "vat"}))
-    from hf_mrl.cli import push_main
+    from hf_mrl.cli.main import push_main
 
     push_main([str(tmp_path / "run"), "org/v"])  # the same command retries the push of any method
 

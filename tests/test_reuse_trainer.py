@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from hf_mrl import ModelPool, MRLConfig, ReuseArguments, ReuseTrainer
+from hf_mrl.data.target import load_target
 from hf_mrl.guard import cross_validate_reuse
-from hf_mrl.target import load_target
 
 TINY = dict(max_steps=4, batch_size=4, unlabeled_batch_size=8)
 
@@ -124,7 +124,7 @@ def test_arguments_and_inputs_are_checked():
 def test_a_digits_ld_run_description_renders_into_the_cards(task, tmp_path):
     """`load_target` describes the data with a `str` subclass; the cards' YAML must get a plain string (a run of
     `make run` once failed at its very end, saving the cards)."""
-    from hf_mrl.target import DatasetDescription
+    from hf_mrl.data.target import DatasetDescription
 
     pool, data, _ = task
     args = _args(guard_folds=0, dataset="digits-ld:MUS", dataset_description=DatasetDescription("Digits-LD MUS"))

@@ -12,7 +12,7 @@ from helpers import make_images, make_timm_teacher, make_transformers_teacher, o
 from PIL import Image
 
 from hf_mrl import AttentionReuser, Embedding, ModelPool
-from hf_mrl.inputs import image_batches
+from hf_mrl.data.inputs import image_batches
 
 LABELS = ["a", "b", "c"]
 
@@ -105,7 +105,7 @@ def test_images_of_different_sizes_each_go_through_every_teacher_at_their_own_si
 
 def test_grey_and_rgba_images_are_converted_as_training_does(reuser):
     """Grey repeated; alpha composited onto white as training decodes it (not dropped: test_image_conversion.py)."""
-    from hf_mrl.images import to_rgb
+    from hf_mrl.data.images import to_rgb
 
     grey = Image.fromarray(np.arange(256, dtype=np.uint8).reshape(16, 16))
     rgba = Image.fromarray(np.full((16, 16, 4), 90, dtype=np.uint8))

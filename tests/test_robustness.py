@@ -22,8 +22,8 @@ from hostile import (
     teacher_role,
 )
 
-from hf_mrl.pool import ModelPool, parse_pool_file
-from hf_mrl.screening import screen_teachers
+from hf_mrl.pool.model_pool import ModelPool, parse_pool_file
+from hf_mrl.pool.screening import screen_teachers
 
 recipe = load_recipe("robustness")
 

@@ -22,13 +22,14 @@ import pytest
 import torch
 from helpers import make_labeled_images
 
-from hf_mrl import AttentionReuser, MRLConfig, StudentTrainer, TargetData, run_folder, utils
-from hf_mrl.cards import RunSummary, TeacherSummary
-from hf_mrl.checkpoint import CheckpointError
-from hf_mrl.reuse_trainer import ReuseResult
-from hf_mrl.run_folder import IncompleteRunError, verify_run
-from hf_mrl.student import create_student
-from hf_mrl.trainer import latest_checkpoint
+import hf_mrl.training.run_folder as run_folder
+from hf_mrl import AttentionReuser, MRLConfig, StudentTrainer, TargetData, utils
+from hf_mrl.hub.cards import RunSummary, TeacherSummary
+from hf_mrl.training.checkpoint import CheckpointError
+from hf_mrl.training.reuse_trainer import ReuseResult
+from hf_mrl.training.run_folder import IncompleteRunError, verify_run
+from hf_mrl.training.student import create_student
+from hf_mrl.training.trainer import latest_checkpoint
 from hf_mrl.utils import DiskFullError
 
 LABELS = ["a", "b", "c"]
@@ -112,8 +113,8 @@ class _Full:
         self.n, self.calls = n, 0
         for owner, name in (
             (AttentionReuser, "save_pretrained"),
-            (__import__("hf_mrl.reuse_trainer", fromlist=["x"]), "save_student"),
-            (__import__("hf_mrl.reuse_trainer", fromlist=["x"]), "atomic_write_json"),
+            (__import__("hf_mrl.training.result", fromlist=["x"]), "save_student"),
+            (__import__("hf_mrl.training.result", fromlist=["x"]), "atomic_write_json"),
             (run_folder, "write_manifest"),
         ):
             monkeypatch.setattr(owner, name, self._wrap(getattr(owner, name)))
@@ -223,7 +224,7 @@ def test_a_real_full_disk_keeps_the_previous_run_and_frees_what_it_wrote(tmp_pat
 
 
 def test_push_and_evaluate_refuse_a_mixed_folder(tmp_path, capsys):
-    from hf_mrl.cli import evaluate_main, push_main
+    from hf_mrl.cli.main import evaluate_main, push_main
 
     a, b = tmp_path / "a", tmp_path / "b"
     _result(1).save_pretrained(a)
@@ -265,7 +266,7 @@ def test_json_depth_is_checked_without_recursion():
 def test_resume_on_a_replaced_dataset_is_refused(recipe, tiny, tmp_path):
     from helpers import make_target_dataset
 
-    from hf_mrl import cli
+    import hf_mrl.cli.main as cli
 
     data = tmp_path / "data"
     shutil.copytree(tiny["data"], data)

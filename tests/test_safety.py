@@ -22,10 +22,11 @@ import torch
 from helpers import make_labeled_images, make_transformers_teacher
 from safetensors.torch import load_file, save_file
 
-from hf_mrl import AttentionReuser, Embedding, ModelPool, MRLConfig, StudentTrainer, TargetData, Teacher, cli, utils
-from hf_mrl import trainer as trainer_module
-from hf_mrl.pool import TeacherLoadError
-from hf_mrl.trainer import latest_checkpoint
+import hf_mrl.cli.train as cli_train
+import hf_mrl.training.trainer as trainer_module
+from hf_mrl import AttentionReuser, Embedding, ModelPool, MRLConfig, StudentTrainer, TargetData, Teacher, utils
+from hf_mrl.pool.model_pool import TeacherLoadError
+from hf_mrl.training.trainer import latest_checkpoint
 from hf_mrl.utils import atomic_dir
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -113,7 +114,7 @@ def test_remote_code_runs_only_when_trusted_and_a_reloaded_reuser_does_not_inher
     assert json.loads((tmp_path / "reuser" / "config.json").read_text())["trust_remote_code"] is True
     card = (tmp_path / "reuser" / "README.md").read_text()
     assert "`trust_remote_code=True`" in card and "from_pretrained(..., trust_remote_code=True)" in card
-    with caplog.at_level(logging.WARNING, logger="hf_mrl.reuser"):
+    with caplog.at_level(logging.WARNING, logger="hf_mrl.reuse.reuser"):
         loaded = AttentionReuser.from_pretrained(tmp_path / "reuser")
     assert loaded.trust_remote_code is True  # the record
     assert any("pass trust_remote_code=True" in r.getMessage() for r in caplog.records)
@@ -191,7 +192,7 @@ def test_cli_allow_pickle_reaches_the_pool(recipe, tiny, tmp_path, monkeypatch):
     def stop(*args, **kwargs):  # reached only once the pool (with the pickle teacher) loaded
         raise ValueError("the pool loaded")
 
-    monkeypatch.setattr(cli, "load_target", stop)
+    monkeypatch.setattr(cli_train, "load_target", stop)
     with pytest.raises(SystemExit) as accepted:
         recipe.main([*argv, "--allow_pickle"])
     assert accepted.value.code == "error: the pool loaded"
@@ -366,14 +367,14 @@ def test_resume_needs_the_arguments_of_the_checkpoints(recipe, tiny, tmp_path, c
     assert (out / "checkpoints" / "mrl" / "step_0000002").is_dir()
 
     # Starting over (no --resume_from_checkpoint) removes them: a later resume can never pick a stale one.
-    with caplog.at_level(logging.WARNING, logger="hf_mrl.cli"):
+    with caplog.at_level(logging.WARNING, logger="hf_mrl.cli.main"):
         recipe.preflight(_args(recipe, tiny, out, "--seed", "4"))
     assert not (out / "checkpoints" / "mrl").exists()
     assert any("removing the checkpoints of an earlier run" in r.getMessage() for r in caplog.records)
 
     # Resuming with no checkpoint at all is a fresh start, with a warning.
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="hf_mrl.cli"):
+    with caplog.at_level(logging.WARNING, logger="hf_mrl.cli.main"):
         recipe.preflight(_args(recipe, tiny, tmp_path / "new", "--resume_from_checkpoint"))
     assert any("no checkpoint" in r.getMessage() for r in caplog.records)
 

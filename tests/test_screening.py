@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from hf_mrl.screening import leep, screen_teachers
+from hf_mrl.pool.screening import leep, screen_teachers
 
 
 def _labels(n=200, c=5, seed=0):

@@ -11,12 +11,12 @@ import torch
 from helpers import make_images, make_timm_teacher, make_transformers_teacher
 from huggingface_hub import HfApi
 
-from hf_mrl.pool import Teacher, parse_pool_file
-from hf_mrl.selection import (
+from hf_mrl.cli.select import main
+from hf_mrl.pool.model_pool import Teacher, parse_pool_file
+from hf_mrl.pool.selection import (
     Candidate,
     apply_download_budget,
     greedy_select,
-    main,
     screen_metadata,
     select_pool,
 )
@@ -330,7 +330,7 @@ def test_label_map_naming_a_class_the_target_lacks_fails_before_any_request(zoo,
 
 
 def test_label_map_scores_like_the_training_pool_and_is_written_for_it(scored_zoo, teachers, local_hub, tmp_path):
-    from hf_mrl.pool import ModelPool
+    from hf_mrl.pool.model_pool import ModelPool
 
     d = scored_zoo
     renamed = tmp_path / "renamed"
@@ -370,9 +370,9 @@ def test_label_map_scores_like_the_training_pool_and_is_written_for_it(scored_zo
 
 
 def test_cli_label_map_errors_come_before_the_target_loads(tmp_path, monkeypatch):
-    import hf_mrl.target
+    import hf_mrl.data.target
 
-    monkeypatch.setattr(hf_mrl.target, "load_target", lambda *a, **k: pytest.fail("the target was loaded"))
+    monkeypatch.setattr(hf_mrl.data.target, "load_target", lambda *a, **k: pytest.fail("the target was loaded"))
     with pytest.raises(FileNotFoundError, match="does not exist"):
         main(["--output_dir", str(tmp_path), "--label_map", str(tmp_path / "missing.json")])
     (tmp_path / "bad.json").write_text("{not json")

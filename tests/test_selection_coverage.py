@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hf_mrl.selection import (
+from hf_mrl.pool.selection import (
     cluster_competence,
     greedy_select,
     permuted_among_peers,
@@ -121,8 +121,8 @@ def test_clusters_of_the_unlabeled_data_find_the_domains_and_their_competent_tea
 @pytest.mark.slow
 def test_shuffled_candidates_of_the_fixture_are_rejected_as_permuted(local_hub, tmp_path):
     """The generated Hub's `-shuffled-*` candidates (experts with id2label permuted) on Digits-LD MUS."""
-    from hf_mrl.selection import select_pool
-    from hf_mrl.target import load_target
+    from hf_mrl.data.target import load_target
+    from hf_mrl.pool.selection import select_pool
     from hf_mrl.testing.candidates import build_candidates, populate_hub
 
     entries = [

@@ -10,11 +10,11 @@ import torch
 from test_trainer import LABELS, TEACHERS, TINY_STUDENT, _data, _reuse
 
 from hf_mrl import MRLConfig, StudentTrainer
-from hf_mrl.augment import strong_augment
-from hf_mrl.strategies import METHODS, get_strategy
-from hf_mrl.strategies.base import StudentEMA
-from hf_mrl.strategies.mr_cr import fit_global_weights
-from hf_mrl.trainer import ReuseInputs
+from hf_mrl.data.augment import strong_augment
+from hf_mrl.reuse.outputs import ReuseInputs
+from hf_mrl.training.strategies import METHODS, get_strategy
+from hf_mrl.training.strategies.base import StudentEMA
+from hf_mrl.training.strategies.mr_cr import fit_global_weights
 
 UNLABELED_KEY = {
     "pl": "pl_loss",
@@ -184,7 +184,7 @@ def test_vat_divergence_is_zero_at_r0_on_one_input_and_leaves_batchnorm_statisti
 
 
 def test_vat_perturbation_has_norm_epsilon_and_raises_the_divergence():
-    from hf_mrl.strategies.vat import _kl, _unit, frozen_bn_stats, vat_loss
+    from hf_mrl.training.strategies.vat import _kl, _unit, frozen_bn_stats, vat_loss
 
     trainer, data = _vat_trainer()
     student = trainer.student

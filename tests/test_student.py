@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from helpers import make_images, make_transformers_teacher, one_torch_thread
 from PIL import Image
 
-from hf_mrl.student import (
+from hf_mrl.training.student import (
     DEFAULT_STUDENT,
     TransformersStudent,
     create_student,

@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from helpers import make_labeled_images, make_timm_teacher, make_transformers_teacher
 
 from hf_mrl import Embedding, ModelPool, MRLConfig, StudentTrainer, TargetData, compute_reuse_inputs
-from hf_mrl.trainer import ReuseInputs, _translate, kd_loss, latest_checkpoint
+from hf_mrl.reuse.outputs import ReuseInputs
+from hf_mrl.training.trainer import _translate, kd_loss, latest_checkpoint
 
 LABELS = ["a", "b", "c"]
 TEACHERS = ["org/t0@c0", "org/t1@c1"]
@@ -378,7 +379,7 @@ def test_first_order_hypergradients_match_the_unrolled_one_on_the_same_batches(m
 def test_the_default_outer_step_differentiates_through_the_training_step_itself(mode, rtol):
     """Fused: the unrolled step is the training step (its batch, augmentation and gradient), not another batch.
     `fd` is the default (`MRLConfig.hypergradient`); `jvp` its exact variant."""
-    from hf_mrl.hypergrad import functional_student, unrolled_hypergradient
+    from hf_mrl.training.hypergrad import functional_student, unrolled_hypergradient
 
     assert MRLConfig().hypergradient == "fd"
     trainer = _trainer(_config(hypergradient=mode, outer_every=1, batch_size=12, unlabeled_batch_size=16))
@@ -455,7 +456,7 @@ def test_mrl_attention_routes_digits_ld_domains_to_their_teachers(tmp_path, monk
     attention (pixel embedding, labeled initialisation, bi-level steps) sends at least ROUTING_RATE of the test
     images to their own domain's teacher. The experts' outputs are simulated from the domain labels (a real
     Digits-LD pool takes minutes to train); the images, domains, embedding and training are the product's."""
-    from hf_mrl.target import load_target
+    from hf_mrl.data.target import load_target
 
     monkeypatch.setenv("HF_MRL_CACHE", str(tmp_path / "cache"))
     data, _ = load_target("digits-ld:MUS", 10, 0)

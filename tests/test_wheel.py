@@ -60,10 +60,10 @@ def test_wheel_ships_every_subpackage(wheel_env):
     with zipfile.ZipFile(wheel_env["wheel"]) as zf:
         names = set(zf.namelist())
     packages = {p.parent.relative_to(ROOT).as_posix() for p in (ROOT / "hf_mrl").rglob("__init__.py")}
-    assert {"hf_mrl/strategies", "hf_mrl/data", "hf_mrl/testing", "hf_mrl/model_cards"} <= packages
+    assert {"hf_mrl/training/strategies", "hf_mrl/data", "hf_mrl/testing", "hf_mrl/hub/templates"} <= packages
     missing = sorted(p for p in packages if f"{p}/__init__.py" not in names)
     assert not missing, f"packages left out of the wheel: {missing}"
-    assert {"hf_mrl/model_cards/reuser.md", "hf_mrl/model_cards/student.md"} <= names
+    assert {"hf_mrl/hub/templates/reuser.md", "hf_mrl/hub/templates/student.md"} <= names
     assert "hf_mrl/metrics/latent_domain_accuracy/latent_domain_accuracy.py" in names
     assert not any(n.startswith(("benchmarks/", "recipes/", "tests/")) for n in names)
 
@@ -85,8 +85,8 @@ def test_installed_wheel_trains_reloads_and_predicts_outside_the_checkout(wheel_
         f"""
         import json, datasets, torch, hf_mrl, hf_mrl.metrics
         from hf_mrl import AttentionReuser
-        from hf_mrl.target import target_from_datasets
-        from hf_mrl.cards import reuser_card
+        from hf_mrl.data.target import target_from_datasets
+        from hf_mrl.hub.cards import reuser_card
         import evaluate
         data = target_from_datasets(datasets.load_from_disk({str(tiny["data"])!r}), image_size=16)
         reuser = AttentionReuser.from_pretrained({str(out / "reuser")!r})

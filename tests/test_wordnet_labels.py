@@ -9,7 +9,7 @@ import random
 import pytest
 from test_label_map import imagenet_teacher  # noqa: F401  (the fixture)
 
-from hf_mrl.labels import imagenet_wnids, map_labels
+from hf_mrl.pool.labels import imagenet_wnids, map_labels
 
 
 def _imagenet_names() -> list[str]:
@@ -32,7 +32,7 @@ def _named(mapping, names) -> dict[str, set[str]]:
 
 def test_imagenet_names_map_cat_dog_car_without_a_label_map(caplog):
     names = _imagenet_names()
-    with caplog.at_level(logging.INFO, logger="hf_mrl.labels"):
+    with caplog.at_level(logging.INFO, logger="hf_mrl.pool.labels"):
         mapping = map_labels(names, ["cat", "dog", "car"], "Teacher 'google/vit-base-patch16-224'")
     got = _named(mapping, names)
     cats = {"tabby, tabby cat", "tiger cat", "Persian cat", "Siamese cat, Siamese", "Egyptian cat"}

@@ -7,7 +7,7 @@ onto a target, where a 7-head multi-label model is not an image classifier the p
 pool therefore holds K = 3 teachers, as the digits pool does.
 
 Each teacher is trained on its domain's *source* part only (never on target data), with the architecture and
-epochs of the digits pool's teacher for that domain (`hf_mrl.pool_builder.TEACHER_SPECS`: timm for M, transformers
+epochs of the digits pool's teacher for that domain (`hf_mrl.pool.builder.TEACHER_SPECS`: timm for M, transformers
 ConvNeXt for U and ResNet for S), and saved as a Hub-format folder under `$HF_MRL_CACHE/digit_attributes_pool_v1`.
 
     python benchmarks/attributes/attribute_pool.py            # build (or reuse) all 21 and print the calibration
@@ -31,7 +31,7 @@ from digit_attributes import DIGIT_ATTRIBUTES, _canonical, attribute_labels  # n
 
 from hf_mrl.data import DOMAINS, attribute_label_names, dataset_to_tensors, load_domain, load_source  # noqa: E402
 from hf_mrl.data.digits_ld import _split_indices  # noqa: E402
-from hf_mrl.pool_builder import TEACHER_SPECS, make_timm_classifier, make_transformers_classifier, train_classifier  # noqa: E402
+from hf_mrl.pool.builder import TEACHER_SPECS, make_timm_classifier, make_transformers_classifier, train_classifier  # noqa: E402
 from hf_mrl.utils import atomic_dir, atomic_write_json, atomic_write_text, cache_root, torch_threads  # noqa: E402
 
 __all__ = ["build_attribute_pools", "calibration_matrix", "default_pool_dir", "pool_file", "teacher_dir"]
@@ -70,7 +70,7 @@ def _source(domain: str, attribute: str):
 
 
 def _build_info(attribute: str, domain: str, seed: int, train_images: torch.Tensor) -> dict:
-    from hf_mrl.cache import fingerprint
+    from hf_mrl.pool.cache import fingerprint
 
     return {
         "version": _VERSION,
@@ -163,7 +163,7 @@ def calibration_matrix(
     Returns `{attribute: {"teacher-D": {"M": acc, "U": acc, "S": acc}}}` plus, per attribute, the majority-class
     rate of each domain's test part (the accuracy of a constant guess).
     """
-    from hf_mrl.pool import ModelPool
+    from hf_mrl.pool.model_pool import ModelPool
 
     tests = {}
     for d in domains:

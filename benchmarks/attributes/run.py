@@ -48,7 +48,7 @@ from harness import (  # noqa: E402
     summarise,
 )
 
-from hf_mrl.strategies import METHODS  # noqa: E402
+from hf_mrl.training.strategies import METHODS  # noqa: E402
 from hf_mrl.utils import atomic_write_json, atomic_write_text  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]

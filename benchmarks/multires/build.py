@@ -407,7 +407,7 @@ def _train_teacher(root: Path, domain: str, spec: dict, expected: dict, seed: in
     """Train one teacher on its domain's source part at the native size and save it; returns validation accuracy."""
     import datasets
 
-    from hf_mrl.pool_builder import train_classifier
+    from hf_mrl.pool.builder import train_classifier
     from hf_mrl.utils import atomic_dir
 
     if threads:

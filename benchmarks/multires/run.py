@@ -96,7 +96,7 @@ def _probs_by_domain(probs: torch.Tensor, labels: torch.Tensor, domains: torch.T
 
 
 def _load_target(folder: Path, image_size: int, seed: int = 0, lazy: bool = True, labeled_per_class: int | None = 10):
-    from hf_mrl.target import load_target
+    from hf_mrl.data.target import load_target
 
     return load_target(str(folder), labeled_per_class=labeled_per_class, seed=seed, image_size=image_size, lazy=lazy)[
         0

@@ -1,7 +1,7 @@
 """Datasets for hf_mrl: the offline Digits-LD benchmark, loaders of the real digit datasets from the Hub, and AwA2
 attribute tasks read from a local copy."""
 
-from .awa2 import (
+from hf_mrl.data.awa2 import (
     AWA2_ATTRIBUTES,
     AwA2Metadata,
     attribute_label_names,
@@ -9,7 +9,7 @@ from .awa2 import (
     load_awa2_attribute,
     read_awa2_metadata,
 )
-from .digits_ld import (
+from hf_mrl.data.digits_ld import (
     DOMAINS,
     LABEL_NAMES,
     dataset_to_tensors,

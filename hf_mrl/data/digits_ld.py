@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
-from ..utils import cache_root
+from hf_mrl.utils import cache_root
 
 __all__ = [
     "DOMAINS",

@@ -1,7 +1,7 @@
 """A population of Hub image classifiers to select teachers from: Digits-LD experts of uneven quality and the junk
 a real Hub search returns.
 
-Every candidate is derived from the three Digits-LD teachers of :func:`hf_mrl.pool_builder.build_digits_pool`
+Every candidate is derived from the three Digits-LD teachers of :func:`hf_mrl.pool.builder.build_digits_pool`
 without training: Gaussian noise added to the weights at several strengths (relative to each tensor's spread) makes
 experts of every quality; the rest are other label sets, permuted labels, placeholder labels, random weights,
 near-duplicates, gated, pickle-only, remote-code, unsupported-library and weightless repositories. The accuracy of
@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from ..utils import atomic_dir, atomic_write_json, cache_root
+from hf_mrl.utils import atomic_dir, atomic_write_json, cache_root
 
 __all__ = ["build_candidates", "load_manifest", "populate_hub", "main"]
 
@@ -145,7 +145,7 @@ def _write_candidate(spec: dict, source: Path, folder: Path) -> None:
 @torch.no_grad()
 def _accuracies(folder: Path, validation: dict) -> dict[str, float] | None:
     """Accuracy on each domain's source validation set through the pool's own loading and label mapping."""
-    from ..pool import ModelPool, Teacher
+    from hf_mrl.pool.model_pool import ModelPool, Teacher
 
     try:
         teacher = Teacher.load(str(folder), allow_pickle=True)
@@ -165,8 +165,8 @@ def build_candidates(output_dir: str | Path | None = None) -> Path:
     >>> len(load_manifest(folder)["candidates"]) >= 100  # doctest: +SKIP
     True
     """
-    from ..data import dataset_to_tensors, load_source
-    from ..pool_builder import build_digits_pool
+    from hf_mrl.data import dataset_to_tensors, load_source
+    from hf_mrl.pool.builder import build_digits_pool
 
     out = Path(output_dir) if output_dir is not None else cache_root() / f"selection_candidates_v{_VERSION}"
     pool_dir = build_digits_pool().parent
@@ -229,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     """Build the candidates and serve them on a LocalHub on 127.0.0.1 until interrupted."""
     import time
 
-    from .hub_server import LocalHub
+    from hf_mrl.testing.hub_server import LocalHub
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=8765)

@@ -26,161 +26,45 @@ import base64
 import hashlib
 import json
 import logging
-import os
 import re
 import shutil
-import struct
-import sys
-import tempfile
 import threading
-import time
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlencode, urlsplit
 
+from hf_mrl.testing.hub_patches import (  # noqa: F401
+    Patch,
+    _datasets_cache_patches,
+    _loaded,
+    cache_patches,
+    endpoint_patches,
+    upload_parquet_dataset,
+)
+from hf_mrl.testing.hub_repo import (  # noqa: F401
+    _CONFIG_KEYS,
+    _FULL_FIELDS,
+    _GITATTRIBUTES,
+    _LIST_FIELDS,
+    _NAME,
+    _SORT_KEYS,
+    _TYPE_PREFIX,
+    REPO_TYPES,
+    HubError,
+    _card_metadata,
+    _check_path,
+    _git_oid,
+    _model_fields,
+    _now,
+    _Repo,
+    _Request,
+    _Response,
+    _safetensors_parameters,
+    _write_atomic,
+)
+
 logger = logging.getLogger(__name__)
-
-REPO_TYPES = {"models": "model", "datasets": "dataset", "spaces": "space"}
-_TYPE_PREFIX = {"model": "", "dataset": "datasets/", "space": "spaces/"}
-_NAME = re.compile(r"[A-Za-z0-9][\w.\-]{0,95}")
-_GITATTRIBUTES = b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n*.bin filter=lfs diff=lfs merge=lfs -text\n"
-
-
-class HubError(Exception):
-    """An error answered the way the Hub does: status, ``X-Error-Code``/``X-Error-Message`` and ``{"error": ...}``."""
-
-    def __init__(
-        self, status: int, message: str, code: str | None = None, headers: dict[str, str] | None = None, **extra: Any
-    ):
-        super().__init__(message)
-        self.status, self.message, self.code, self.headers, self.extra = status, message, code, headers or {}, extra
-
-
-@dataclass
-class _Response:
-    status: int = 200
-    body: bytes = b""
-    headers: dict[str, str] = field(default_factory=dict)
-
-    @classmethod
-    def json(cls, data: Any, status: int = 200, headers: dict[str, str] | None = None) -> _Response:
-        return cls(status, json.dumps(data).encode(), {"Content-Type": "application/json", **(headers or {})})
-
-
-@dataclass
-class _Request:
-    method: str
-    path: str
-    query: dict[str, list[str]]
-    headers: Any  # email.message.Message: case-insensitive
-    body: bytes
-
-    def json(self) -> Any:
-        try:
-            return json.loads(self.body or b"{}")
-        except ValueError as e:
-            raise HubError(400, f"Invalid JSON body: {e}") from e
-
-    @property
-    def bearer(self) -> str | None:
-        auth = self.headers.get("Authorization") or ""
-        return auth[7:].strip() if auth.lower().startswith("bearer ") else None
-
-
-def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
-
-
-def _git_oid(data: bytes) -> str:
-    """Git blob sha1: the ``oid`` the Hub reports for regular files and that the client compares to skip uploads."""
-    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    # Readers run in other threads: never let them see a half-written file.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
-
-
-def _check_path(path: str) -> str:
-    parts = path.strip("/").split("/")  # a trailing "/" marks a folder
-    if path.startswith("/") or "\\" in path or any(p in ("", ".", "..") for p in parts):
-        raise HubError(400, f"Invalid path in repo: {path!r}")
-    return "/".join(parts)
-
-
-class _Repo:
-    """One repo on disk: content-addressed objects, one JSON snapshot per commit, and refs."""
-
-    def __init__(self, path: Path, repo_type: str, repo_id: str):
-        self.path, self.repo_type, self.repo_id = path, repo_type, repo_id
-
-    def _read(self, name: str) -> dict:
-        return json.loads((self.path / name).read_text())
-
-    def _write(self, name: str, data: dict) -> None:
-        _write_atomic(self.path / name, json.dumps(data, indent=1).encode())
-
-    @property
-    def meta(self) -> dict:
-        return self._read("meta.json")
-
-    def update_meta(self, **changes: Any) -> None:
-        self._write("meta.json", {**self.meta, **changes})
-
-    @property
-    def refs(self) -> dict[str, dict[str, str]]:
-        return self._read("refs.json")
-
-    def set_ref(self, kind: str, name: str, sha: str | None) -> None:
-        refs = self.refs
-        if sha is None:
-            refs[kind].pop(name, None)
-        else:
-            refs[kind][name] = sha
-        self._write("refs.json", refs)
-
-    def commit(self, sha: str) -> dict:
-        return self._read(f"commits/{sha}.json")
-
-    def resolve(self, revision: str) -> str:
-        """Commit sha of a branch, tag, full sha or unique sha prefix (>= 7 hex chars)."""
-        refs = self.refs
-        for kind in ("branches", "tags"):
-            if revision in refs[kind]:
-                return refs[kind][revision]
-        if re.fullmatch(r"[0-9a-f]{7,40}", revision):
-            matches = [p.stem for p in (self.path / "commits").glob(f"{revision}*.json")]
-            if len(matches) == 1:
-                return matches[0]
-        raise HubError(404, f"Invalid rev id: {revision}", "RevisionNotFound")
-
-    def files(self, sha: str) -> dict[str, str]:
-        return self.commit(sha)["files"]
-
-    def blob(self, oid: str) -> Path:
-        return self.path / "objects" / oid
-
-    def add_blob(self, data: bytes) -> str:
-        oid = _git_oid(data)
-        if not self.blob(oid).exists():
-            _write_atomic(self.blob(oid), data)
-        return oid
-
-    def add_commit(self, files: dict[str, str], parents: list[str], title: str, message: str, author: str) -> str:
-        date = _now()
-        record = {"parents": parents, "title": title, "message": message, "author": author, "date": date}
-        # The nanosecond clock keeps two identical commits on the same parent distinct, as git's timestamps do.
-        seed = json.dumps({**record, "files": files, "ns": time.time_ns()}, sort_keys=True).encode()
-        sha = hashlib.sha1(seed).hexdigest()
-        self._write(f"commits/{sha}.json", {"id": sha, **record, "files": files})
-        return sha
 
 
 class _Server(ThreadingHTTPServer):
@@ -248,7 +132,11 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 _T = r"(?P<types>models|datasets|spaces)"
+
+
 _R = r"(?P<repo>[^/]+/[^/]+)"
+
+
 _ROUTES: list[tuple[str, re.Pattern[str], str]] = [
     (m, re.compile(p), h)
     for m, p, h in [
@@ -270,106 +158,7 @@ _ROUTES: list[tuple[str, re.Pattern[str], str]] = [
 ]
 
 
-# ------------------------------------------------------------------------------------- model search and model info
-# What the Hub derives from a model repo's files for `GET /api/models` (HfApi.list_models) and model info: the card
-# metadata (README.md YAML), library and pipeline tag, tags, a few config.json keys, safetensors parameter counts,
-# plus download/like counters kept in meta.json (set with `LocalHub.set_model_stats`).
-
-_CONFIG_KEYS = ("architectures", "model_type", "auto_map")  # the config.json keys the Hub shows in model info
-_LIST_FIELDS = ("id", "likes", "trendingScore", "private", "downloads", "tags", "pipeline_tag", "library_name")
-_FULL_FIELDS = ("author", "sha", "lastModified", "gated", "disabled", "siblings")
-_SORT_KEYS = {"downloads", "likes", "lastModified", "createdAt", "trendingScore", "id"}
 _PAGE = 1000  # the Hub's largest page
-
-
-def _card_metadata(repo: _Repo, files: dict[str, str]) -> dict:
-    """The YAML header of README.md (the model card metadata), {} when absent or invalid."""
-    if "README.md" not in files:
-        return {}
-    text = repo.blob(files["README.md"]).read_text(encoding="utf-8", errors="replace")
-    m = re.match(r"^---\s*\n(.*?)\n---\s*(\n|$)", text, re.S)
-    if not m:
-        return {}
-    import yaml  # a huggingface_hub dependency
-
-    try:
-        data = yaml.safe_load(m[1])
-    except yaml.YAMLError:
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _safetensors_parameters(repo: _Repo, files: dict[str, str]) -> dict[str, Any] | None:
-    """Parameter counts per dtype from the headers of the commit's safetensors files, as the Hub reports them."""
-    params: dict[str, int] = {}
-    found = False
-    for path, oid in files.items():
-        if not path.endswith(".safetensors"):
-            continue
-        counts: dict[str, int] = {}
-        try:
-            with open(repo.blob(oid), "rb") as f:
-                (n,) = struct.unpack("<Q", f.read(8))
-                header = json.loads(f.read(min(n, 1 << 24)))
-            for name, entry in header.items():
-                if name != "__metadata__":
-                    numel = 1
-                    for d in entry["shape"]:
-                        numel *= int(d)
-                    counts[entry["dtype"]] = counts.get(entry["dtype"], 0) + numel
-        except (OSError, ValueError, struct.error, KeyError, TypeError, AttributeError):
-            continue  # a truncated or corrupted file is listed but not counted, as on the Hub
-        found = True
-        for dtype, numel in counts.items():
-            params[dtype] = params.get(dtype, 0) + numel
-    return {"parameters": params, "total": sum(params.values())} if found else None
-
-
-def _model_fields(repo: _Repo, sha: str, meta: dict) -> dict[str, Any]:
-    """The model-only fields of model info at commit `sha` (list_models shows a subset of them)."""
-    files = repo.files(sha)
-    card = _card_metadata(repo, files)
-    config: dict = {}
-    if "config.json" in files:
-        try:
-            loaded = json.loads(repo.blob(files["config.json"]).read_bytes())
-            config = loaded if isinstance(loaded, dict) else {}
-        except ValueError:
-            pass
-    library = card.get("library_name")
-    if not library and ("model_type" in config or "architectures" in config):
-        library = "transformers"
-    elif not library and "architecture" in config and "pretrained_cfg" in config:
-        library = "timm"
-    pipeline = card.get("pipeline_tag")
-    if not pipeline and any(str(a).endswith("ForImageClassification") for a in config.get("architectures") or []):
-        pipeline = "image-classification"
-    card_tags = card.get("tags") or []
-    tags = [str(t) for t in (card_tags if isinstance(card_tags, list) else [card_tags])]
-    tags += [t for t in (library, pipeline, config.get("model_type")) if t]
-    if any(p.endswith(".safetensors") for p in files):
-        tags.append("safetensors")
-    if config.get("auto_map"):
-        tags.append("custom_code")
-    if card.get("license"):
-        tags.append(f"license:{card['license']}")
-    tags.append("region:us")
-    fields: dict[str, Any] = {
-        "modelId": repo.repo_id,
-        "downloads": meta.get("downloads", 0),
-        "likes": meta.get("likes", 0),
-        "trendingScore": 0,
-        "library_name": library,
-        "pipeline_tag": pipeline,
-        "tags": list(dict.fromkeys(tags)),
-        "cardData": card or None,
-        "usedStorage": sum(repo.blob(oid).stat().st_size for oid in set(files.values())),
-    }
-    if config:
-        fields["config"] = {k: config[k] for k in _CONFIG_KEYS if k in config}
-    if (safetensors := _safetensors_parameters(repo, files)) is not None:
-        fields["safetensors"] = safetensors
-    return {k: v for k, v in fields.items() if v is not None}
 
 
 class _ModelSearch:
@@ -808,142 +597,3 @@ class LocalHub(_ModelSearch):
             data, status = data[start : end + 1], 206
             headers["Content-Range"] = f"bytes {start}-{end}/{total}"
         return _Response(status, data, headers)
-
-
-# --------------------------------------------------------------------------------------------------- client patches
-
-Patch = tuple[object, str, Any]
-
-
-def _loaded(name: str) -> Any:
-    return sys.modules.get(name)
-
-
-def endpoint_patches(endpoint: str) -> list[Patch]:
-    """``(object, attribute, value)`` triples that point the in-process Hub clients at ``endpoint``.
-
-    ``huggingface_hub`` reads ``HF_ENDPOINT`` once, at import: ``constants.ENDPOINT`` and the derived
-    ``HUGGINGFACE_CO_URL_TEMPLATE`` (``hf_hub_url`` builds download URLs from the template and only rewrites URLs that
-    start with ``constants.ENDPOINT``, so both must change together). Copies live in the module-level ``HfApi``
-    instance (whose bound methods are re-exported, e.g. ``huggingface_hub.model_info`` that timm imports), in
-    ``HfFileSystem``'s ``hffs``, in the trusted-origin sets used for redirects, in transformers' cached ``HfApi``
-    and in datasets/evaluate configs. Modules not imported yet are skipped: they read ``HF_ENDPOINT`` when imported.
-    """
-    import huggingface_hub.constants as constants
-    import huggingface_hub.hf_api as hf_api
-    import huggingface_hub.utils._http as hf_http
-
-    endpoint = endpoint.rstrip("/")
-    host = urlsplit(endpoint).hostname or ""
-    patches: list[Patch] = [
-        (constants, "ENDPOINT", endpoint),
-        (constants, "HUGGINGFACE_CO_URL_TEMPLATE", endpoint + "/{repo_id}/resolve/{revision}/{filename}"),
-        (constants, "HF_URL_HOSTS", constants.HF_URL_HOSTS | {host.lower()}),
-        (hf_api.api, "endpoint", endpoint),
-        (hf_http, "_HUB_ORIGINS", hf_http._HUB_ORIGINS | {hf_http._url_origin(endpoint)}),
-    ]
-    if fs := _loaded("huggingface_hub.hf_file_system"):
-        patches += [(fs.hffs, "endpoint", endpoint), (fs.hffs._api, "endpoint", endpoint)]
-    for name in ("huggingface_hub.utils._git_credential", "huggingface_hub.cli.auth"):
-        if module := _loaded(name):
-            patches.append((module, "ENDPOINT", endpoint))
-    if module := _loaded("transformers.utils.hub"):
-        patches.append((module, "_hf_api", None))  # lazily re-created with the patched endpoint
-    if module := _loaded("datasets.config"):
-        patches += [
-            (module, "HF_ENDPOINT", endpoint),
-            (module, "HUB_DATASETS_URL", endpoint + "/datasets/{repo_id}/resolve/{revision}/{path}"),
-        ]
-    if module := _loaded("evaluate.config"):
-        patches += [
-            (module, "HF_ENDPOINT", endpoint),
-            (module, "HF_LIST_ENDPOINT", endpoint + "/api/spaces?filter={type}"),
-            (module, "HUB_EVALUATE_URL", endpoint + "/spaces/{path}/resolve/{revision}/{name}"),
-        ]
-    return patches
-
-
-def cache_patches(hf_home: str | Path) -> list[Patch]:
-    """``(object, attribute, value)`` triples moving the in-process ``HF_HOME``-derived paths under ``hf_home``."""
-    import huggingface_hub.constants as constants
-
-    home = str(hf_home)
-    hub, assets = os.path.join(home, "hub"), os.path.join(home, "assets")
-    values = {
-        "HF_HOME": home,
-        "default_cache_path": hub,
-        "default_assets_cache_path": assets,
-        "HUGGINGFACE_HUB_CACHE": hub,
-        "HF_HUB_CACHE": hub,
-        "HUGGINGFACE_ASSETS_CACHE": assets,
-        "HF_ASSETS_CACHE": assets,
-        "HF_XET_CACHE": os.path.join(home, "xet"),
-        "default_xet_cache_path": os.path.join(home, "xet"),
-        "HF_TOKEN_PATH": os.path.join(home, "token"),
-        "HF_STORED_TOKENS_PATH": os.path.join(home, "stored_tokens"),
-        "CHECK_FOR_UPDATE_DONE_PATH": os.path.join(home, ".check_for_update_done"),
-        "CHECK_FOR_SKILL_UPDATE_DONE_PATH": os.path.join(home, ".check_for_skill_update_done"),
-        "AGENT_HARNESSES_PATH": os.path.join(home, ".agent_harnesses.json"),
-    }
-    patches: list[Patch] = [(constants, k, v) for k, v in values.items() if hasattr(constants, k)]
-    for name, attr, value in [
-        ("huggingface_hub.utils._cache_manager", "HF_HUB_CACHE", hub),
-        ("huggingface_hub.utils._cache_assets", "HF_ASSETS_CACHE", assets),
-        ("transformers.utils.hub", "HF_MODULES_CACHE", os.path.join(home, "modules")),
-        ("transformers.dynamic_module_utils", "HF_MODULES_CACHE", os.path.join(home, "modules")),
-    ]:
-        if (module := _loaded(name)) is not None and hasattr(module, attr):
-            patches.append((module, attr, value))
-    return patches + _datasets_cache_patches(home)
-
-
-def _datasets_cache_patches(home: str) -> list[Patch]:
-    """``datasets`` copies its cache folders from ``HF_HOME`` / ``HF_DATASETS_CACHE`` at import: move them too, or
-    a test's ``load_dataset`` writes to (and, offline, reads "the latest cached version" from) the user's cache."""
-    module = _loaded("datasets.config")
-    if module is None:
-        return []
-    cache = Path(home) / "datasets"
-    downloads = cache / module.DOWNLOADED_DATASETS_DIR
-    values = {
-        "HF_CACHE_HOME": home,
-        "HF_DATASETS_CACHE": cache,
-        "HF_MODULES_CACHE": Path(home) / "modules",
-        "DOWNLOADED_DATASETS_PATH": downloads,
-        "EXTRACTED_DATASETS_PATH": downloads / module.EXTRACTED_DATASETS_DIR,
-    }
-    return [(module, k, v) for k, v in values.items() if hasattr(module, k)]
-
-
-# ----------------------------------------------------------------------------------------------- dataset repositories
-
-
-def upload_parquet_dataset(
-    dataset_dict: Any, repo_id: str, *, revision: str | None = None, token: str | None = None, create: bool = True
-) -> str:
-    """Publish a ``datasets.DatasetDict`` as a parquet dataset repository, laid out as ``push_to_hub`` lays it out.
-
-    One shard a split, ``data/{split}-00000-of-00001.parquet`` (the file names ``datasets`` reads split names from;
-    features such as ``ClassLabel`` names travel in the parquet schema). Uploaded with ``HfApi.upload_folder`` as
-    regular files: ``DatasetDict.push_to_hub`` itself needs LFS or Xet storage, which :class:`LocalHub` does not
-    serve. Returns the commit sha.
-
-    >>> upload_parquet_dataset(dd, "org/pets")  # doctest: +SKIP
-    """
-    from huggingface_hub import HfApi
-
-    api = HfApi(token=token)
-    if create:
-        api.create_repo(repo_id, repo_type="dataset", exist_ok=True)
-    with tempfile.TemporaryDirectory() as folder:
-        for split, dataset in dataset_dict.items():
-            dataset.to_parquet(os.path.join(folder, "data", f"{split}-00000-of-00001.parquet"))
-        info = api.upload_folder(
-            repo_id=repo_id,
-            repo_type="dataset",
-            folder_path=folder,
-            revision=revision,
-            delete_patterns=["data/*.parquet"],  # a split left out of this upload is gone, as with push_to_hub
-            commit_message="Upload dataset (parquet)",
-        )
-    return info.oid

@@ -1,0 +1,3 @@
+from hf_mrl.cli.main import main
+
+main()

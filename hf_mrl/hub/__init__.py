@@ -1,0 +1,1 @@
+"""The Hub: model cards and their templates, pushing a run folder."""

@@ -1,0 +1,41 @@
+"""Training strategies: MRL and the baselines it is compared with, one per file, selected by name."""
+
+from hf_mrl.training.strategies.base import DistillStrategy, Strategy
+from hf_mrl.training.strategies.fixmatch import FixMatch
+from hf_mrl.training.strategies.mean_teacher import MeanTeacher
+from hf_mrl.training.strategies.mr_bs import BestSingle
+from hf_mrl.training.strategies.mr_cr import ConsistentReuse
+from hf_mrl.training.strategies.mrl import AttentionReuse
+from hf_mrl.training.strategies.oracle import OracleRouting
+from hf_mrl.training.strategies.pseudo_label import PseudoLabel
+from hf_mrl.training.strategies.supervised import Supervised
+from hf_mrl.training.strategies.vat import VirtualAdversarial
+
+STRATEGIES: dict[str, type[Strategy]] = {
+    s.name: s
+    for s in (
+        Supervised,
+        PseudoLabel,
+        MeanTeacher,
+        VirtualAdversarial,
+        FixMatch,
+        BestSingle,
+        ConsistentReuse,
+        AttentionReuse,
+        OracleRouting,
+    )
+}
+
+# The `--method` values, in table order; "oracle" reads domain labels: a reference only, never a method to deliver.
+METHODS: tuple[str, ...] = tuple(STRATEGIES)
+
+__all__ = ["METHODS", "STRATEGIES", "Strategy", "DistillStrategy", "get_strategy"] + [
+    s.__name__ for s in STRATEGIES.values()
+]
+
+
+def get_strategy(name: str) -> type[Strategy]:
+    try:
+        return STRATEGIES[name]
+    except KeyError:
+        raise ValueError(f"Unknown method {name!r}; choose one of {sorted(STRATEGIES)}.") from None
