@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 OUTPUT_DIR ?= runs/digits-ld-mus
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test test-slow test-all lint format clean
+.PHONY: setup run test test-slow test-all lint format docs clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,5 +36,14 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format hf_mrl recipes tests benchmarks
 	$(VENV)/bin/ruff check --fix hf_mrl recipes tests benchmarks
 
+DOCS_STAMP := $(VENV)/.docs-installed
+
+$(DOCS_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e ".[docs]"
+	touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP)  # strict: a broken link, a page left out of the nav or an API name that does not import fails
+	$(VENV)/bin/mkdocs build --strict
+
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache site
