@@ -137,7 +137,7 @@ def pool_files(cases: list[str]) -> dict[str, str | None]:
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from hostile import build_hostile_pools
 
-    from hf_mrl.pool_builder import build_digits_pool
+    from hf_mrl.pool.builder import build_digits_pool
 
     honest = build_digits_pool()
     hostile = sorted({CASE_POOLS[c][0] for c in cases} - {None, "honest"})
