@@ -101,6 +101,13 @@ def train_parser(prog: str | None = None) -> argparse.ArgumentParser:
         "--guard_workers", type=int, help="processes training the guard's folds (default: one per core on CPU)"
     )
     p.add_argument(
+        "--guard_beside",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="start the guard's trainings beside the run's own when it has two workers or more (default); "
+        "--no-guard_beside starts it after the method's training",
+    )
+    p.add_argument(
         "--student",
         help="student: a timm architecture, `hf-hub:timm/...`, a transformers image-classification id or a local "
         "checkpoint folder (default: a narrow resnet10t)",
@@ -338,6 +345,7 @@ def train(args: argparse.Namespace) -> ReuseResult:
         guard_repeats=args.guard_repeats,
         guard_margin=args.guard_margin,
         guard_sequential=args.guard_sequential,
+        guard_beside=args.guard_beside,
         dataset=args.dataset,
         dataset_description=description,
         splits=getattr(description, "splits", None),

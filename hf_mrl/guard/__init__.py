@@ -193,6 +193,7 @@ def cross_validate_reuse(
     confidence: float = DEFAULT_CONFIDENCE,
     min_cluster: int = MIN_CLUSTER,
     sequential: bool = False,
+    schedule: dict | None = None,
 ) -> GuardReport:
     """Run the repeated fold-wise comparison of `config.method` against supervised-only and decide.
 
@@ -203,6 +204,9 @@ def cross_validate_reuse(
     depend on the pool); trained here when None.
 
     `sequential`: look after each fold pair and stop once settled (`sequential_look`); else the full design.
+
+    `schedule`: how the trainings share the machine (`capacity`, `stop`, `threads` of the workers' job runner), e.g.
+    while the run's own trainings go on beside them; it changes when trainings run, never what they compute.
     """
     fold = repeated_folds(data.labeled_labels, folds, repeats, seed=config.seed)
     if int((fold[0] >= 0).sum()) == 0:
@@ -227,11 +231,12 @@ def cross_validate_reuse(
             confidence,
             clusters,
             min_cluster,
+            schedule,
         )
     configs = (
         [config] if supervised_correct is not None else [config, dataclasses.replace(config, method="supervised")]
     )
-    results = _correctness(configs, data, reuse, teacher_ids, fold, student_spec, workers, progress)
+    results = _correctness(configs, data, reuse, teacher_ids, fold, student_spec, workers, progress, schedule)
     reuse_ok = results[0]
     if supervised_correct is None:
         supervised_correct = results[1]
@@ -276,6 +281,7 @@ def _sequential_guard(
     confidence,
     clusters,
     min_cluster,
+    schedule=None,
 ) -> GuardReport:
     """Train the fold pairs in look order (method, then supervised, cell by cell) and look after each completed
     prefix of cells; stop the trainings once a look settles."""
@@ -320,8 +326,8 @@ def _sequential_guard(
                 return True
         return False
 
-    _run_jobs(jobs, workers, progress, f"guard (up to {len(cells)} looks)", on_result)
+    _run_jobs(jobs, workers, progress, f"guard (up to {len(cells)} looks)", on_result, **(schedule or {}))
     report = state["report"]
-    if report is None:  # cannot happen: the last look always decides
-        raise RuntimeError("the sequential guard ended without a decision")
+    if report is None:  # only when stopped from outside: the last look always decides
+        raise RuntimeError("the sequential guard was stopped before it decided")
     return report

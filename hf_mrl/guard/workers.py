@@ -69,7 +69,15 @@ def _worker_pool(workers: int, threads: int):
 
 
 def _run_jobs(
-    jobs: list[tuple], workers: int, progress: bool, desc: str, on_result=None, fn=None
+    jobs: list[tuple],
+    workers: int,
+    progress: bool,
+    desc: str,
+    on_result=None,
+    fn=None,
+    capacity=None,
+    stop: threading.Event | None = None,
+    threads: int | None = None,
 ) -> list[torch.Tensor | None]:
     """Run `fn(*job)` (default `_fold_job`) for every job, in `workers` processes (1: here), in list order, with a
     bar and a log line each.
@@ -77,6 +85,11 @@ def _run_jobs(
     `on_result(i, result, bar)`, when given, is called after each job; when it returns True the rest is settled:
     jobs not started are never started and running ones are terminated (their results stay None). At most `workers`
     jobs are submitted at a time, so that what is queued is exactly what has not started.
+
+    `capacity()`, when given, is how many jobs may run at once now (at most `workers`; at least 1): the guard running
+    beside the run's own trainings leaves their core free until they end. `stop`, when set, ends everything as a
+    settled look does (the run failed or was interrupted). `threads`: torch threads per worker (default: this
+    process's count shared out).
     """
     from tqdm.auto import tqdm
 
@@ -101,21 +114,27 @@ def _run_jobs(
 
     if workers <= 1:
         for i, job in enumerate(jobs):
-            if done(i, fn(*job)):
+            if (stop is not None and stop.is_set()) or done(i, fn(*job)):
                 break
     else:
         from concurrent.futures import FIRST_COMPLETED, wait
 
-        threads = max(1, torch.get_num_threads() // workers)
+        threads = threads or max(1, torch.get_num_threads() // workers)
         pool = _worker_pool(workers, threads)
         running: dict = {}
         settled, nxt = False, 0
+        # with a capacity that can grow, or a stop signal, wake up now and then to see them
+        poll = None if capacity is None and stop is None else 0.5
         try:
             while nxt < len(jobs) or running:
-                while nxt < len(jobs) and len(running) < workers:
+                allowed = workers if capacity is None else max(1, min(workers, capacity()))
+                while nxt < len(jobs) and len(running) < allowed:
                     running[pool.submit(fn, *jobs[nxt])] = nxt
                     nxt += 1
-                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                finished, _ = wait(running, timeout=poll, return_when=FIRST_COMPLETED)
+                if stop is not None and stop.is_set():
+                    settled = True
+                    break
                 for future in sorted(finished, key=running.get):
                     i = running.pop(future)
                     if done(i, future.result()):
@@ -127,7 +146,10 @@ def _run_jobs(
             if settled and running:
                 # The executor cannot cancel a running job; these results can no longer change the decision.
                 logger.info(
-                    "Guard: settled; stopping %d running training(s), %d never started", len(running), len(jobs) - nxt
+                    "Guard: %s; stopping %d running training(s), %d never started",
+                    "the run stopped" if stop is not None and stop.is_set() else "settled",
+                    len(running),
+                    len(jobs) - nxt,
                 )
                 for process in list((getattr(pool, "_processes", None) or {}).values()):
                     process.terminate()
@@ -165,13 +187,18 @@ def fold_correctness(
     return _correctness([config], data, reuse, teacher_ids, fold, student_spec, workers, progress)[0]
 
 
-def _correctness(configs, data, reuse, teacher_ids, fold, student_spec, workers, progress) -> list[torch.Tensor]:
-    """`fold_correctness` of several configs, all their fold trainings in one pool of workers."""
+def _correctness(
+    configs, data, reuse, teacher_ids, fold, student_spec, workers, progress, schedule=None
+) -> list[torch.Tensor]:
+    """`fold_correctness` of several configs, all their fold trainings in one pool of workers (`schedule`: the
+    `capacity` / `stop` / `threads` options of `_run_jobs`)."""
     flat = fold.ndim == 1
     fold2 = fold[None] if flat else fold
     cells = _cells(fold2)
     jobs = [(c, data, reuse, teacher_ids, fold2[r], f, student_spec) for c in configs for r, f in cells]
-    results = _run_jobs(jobs, workers, progress, desc=f"guard ({len(cells)} folds)")
+    results = _run_jobs(jobs, workers, progress, desc=f"guard ({len(cells)} folds)", **(schedule or {}))
+    if any(r is None for r in results):
+        raise RuntimeError("the guard's trainings were stopped before they finished")
     out = []
     for i in range(len(configs)):
         ok = torch.zeros(fold2.shape, dtype=torch.bool)

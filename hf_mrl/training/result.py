@@ -40,6 +40,9 @@ class ReuseArguments:
             close cases get every training); False: always train the whole design. See `hf_mrl.guard`.
         guard_workers: processes that train the guard's folds side by side; None: one per core on a
             single-process CPU run, else 1.
+        guard_beside: start the guard's fold trainings beside the run's own (supervised, then the method's) when
+            it has two workers or more: one worker's core is left to the run's trainings until they end, then all
+            workers go to the guard. False: the guard starts after the method's training.
         supervised_baseline: also train the supervised-only student (the reference of the promise; needed by the
             guard and by `never_worse`). Benchmarks that train `supervised` as a method of their own turn it off.
         student: `create_student` arguments (`architecture`, `model_args`, ...); None for the default student.
@@ -61,6 +64,7 @@ class ReuseArguments:
     guard_margin: float = DEFAULT_MARGIN
     guard_confidence: float = DEFAULT_CONFIDENCE
     guard_sequential: bool = True
+    guard_beside: bool = True
     supervised_baseline: bool = True
     student: dict | None = None
     dataset: str = "custom"

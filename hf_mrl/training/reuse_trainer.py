@@ -15,9 +15,11 @@ itself (`push_to_hub`). Recipes, benchmarks and robustness studies are thin call
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -47,7 +49,7 @@ from hf_mrl.training.result import (  # noqa: F401
 )
 from hf_mrl.training.strategies import get_strategy
 from hf_mrl.training.trainer import StudentTrainer, make_accelerator
-from hf_mrl.utils import cache_root
+from hf_mrl.utils import cache_root, torch_threads
 
 __all__ = ["ReuseArguments", "ReuseResult", "ReuseTrainer", "SupervisedRun"]
 
@@ -214,9 +216,25 @@ class ReuseTrainer:
             return self.args.guard_workers
         return default_workers(trainings, self.accelerator)
 
-    def run_guard(self, supervised: SupervisedRun | None) -> GuardReport | None:
+    def _guard_beside(self, supervised: SupervisedRun | None) -> _GuardBeside | None:
+        """Start the guard beside the run's own trainings, when it will run and has two workers or more."""
+        args = self.args
+        will_guard = supervised is not None or args.supervised_baseline
+        if not (args.guard_beside and will_guard and args.guard_folds and self.config.method != "supervised"):
+            return None
+        folds, repeats = self._guard_key()
+        if not folds:
+            return None
+        shared = None if supervised is None else supervised.guard_correct.get((folds, repeats))
+        workers = self._guard_workers(folds * repeats * (1 if shared is not None else 2))
+        if workers < 2:
+            return None
+        return _GuardBeside(self, supervised, workers)
+
+    def run_guard(self, supervised: SupervisedRun | None, schedule: dict | None = None) -> GuardReport | None:
         """Cross-validate the method against supervised-only on the labeled data (non-inferiority at
-        `args.guard_margin`); None when off; a `fall_back` report without training when nothing can be held out."""
+        `args.guard_margin`); None when off; a `fall_back` report without training when nothing can be held out.
+        `schedule`: see `cross_validate_reuse`."""
         args = self.args
         if args.guard_folds == 0 or self.config.method == "supervised":
             return None
@@ -240,6 +258,7 @@ class ReuseTrainer:
             margin=args.guard_margin,
             confidence=args.guard_confidence,
             sequential=args.guard_sequential,
+            schedule=schedule,
         )
         logger.info(
             "Guard (%d x %d folds, %d held out, %d trainings): %s %.4f vs supervised %.4f, gain %+.4f +/- %.4f, "
@@ -302,23 +321,36 @@ class ReuseTrainer:
                     score.leep_gain,
                     "; ".join(score.flags) or "ok",
                 )
-        if supervised is None and (args.supervised_baseline or method == "supervised"):
-            supervised = self.train_supervised(None if ckpt is None else ckpt / "supervised", resume)
-        lap("supervised")
-        if method == "supervised":
-            # The supervised-only student is this run's student: trained once, and no guard against itself.
-            trainer, method_student, method_pred = supervised.trainer, supervised.student, supervised.test_predictions
-        else:
-            trainer = self._student_trainer(cfg)
-            trainer.log_prefix = method
-            method_student = trainer.train(None if ckpt is None else ckpt / method, resume, progress=self.progress)
-            method_pred = trainer.predict(data.test_images)
+        beside = self._guard_beside(supervised)
+        try:
+            with torch_threads(beside.main_threads) if beside is not None else contextlib.nullcontext():
+                if supervised is None and (args.supervised_baseline or method == "supervised"):
+                    supervised = self.train_supervised(None if ckpt is None else ckpt / "supervised", resume)
+                lap("supervised")
+                if method == "supervised":
+                    # The supervised-only student is this run's student: trained once, and no guard against itself.
+                    trainer, method_student = supervised.trainer, supervised.student
+                    method_pred = supervised.test_predictions
+                else:
+                    trainer = self._student_trainer(cfg)
+                    trainer.log_prefix = method
+                    ckpt_m = None if ckpt is None else ckpt / method
+                    method_student = trainer.train(ckpt_m, resume, progress=self.progress)
+                    method_pred = trainer.predict(data.test_images)
+        except BaseException:
+            if beside is not None:
+                beside.cancel()
+            raise
         reuser = trainer.strategy.reuser
         if reuser is not None and self.pool is not None:
             reuser.attach_pool(self.pool)  # records the teachers' weights hashes in its config
         reuse_out = trainer.strategy.reuse_predictions("t") if reuser is not None else None
         lap("method")
-        guard = self.run_guard(supervised) if supervised is not None else None
+        if beside is not None:
+            guard = beside.result()
+            times["guard_total"] = beside.wall_s  # from its start beside the trainings; "guard" is what it added
+        else:
+            guard = self.run_guard(supervised) if supervised is not None else None
         lap("guard")
         fell_back = guard is not None and guard.decision == "fall_back"
         if fell_back:
@@ -516,6 +548,62 @@ class ReuseTrainer:
     @property
     def _test_overlap(self) -> int:
         return int((self.args.splits or {}).get("labeled_test_overlap") or 0)
+
+
+class _GuardBeside:
+    """The guard in a thread of this process, its trainings in `workers` processes, started before the run's own
+    trainings: until `result()` is asked for, one worker's share of the threads stays with those trainings
+    (`main_threads`) and at most `workers - 1` fold trainings run; then all `workers` do. The fold trainings and the
+    looks are those of `run_guard` (same jobs, same order), so the decision is the same; only the schedule
+    differs. The run's own trainings use `main_threads` torch threads meanwhile, which can change their last digits
+    (reduction order) against a run without the guard beside."""
+
+    def __init__(self, run: ReuseTrainer, supervised: SupervisedRun | None, workers: int):
+        total = torch.get_num_threads()
+        threads = max(1, total // workers)
+        self.main_threads = max(1, total - (workers - 1) * threads)
+        self.workers, self.wall_s = workers, None
+        self._busy, self._stop = threading.Event(), threading.Event()
+        self._busy.set()
+        self._report, self._error = None, None
+        schedule = {"capacity": self._capacity, "stop": self._stop, "threads": threads}
+        logger.info(
+            "Guard: starting beside the trainings (%d worker(s) now, %d once they end; %d thread(s) each)",
+            workers - 1,
+            workers,
+            threads,
+        )
+
+        def target() -> None:
+            start = time.perf_counter()
+            try:
+                self._report = run.run_guard(supervised, schedule)
+            except BaseException as err:  # re-raised in the run's thread by result()
+                self._error = err
+            self.wall_s = round(time.perf_counter() - start, 1)
+
+        self._thread = threading.Thread(target=target, name="hf_mrl-guard", daemon=True)
+        self._thread.start()
+
+    def _capacity(self) -> int:
+        return self.workers - 1 if self._busy.is_set() else self.workers
+
+    def result(self) -> GuardReport | None:
+        """The run's trainings are done: give the guard every worker, wait for its decision."""
+        self._busy.clear()
+        try:
+            self._thread.join()
+        except BaseException:  # interrupted while waiting: end the guard's trainings with the run
+            self.cancel()
+            raise
+        if self._error is not None:
+            raise self._error
+        return self._report
+
+    def cancel(self) -> None:
+        """The run failed or was interrupted: stop the guard's trainings and wait for its workers to end."""
+        self._stop.set()
+        self._thread.join()
 
 
 def _pool_ids(path: str | os.PathLike) -> list[str]:
