@@ -11,7 +11,7 @@ import pytest
 import torch
 from test_trainer import TINY_STUDENT, _data
 
-import hf_mrl.training.reuse_trainer as reuse_trainer
+import hf_mrl.guard.beside as beside_mod
 from hf_mrl import MRLConfig, ReuseArguments, ReuseTrainer
 from hf_mrl.guard import _run_jobs
 
@@ -56,13 +56,13 @@ def _run(args: ReuseArguments) -> ReuseTrainer:
 def test_the_guard_beside_decides_as_the_guard_after(monkeypatch):
     args = ReuseArguments(guard_folds=3, guard_workers=2, progress=False, student=TINY_STUDENT)
     started = []
-    real = reuse_trainer._GuardBeside.__init__
+    real = beside_mod.GuardBeside.__init__
 
     def spy(self, *a, **kw):
         real(self, *a, **kw)
         started.append(self)
 
-    monkeypatch.setattr(reuse_trainer._GuardBeside, "__init__", spy)
+    monkeypatch.setattr(beside_mod.GuardBeside, "__init__", spy)
     beside = _run(args).train()
     assert len(started) == 1 and "guard_total" in beside.metrics["time_s"]
     after = _run(dataclasses.replace(args, guard_beside=False)).train()

@@ -103,6 +103,7 @@ import logging
 import torch
 
 from hf_mrl.data.types import TargetData
+from hf_mrl.guard.beside import GuardBeside
 from hf_mrl.guard.rule import (  # noqa: F401
     DEFAULT_CONFIDENCE,
     DEFAULT_MARGIN,
@@ -143,6 +144,7 @@ from hf_mrl.training.config import MRLConfig
 
 __all__ = [
     "DEFAULT_CONFIDENCE",
+    "GuardBeside",
     "DEFAULT_MARGIN",
     "GUARD_DECISIONS",
     "GuardReport",

@@ -19,7 +19,6 @@ import contextlib
 import dataclasses
 import logging
 import os
-import threading
 import time
 from pathlib import Path
 
@@ -27,6 +26,7 @@ import torch
 
 from hf_mrl.data.types import TargetData
 from hf_mrl.guard import (
+    GuardBeside,
     GuardReport,
     cross_validate_reuse,
     default_workers,
@@ -216,7 +216,7 @@ class ReuseTrainer:
             return self.args.guard_workers
         return default_workers(trainings, self.accelerator)
 
-    def _guard_beside(self, supervised: SupervisedRun | None) -> _GuardBeside | None:
+    def _guard_beside(self, supervised: SupervisedRun | None) -> GuardBeside | None:
         """Start the guard beside the run's own trainings, when it will run and has two workers or more."""
         args = self.args
         will_guard = supervised is not None or args.supervised_baseline
@@ -229,7 +229,7 @@ class ReuseTrainer:
         workers = self._guard_workers(folds * repeats * (1 if shared is not None else 2))
         if workers < 2:
             return None
-        return _GuardBeside(self, supervised, workers)
+        return GuardBeside(lambda schedule: self.run_guard(supervised, schedule), workers)
 
     def run_guard(self, supervised: SupervisedRun | None, schedule: dict | None = None) -> GuardReport | None:
         """Cross-validate the method against supervised-only on the labeled data (non-inferiority at
@@ -548,62 +548,6 @@ class ReuseTrainer:
     @property
     def _test_overlap(self) -> int:
         return int((self.args.splits or {}).get("labeled_test_overlap") or 0)
-
-
-class _GuardBeside:
-    """The guard in a thread of this process, its trainings in `workers` processes, started before the run's own
-    trainings: until `result()` is asked for, one worker's share of the threads stays with those trainings
-    (`main_threads`) and at most `workers - 1` fold trainings run; then all `workers` do. The fold trainings and the
-    looks are those of `run_guard` (same jobs, same order), so the decision is the same; only the schedule
-    differs. The run's own trainings use `main_threads` torch threads meanwhile, which can change their last digits
-    (reduction order) against a run without the guard beside."""
-
-    def __init__(self, run: ReuseTrainer, supervised: SupervisedRun | None, workers: int):
-        total = torch.get_num_threads()
-        threads = max(1, total // workers)
-        self.main_threads = max(1, total - (workers - 1) * threads)
-        self.workers, self.wall_s = workers, None
-        self._busy, self._stop = threading.Event(), threading.Event()
-        self._busy.set()
-        self._report, self._error = None, None
-        schedule = {"capacity": self._capacity, "stop": self._stop, "threads": threads}
-        logger.info(
-            "Guard: starting beside the trainings (%d worker(s) now, %d once they end; %d thread(s) each)",
-            workers - 1,
-            workers,
-            threads,
-        )
-
-        def target() -> None:
-            start = time.perf_counter()
-            try:
-                self._report = run.run_guard(supervised, schedule)
-            except BaseException as err:  # re-raised in the run's thread by result()
-                self._error = err
-            self.wall_s = round(time.perf_counter() - start, 1)
-
-        self._thread = threading.Thread(target=target, name="hf_mrl-guard", daemon=True)
-        self._thread.start()
-
-    def _capacity(self) -> int:
-        return self.workers - 1 if self._busy.is_set() else self.workers
-
-    def result(self) -> GuardReport | None:
-        """The run's trainings are done: give the guard every worker, wait for its decision."""
-        self._busy.clear()
-        try:
-            self._thread.join()
-        except BaseException:  # interrupted while waiting: end the guard's trainings with the run
-            self.cancel()
-            raise
-        if self._error is not None:
-            raise self._error
-        return self._report
-
-    def cancel(self) -> None:
-        """The run failed or was interrupted: stop the guard's trainings and wait for its workers to end."""
-        self._stop.set()
-        self._thread.join()
 
 
 def _pool_ids(path: str | os.PathLike) -> list[str]:
