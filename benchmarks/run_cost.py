@@ -12,6 +12,8 @@ method, guard, measured by `ReuseTrainer.train`), the guard's cost from its repo
 
 - whole / (teacher outputs + method): what the run costs against reusing the teachers without a baseline or guard;
 - guard / method: the guard's wall time against the method's own training (issue 21's target: at most 1.5x);
+- guard's own / method: the same with the guard's whole wall time from its start; when it runs beside the
+  trainings (the default on two workers or more) "guard" is only what it added after the method's training;
 - trainings used / full design, and the look the guard stopped at (of how many).
 
 Cases (Digits-LD MUS, 10 labels per class, seed 0, the guard's defaults):
@@ -20,7 +22,10 @@ Cases (Digits-LD MUS, 10 labels per class, seed 0, the guard's defaults):
 - `honest`: the same pool at `--steps` (default 250, as `benchmarks/robustness.py`);
 - `harmful`: the label-permuted teachers (`benchmarks/hostile.py`'s `permuted` pool) at `--steps`;
 - `close`: the honest teachers with labels cycled among 6 classes (`swap-6`; MRL about as good as supervised-only
-  at 250 steps in `results/robustness/`) at `--steps`.
+  at 250 steps in `results/robustness/`) at `--steps`;
+- `default-after`, `default-full`: `default` with the guard's earlier schedules, for a side-by-side in one run:
+  started after the method's training (`--no-guard_beside`), and the full design after it (also
+  `--no-guard_sequential`).
 
 Every case gets a fresh `HF_MRL_CACHE` (no cached teacher outputs, as a new user's first run) in which only the
 built Digits-LD dataset, the Digits-LD pool and the hostile pools are linked from the real cache (built once, before
@@ -42,13 +47,21 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "results" / "robustness" / "run_cost.json"
-CASES = ("default", "honest", "harmful", "close")
+CASES = ("default", "honest", "harmful", "close", "default-after", "default-full")
 # case -> (pool: None = make run's default pool, "honest" or a hostile pool name; reduced steps?)
 CASE_POOLS = {
     "default": (None, False),
     "honest": ("honest", True),
     "harmful": ("permuted", True),
     "close": ("swap-6", True),
+    "default-after": (None, False),
+    "default-full": (None, False),
+}
+# the guard's earlier schedules, for a side-by-side in one run: started after the method's training (the sequential
+# guard before it went beside the trainings), and the full 12-training design after it (issue 21's starting point)
+CASE_FLAGS = {
+    "default-after": ["--no-guard_beside"],
+    "default-full": ["--no-guard_beside", "--no-guard_sequential"],
 }
 LINKED = ("digits_ld", "digits_ld_pool_v1", "robustness_pools_v1")  # built once; everything else fresh per case
 LAUNCH = ["--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
@@ -67,6 +80,9 @@ def case_cost(metrics: dict, whole_s: float) -> dict:
     """The cost figures of one run from its `metrics.json` and the whole process's wall time (seconds)."""
     t = metrics.get("time_s") or {}
     teacher, method, guard_s = t.get("teacher_outputs"), t.get("method"), t.get("guard")
+    # beside the trainings, "guard" is the wall time it added after the method's training; its own, from its start,
+    # is "guard_total" (absent when it ran after the method: then the two are the same)
+    guard_total = t.get("guard_total", guard_s)
     g = metrics.get("guard") or {}
     base = None if teacher is None or method is None else teacher + method
     return {
@@ -75,6 +91,7 @@ def case_cost(metrics: dict, whole_s: float) -> dict:
         "time_s": t,
         "whole_over_teacher_plus_method": _ratio(whole_s, base),
         "guard_over_method": _ratio(guard_s, method),
+        "guard_total_over_method": _ratio(guard_total, method),
         "decision": g.get("decision"),
         "delivered": metrics.get("delivered"),
         "loss_upper": g.get("loss_upper"),
@@ -98,8 +115,8 @@ def render(result: dict) -> str:
     """The printed table (markdown)."""
     lines = [
         "| case | pool | steps | whole | teacher outputs | supervised | method | guard | whole / (teacher + method) "
-        "| guard / method | trainings / full | stopped at look | decision |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |",
+        "| guard / method | guard's own / method | trainings / full | stopped at look | decision |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |",
     ]
     for name, c in result["cases"].items():
         t = c.get("time_s") or {}
@@ -110,6 +127,7 @@ def render(result: dict) -> str:
             f"| {_fmt(t.get('teacher_outputs'), '.1f', ' s')} | {_fmt(t.get('supervised'), '.0f', ' s')} "
             f"| {_fmt(t.get('method'), '.0f', ' s')} | {_fmt(t.get('guard'), '.0f', ' s')} "
             f"| {_fmt(c.get('whole_over_teacher_plus_method'))}x | {_fmt(c.get('guard_over_method'))}x "
+            f"| {_fmt(c.get('guard_total_over_method', c.get('guard_over_method')))}x "
             f"| {used} | {look} | {c.get('decision')} |"
         )
     return "\n".join(lines)
@@ -172,6 +190,7 @@ def run_case(name: str, pool_file: str | None, steps: int | None, work: Path, re
         cmd += ["--pool", pool_file]
     if steps is not None:
         cmd += ["--max_steps", str(steps)]
+    cmd += CASE_FLAGS.get(name, [])
     env = {**os.environ, "HF_MRL_CACHE": str(cache)}
     before = _load()
     log(f"{name}: {' '.join(cmd[1:])}  (load {before})")
