@@ -19,6 +19,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
+from hf_mrl.data import png_bands
+
 __all__ = ["ImageSet", "decode_image", "take", "to_rgb"]
 
 _KEY_PREFIX = b"hf_mrl-image-bytes-1"
@@ -99,6 +101,9 @@ def decode_original(item, max_side: int | None = MAX_SIDE):
 
     with warnings.catch_warnings():  # large originals are handled here: not PIL's raw DecompressionBombWarning
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        banded = _banded_png(item, max_side)
+        if banded is not None:
+            return to_rgb(banded[0]), banded[1]
         img = decode_image(item, max_side)
         size = img.info.get("hf_mrl_full_size", img.size)
         if max_side and max(img.size) > max_side:
@@ -107,6 +112,24 @@ def decode_original(item, max_side: int | None = MAX_SIDE):
             img.thumbnail((max_side, max_side), Image.Resampling.BICUBIC, reducing_gap=2.0)  # in place: no copy
             return to_rgb(img), size
     return to_rgb(img), img.info.get("hf_mrl_full_size")  # a drafted JPEG was larger
+
+
+def _banded_png(item, max_side: int | None):
+    """A large PNG file (`{"bytes"}` or a local `{"path"}`) reduced band by band (`hf_mrl.data.png_bands`), or
+    None for anything else."""
+    if not max_side or not isinstance(item, dict):
+        return None
+    data = item.get("bytes")
+    if data is None:
+        path = item.get("path")
+        if not path or not os.path.isfile(path):
+            return None
+        with open(path, "rb") as f:
+            if f.read(len(png_bands.SIGNATURE)) != png_bands.SIGNATURE:
+                return None
+            f.seek(0)
+            data = f.read()
+    return png_bands.reduce_png(bytes(data), max_side)
 
 
 def failure_reason(err: Exception) -> str:
