@@ -291,3 +291,35 @@ def test_fixmatch_without_eval_ema_delivers_the_last_iterate_and_keeps_no_averag
     assert trainer.config.eval_ema_decay == 0.0 and trainer.strategy.eval_ema is None
     assert all(torch.equal(v, states[-1][k]) for k, v in delivered.items())
     assert sorted(trainer._checkpoint_objects()) == ["optimizer", "step", "student"]  # checkpoints as before
+
+
+def test_a_registered_strategy_brings_its_own_card_text():
+    from hf_mrl.hub.cards import METHOD_TEXT, method_text
+    from hf_mrl.training.strategies import STRATEGIES, Strategy, register_strategy
+
+    class Echo(Strategy):
+        name = "echo-test"
+        uses_unlabeled = True
+        card_name = "echo"
+        card_source = "its own echoes"
+        card_how = "echo: the student hears itself."
+
+    class Mute(Strategy):
+        name = "mute-test"
+
+    try:
+        assert register_strategy(Echo) is Echo and STRATEGIES["echo-test"] is Echo
+        text = method_text("echo-test")
+        assert (text.name, text.source, text.how) == ("echo", "its own echoes", "echo: the student hears itself.")
+        assert (text.teachers, text.unlabeled) == (False, True)  # from the strategy's flags: no second registry
+        from hf_mrl import MRLConfig
+        from hf_mrl.cli.train import train_parser
+
+        assert MRLConfig(method="echo-test").method == "echo-test"  # a method now, for the config and the CLI
+        assert train_parser().parse_args(["--output_dir", "x", "--method", "echo-test"]).method == "echo-test"
+        with pytest.raises(TypeError, match=r"Mute \('mute-test'\) has no card text"):
+            register_strategy(Mute)
+        assert "mute-test" not in STRATEGIES and "mute-test" not in METHOD_TEXT
+    finally:
+        STRATEGIES.pop("echo-test", None)
+        METHOD_TEXT.pop("echo-test", None)

@@ -31,7 +31,7 @@ from hf_mrl.pool.endpoint import add_endpoint_arguments, endpoint_options
 from hf_mrl.pool.model_pool import ModelPool, parse_pool_file
 from hf_mrl.training.config import MRLConfig
 from hf_mrl.training.reuse_trainer import ReuseArguments, ReuseResult, ReuseTrainer
-from hf_mrl.training.strategies import METHODS, get_strategy
+from hf_mrl.training.strategies import STRATEGIES, get_strategy
 from hf_mrl.training.trainer import latest_checkpoint, make_accelerator
 from hf_mrl.utils import atomic_write_json, cache_root, read_json
 
@@ -48,7 +48,7 @@ def train_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--pool", help="pool file: one `repo_id[@revision]` or local path a line (default: Digits-LD pool)")
     p.add_argument(
         "--method",
-        choices=METHODS,
+        choices=tuple(STRATEGIES),  # read when the parser is built: registered strategies included
         default="mrl",
         help="mrl (attention reuse; the default), a baseline, or oracle (a reference that reads the training data's "
         "latent-domain labels). Only mrl trains a reuser; methods without teachers ignore --pool",
@@ -242,7 +242,7 @@ def preflight(args: argparse.Namespace) -> None:
     if out.exists() and not out.is_dir():
         raise ValueError(f"--output_dir {str(out)!r} is a file, not a folder.")
     ckpt = out / "checkpoints"
-    found = [latest_checkpoint(ckpt / part) for part in METHODS]
+    found = [latest_checkpoint(ckpt / part) for part in STRATEGIES]
     run_file, identity = ckpt / "run.json", run_identity(args, pool)
     if args.resume_from_checkpoint:
         if not any(found):

@@ -14,8 +14,8 @@ class MethodText:
 
     Args:
         name: the method's short name in prose (`how` spells it out).
-        teachers: whether it learns from the pool's teachers (kept in step with the strategies' `needs_teachers`).
-        unlabeled: whether it learns from the unlabeled images.
+        teachers: whether it learns from the pool's teachers (the strategy's `needs_teachers`).
+        unlabeled: whether it learns from the unlabeled images (the strategy's `uses_unlabeled`).
         source: what, besides the labels, its student learnt from (`{k}`: the number of teachers).
         how: one sentence on how its student learns, for the Training section.
     """
@@ -27,84 +27,13 @@ class MethodText:
     how: str
 
 
-METHOD_TEXT: dict[str, MethodText] = {
-    "supervised": MethodText(
-        "supervised-only",
-        False,
-        False,
-        "the labeled images alone",
-        "supervised-only: cross-entropy on the labeled images; no unlabeled image and no teacher model.",
-    ),
-    "pl": MethodText(
-        "pseudo-labelling",
-        False,
-        True,
-        "its own confident predictions on the unlabeled images",
-        "pseudo-labelling (Lee, 2013): the student learns from the labels and from its own confident predictions on "
-        "the unlabeled images, used as targets. No pretrained model was reused.",
-    ),
-    "mean-teacher": MethodText(
-        "mean teacher",
-        False,
-        True,
-        "consistency with a moving average of its own weights on the unlabeled images",
-        "mean teacher (Tarvainen & Valpola, 2017): the student learns from the labels and keeps its predictions on "
-        "the unlabeled images close to those of an exponential moving average of its own weights. No pretrained model "
-        "was reused.",
-    ),
-    "vat": MethodText(
-        "VAT",
-        False,
-        True,
-        "smoothness of its predictions around the unlabeled images",
-        "virtual adversarial training (VAT, Miyato et al., 2018): the student learns from the labels and keeps its "
-        "predictions on the unlabeled images stable under the small input perturbation that changes them most. No "
-        "pretrained model was reused.",
-    ),
-    "fixmatch": MethodText(
-        "FixMatch",
-        False,
-        True,
-        "its own confident predictions on weakly augmented unlabeled images",
-        "FixMatch (Sohn et al., 2020): the student learns from the labels and, on the unlabeled images, its confident "
-        "predictions on a weakly augmented view become the targets of a strongly augmented view. No pretrained model "
-        "was reused.",
-    ),
-    "mr-bs": MethodText(
-        "MR-BS",
-        True,
-        True,
-        "the one teacher of a pool of {k} most accurate on the labeled images",
-        "MR-BS (best single teacher): the teacher most accurate on the labeled images is picked; the student distils "
-        "its predicted probabilities on the unlabeled images and learns from the labels.",
-    ),
-    "mr-cr": MethodText(
-        "MR-CR",
-        True,
-        True,
-        "a pool of {k} teacher(s) mixed with one fixed weighting fitted on the labeled images",
-        "MR-CR (consistent reuse): one weighting of the teachers, the same for every input, is fitted on the labeled "
-        "images; the student distils the weighted teacher mixture on the unlabeled images and learns from the labels.",
-    ),
-    "mrl": MethodText(
-        "MRL",
-        True,
-        True,
-        "an attention-weighted pool of {k} teacher(s)",
-        "an attention reuser weights the teachers per input; the student distils the weighted teacher mixture on the "
-        "unlabeled images and learns from the labels, while the reuser's prototypes follow the hypergradient of the "
-        "student's labeled loss (bi-level).",
-    ),
-    "oracle": MethodText(
-        "oracle routing",
-        True,
-        True,
-        "a pool of {k} teacher(s), each unlabeled image routed to the teacher of its true latent domain",
-        "oracle routing, a reference rather than a method: each unlabeled image is distilled from the teacher most "
-        "accurate on the labeled images of its true latent domain, read from the domain labels of the training data "
-        "(which real data do not have); the student also learns from the labels.",
-    ),
-}
+# Filled by each training strategy from its own card text (`hf_mrl.training.strategies.register_strategy`): the
+# cards read the method's description here without importing the training code.
+METHOD_TEXT: dict[str, MethodText] = {}
+
+
+def register_method_text(method: str, text: MethodText) -> None:
+    METHOD_TEXT[method] = text
 
 
 def method_text(method: str) -> MethodText:

@@ -97,10 +97,10 @@ class MRLConfig:
     checkpoint_every: int = 0
 
     def __post_init__(self):
-        from hf_mrl.training.strategies import METHODS
+        from hf_mrl.training.strategies import STRATEGIES as METHODS  # live: strategies registered later count
 
         if self.method not in METHODS:
-            raise ValueError(f"method={self.method!r} is unknown; choose one of {METHODS}.")
+            raise ValueError(f"method={self.method!r} is unknown; choose one of {tuple(METHODS)}.")
         for name in ("max_steps", "batch_size", "unlabeled_batch_size", "outer_every", "unroll_steps"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1; got {getattr(self, name)!r}.")

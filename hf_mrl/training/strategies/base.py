@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from hf_mrl.hub.summary import MethodText
 from hf_mrl.training.losses import kd_loss
 
 if TYPE_CHECKING:
@@ -79,12 +80,26 @@ class Strategy:
         needs_teachers: whether it reads the pool's outputs (`trainer.reuse`).
         uses_unlabeled: whether the student sees unlabeled batches.
         reuser: what the strategy ships besides the student (MRL's `AttentionReuser`), or None.
+        card_name, card_source, card_how: how the model cards describe it (`hf_mrl.hub.summary.MethodText`): its
+            short name in prose, what besides the labels its student learnt from (`{k}`: the number of teachers),
+            and one sentence on how.
     """
 
     name = "supervised"
     needs_teachers = False
     uses_unlabeled = False
     reuser = None
+    card_name: str | None = None
+    card_source: str | None = None
+    card_how: str | None = None
+
+    @classmethod
+    def card_text(cls) -> MethodText:
+        """What the cards say of this method; every strategy says it in its own class."""
+        if not (cls.card_name and cls.card_source and cls.card_how):
+            raise TypeError(f"Strategy {cls.__name__} ({cls.name!r}) has no card text: set card_name, card_source "
+                            "and card_how on the class.")  # fmt: skip
+        return MethodText(cls.card_name, cls.needs_teachers, cls.uses_unlabeled, cls.card_source, cls.card_how)
 
     def __init__(self, trainer: StudentTrainer):
         self.trainer = trainer

@@ -17,6 +17,13 @@ __all__ = ["FixMatch"]
 
 class FixMatch(Strategy):
     name = "fixmatch"
+    card_name = "FixMatch"
+    card_source = "its own confident predictions on weakly augmented unlabeled images"
+    card_how = (
+        "FixMatch (Sohn et al., 2020): the student learns from the labels and, on the unlabeled images, its confident "
+        "predictions on a weakly augmented view become the targets of a strongly augmented view. No pretrained model was "
+        "reused."
+    )
     uses_unlabeled = True
 
     def __init__(self, trainer):

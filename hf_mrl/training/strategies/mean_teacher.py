@@ -17,6 +17,13 @@ __all__ = ["MeanTeacher"]
 
 class MeanTeacher(Strategy):
     name = "mean-teacher"
+    card_name = "mean teacher"
+    card_source = "consistency with a moving average of its own weights on the unlabeled images"
+    card_how = (
+        "mean teacher (Tarvainen & Valpola, 2017): the student learns from the labels and keeps its predictions on the "
+        "unlabeled images close to those of an exponential moving average of its own weights. No pretrained model was "
+        "reused."
+    )
     uses_unlabeled = True
 
     def __init__(self, trainer):

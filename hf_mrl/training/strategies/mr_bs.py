@@ -13,6 +13,12 @@ logger = logging.getLogger(__name__)
 
 class BestSingle(DistillStrategy):
     name = "mr-bs"
+    card_name = "MR-BS"
+    card_source = "the one teacher of a pool of {k} most accurate on the labeled images"
+    card_how = (
+        "MR-BS (best single teacher): the teacher most accurate on the labeled images is picked; the student distils its "
+        "predicted probabilities on the unlabeled images and learns from the labels."
+    )
 
     def __init__(self, trainer):
         super().__init__(trainer)

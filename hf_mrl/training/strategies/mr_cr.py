@@ -25,6 +25,12 @@ def fit_global_weights(probs: torch.Tensor, labels: torch.Tensor, steps: int = 3
 
 class ConsistentReuse(DistillStrategy):
     name = "mr-cr"
+    card_name = "MR-CR"
+    card_source = "a pool of {k} teacher(s) mixed with one fixed weighting fitted on the labeled images"
+    card_how = (
+        "MR-CR (consistent reuse): one weighting of the teachers, the same for every input, is fitted on the labeled "
+        "images; the student distils the weighted teacher mixture on the unlabeled images and learns from the labels."
+    )
 
     def __init__(self, trainer):
         super().__init__(trainer)

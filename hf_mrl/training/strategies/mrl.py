@@ -62,6 +62,13 @@ class _ReuseGate(torch.nn.Module):
 
 class AttentionReuse(DistillStrategy):
     name = "mrl"
+    card_name = "MRL"
+    card_source = "an attention-weighted pool of {k} teacher(s)"
+    card_how = (
+        "an attention reuser weights the teachers per input; the student distils the weighted teacher mixture on the "
+        "unlabeled images and learns from the labels, while the reuser's prototypes follow the hypergradient of the "
+        "student's labeled loss (bi-level)."
+    )
 
     def __init__(self, trainer):
         super().__init__(trainer)

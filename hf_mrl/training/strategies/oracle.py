@@ -16,6 +16,13 @@ __all__ = ["OracleRouting"]
 
 class OracleRouting(DistillStrategy):
     name = "oracle"
+    card_name = "oracle routing"
+    card_source = "a pool of {k} teacher(s), each unlabeled image routed to the teacher of its true latent domain"
+    card_how = (
+        "oracle routing, a reference rather than a method: each unlabeled image is distilled from the teacher most "
+        "accurate on the labeled images of its true latent domain, read from the domain labels of the training data "
+        "(which real data do not have); the student also learns from the labels."
+    )
 
     def __init__(self, trainer):
         super().__init__(trainer)

@@ -12,6 +12,12 @@ __all__ = ["PseudoLabel"]
 
 class PseudoLabel(Strategy):
     name = "pl"
+    card_name = "pseudo-labelling"
+    card_source = "its own confident predictions on the unlabeled images"
+    card_how = (
+        "pseudo-labelling (Lee, 2013): the student learns from the labels and from its own confident predictions on the "
+        "unlabeled images, used as targets. No pretrained model was reused."
+    )
     uses_unlabeled = True
 
     def unlabeled_loss(self, logits_u, idx_u, images_u, gen, step):

@@ -7,3 +7,6 @@ __all__ = ["Supervised"]
 
 class Supervised(Strategy):
     name = "supervised"
+    card_name = "supervised-only"
+    card_source = "the labeled images alone"
+    card_how = "supervised-only: cross-entropy on the labeled images; no unlabeled image and no teacher model."

@@ -71,6 +71,13 @@ def vat_loss(
 
 class VirtualAdversarial(Strategy):
     name = "vat"
+    card_name = "VAT"
+    card_source = "smoothness of its predictions around the unlabeled images"
+    card_how = (
+        "virtual adversarial training (VAT, Miyato et al., 2018): the student learns from the labels and keeps its "
+        "predictions on the unlabeled images stable under the small input perturbation that changes them most. No "
+        "pretrained model was reused."
+    )
     uses_unlabeled = True
 
     def unlabeled_loss(self, logits_u, idx_u, images_u, gen, step):
