@@ -124,7 +124,7 @@ def test_train_runs_to_max_steps_and_predicts():
     preds = trainer.predict(trainer.data.test_images, batch_size=5)  # batches that do not divide N
     assert preds.shape == (12,) and preds.dtype == torch.int64
     assert ((preds >= 0) & (preds < 3)).all()
-    reuse = trainer.strategy.reuse_predictions("t")
+    reuse = trainer.strategy.reuse_predictions("test")
     assert reuse["predictions"].shape == (12,) and reuse["weights"].shape == (12, 2)
     torch.testing.assert_close(reuse["weights"].sum(-1), torch.ones(12))
 
@@ -473,7 +473,7 @@ def test_mrl_attention_routes_digits_ld_domains_to_their_teachers(tmp_path, monk
     config = MRLConfig(method="mrl", embedding="pixels", max_steps=20, batch_size=32, unlabeled_batch_size=64)
     trainer = StudentTrainer(config, data, reuse, teacher_ids=[f"expert-{d}" for d in data.domain_names])
     trainer.train(progress=False)
-    weights = trainer.strategy.reuse_predictions("t")["weights"]
+    weights = trainer.strategy.reuse_predictions("test")["weights"]
     routed = (weights.argmax(-1) == data.test_domains).float()
     per_domain = [routed[data.test_domains == d].mean().item() for d in range(k)]
     assert routed.mean().item() >= ROUTING_RATE, per_domain

@@ -10,12 +10,16 @@ from hf_mrl.data.types import TargetData
 from hf_mrl.pool.model_pool import ModelPool
 from hf_mrl.reuse.embedding import Embedding
 
-__all__ = ["ReuseInputs", "compute_reuse_inputs"]
+__all__ = ["ReuseInputs", "SplitOutputs", "compute_reuse_inputs"]
 
 
 @dataclass
 class ReuseInputs:
-    """Teacher probabilities H (N, K, C) and raw psi features (N, p) for the labeled, unlabeled, test sets."""
+    """Teacher probabilities H (N, K, C) and raw psi features (N, p) for the labeled, unlabeled, test sets.
+
+    Read a split by its name: `outputs.test.probs`, `outputs.split("labeled").feats`; the suffixed fields are the
+    storage (`_l`, `_u`, `_t`: labeled, unlabeled, test; `t` is never "teacher" here).
+    """
 
     probs_l: torch.Tensor
     probs_u: torch.Tensor
@@ -23,6 +27,37 @@ class ReuseInputs:
     feats_l: torch.Tensor
     feats_u: torch.Tensor
     feats_t: torch.Tensor
+
+    def split(self, name: str) -> SplitOutputs:
+        """The teachers' outputs on one split: `labeled`, `unlabeled` or `test`."""
+        try:
+            suffix = SPLITS[name]
+        except KeyError:
+            raise ValueError(f"Unknown split {name!r}; choose one of {list(SPLITS)}.") from None
+        return SplitOutputs(getattr(self, f"probs_{suffix}"), getattr(self, f"feats_{suffix}"))
+
+    @property
+    def labeled(self) -> SplitOutputs:
+        return self.split("labeled")
+
+    @property
+    def unlabeled(self) -> SplitOutputs:
+        return self.split("unlabeled")
+
+    @property
+    def test(self) -> SplitOutputs:
+        return self.split("test")
+
+
+SPLITS = {"labeled": "l", "unlabeled": "u", "test": "t"}
+
+
+@dataclass(frozen=True)
+class SplitOutputs:
+    """The teachers' probabilities (N, K, C) and the psi features (N, p) of one split."""
+
+    probs: torch.Tensor
+    feats: torch.Tensor
 
 
 def compute_reuse_inputs(

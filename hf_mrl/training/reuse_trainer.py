@@ -344,7 +344,7 @@ class ReuseTrainer:
         reuser = trainer.strategy.reuser
         if reuser is not None and self.pool is not None:
             reuser.attach_pool(self.pool)  # records the teachers' weights hashes in its config
-        reuse_out = trainer.strategy.reuse_predictions("t") if reuser is not None else None
+        reuse_out = trainer.strategy.reuse_predictions("test") if reuser is not None else None
         lap("method")
         if beside is not None:
             guard = beside.result()

@@ -317,10 +317,9 @@ class AttentionReuse(DistillStrategy):
                 raise RuntimeError("The attention prototypes differ across processes after training.")
 
     @torch.no_grad()
-    def reuse_predictions(self, which: str = "t") -> dict[str, torch.Tensor]:
-        """The reuser's predictions and weights on a precomputed set (`l`, `u` or `t`)."""
-        r = self.trainer.reuse
-        feats, probs = getattr(r, f"feats_{which}"), getattr(r, f"probs_{which}")
-        out = self.reuser.cpu()(feats, probs)
+    def reuse_predictions(self, split: str = "test") -> dict[str, torch.Tensor]:
+        """The reuser's predictions and weights on a split's precomputed outputs (`labeled`, `unlabeled`, `test`)."""
+        part = self.trainer.reuse.split(split)
+        out = self.reuser.cpu()(part.feats, part.probs)
         self.reuser.to(self.trainer.accelerator.device)
         return {"predictions": out["probs"].argmax(-1), "weights": out["weights"]}
