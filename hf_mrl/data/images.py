@@ -50,7 +50,8 @@ def to_rgb(img):
 
 # Originals longer than this on a side are reduced to it once, when first decoded: no teacher processor or student
 # reads more than a few hundred pixels, and a 10000 x 10000 original decoded again for every batch cost 28 s a step
-# and 8.8 GB. JPEGs are drafted (decoded at a reduced scale by libjpeg itself), other formats decoded and reduced.
+# and 8.8 GB. JPEGs are drafted (decoded at a reduced scale by libjpeg itself), 8-bit PNGs inflated band by band
+# (`png_bands`), other formats decoded whole and reduced.
 MAX_SIDE = 2048
 _REDUCED_CACHE_BYTES = 512 * 2**20  # reduced originals kept per ImageSet (a 2048 x 2048 RGB image is 12 MB)
 

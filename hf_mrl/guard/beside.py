@@ -16,7 +16,9 @@ logger = logging.getLogger(__name__)
 
 class GuardBeside:
     """The guard in a thread of this process, its trainings in `workers` processes, started before the run's own
-    trainings (`run_guard(schedule)`: `ReuseTrainer.run_guard` with the schedule below): until `result()` is asked for, one worker's share of the threads stays with those trainings
+    trainings. `run_guard(schedule)` is `ReuseTrainer.run_guard` with the schedule below.
+
+    Until `result()` is asked for, one worker's share of the threads stays with the run's trainings
     (`main_threads`) and at most `workers - 1` fold trainings run; then all `workers` do. The fold trainings and the
     looks are those of `run_guard` (same jobs, same order), so the decision is the same; only the schedule
     differs. The run's own trainings use `main_threads` torch threads meanwhile, which can change their last digits

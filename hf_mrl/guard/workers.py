@@ -94,6 +94,10 @@ def _run_jobs(
     from tqdm.auto import tqdm
 
     fn = fn or _fold_job
+
+    def stopped() -> bool:
+        return stop is not None and stop.is_set()
+
     bar = tqdm(total=len(jobs), desc=desc, disable=not progress, mininterval=0 if sys.stderr.isatty() else 30.0)
     results: list[torch.Tensor | None] = [None] * len(jobs)
 
@@ -114,7 +118,7 @@ def _run_jobs(
 
     if workers <= 1:
         for i, job in enumerate(jobs):
-            if (stop is not None and stop.is_set()) or done(i, fn(*job)):
+            if stopped() or done(i, fn(*job)):
                 break
     else:
         from concurrent.futures import FIRST_COMPLETED, wait
@@ -132,7 +136,7 @@ def _run_jobs(
                     running[pool.submit(fn, *jobs[nxt])] = nxt
                     nxt += 1
                 finished, _ = wait(running, timeout=poll, return_when=FIRST_COMPLETED)
-                if stop is not None and stop.is_set():
+                if stopped():
                     settled = True
                     break
                 for future in sorted(finished, key=running.get):
@@ -147,7 +151,7 @@ def _run_jobs(
                 # The executor cannot cancel a running job; these results can no longer change the decision.
                 logger.info(
                     "Guard: %s; stopping %d running training(s), %d never started",
-                    "the run stopped" if stop is not None and stop.is_set() else "settled",
+                    "the run stopped" if stopped() else "settled",
                     len(running),
                     len(jobs) - nxt,
                 )

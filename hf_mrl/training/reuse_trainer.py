@@ -216,6 +216,11 @@ class ReuseTrainer:
             return self.args.guard_workers
         return default_workers(trainings, self.accelerator)
 
+    def _guard_side(self, supervised: SupervisedRun | None, folds: int, repeats: int) -> tuple:
+        """(the shared supervised side or None, the guard's workers for the trainings left to it)."""
+        shared = None if supervised is None else supervised.guard_correct.get((folds, repeats))
+        return shared, self._guard_workers(folds * repeats * (1 if shared is not None else 2))
+
     def _guard_beside(self, supervised: SupervisedRun | None) -> GuardBeside | None:
         """Start the guard beside the run's own trainings, when it will run and has two workers or more."""
         args = self.args
@@ -223,10 +228,7 @@ class ReuseTrainer:
         if not (args.guard_beside and will_guard and args.guard_folds and self.config.method != "supervised"):
             return None
         folds, repeats = self._guard_key()
-        if not folds:
-            return None
-        shared = None if supervised is None else supervised.guard_correct.get((folds, repeats))
-        workers = self._guard_workers(folds * repeats * (1 if shared is not None else 2))
+        workers = self._guard_side(supervised, folds, repeats)[1] if folds else 0
         if workers < 2:
             return None
         return GuardBeside(lambda schedule: self.run_guard(supervised, schedule), workers)
@@ -243,7 +245,7 @@ class ReuseTrainer:
             return no_evidence_report(
                 len(self.data.labeled_labels), args.guard_folds, repeats, args.guard_margin, args.guard_confidence
             )
-        shared = None if supervised is None else supervised.guard_correct.get((folds, repeats))
+        shared, workers = self._guard_side(supervised, folds, repeats)
         report = cross_validate_reuse(
             self.config,
             self.data,
@@ -252,7 +254,7 @@ class ReuseTrainer:
             folds,
             self.args.student,
             supervised_correct=shared,
-            workers=self._guard_workers(folds * repeats * (1 if shared is not None else 2)),
+            workers=workers,
             progress=self.progress,
             repeats=repeats,
             margin=args.guard_margin,
