@@ -171,7 +171,7 @@ def probe(args) -> dict:
     run = ReuseArguments(guard_folds=0, supervised_baseline=False, progress=False, dataloader_num_workers=args.workers)
     trainer = ReuseTrainer(pool, data, config, run)
     t0 = time.perf_counter()
-    trainer.compute_reuse_inputs()
+    trainer.compute_teacher_outputs()
     teacher_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     result = trainer.train()

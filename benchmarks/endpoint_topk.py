@@ -79,7 +79,7 @@ def main(argv=None) -> int:
                     {
                         "seed": seed,
                         "setting": setting,
-                        "reuse_accuracy": m["reuse_accuracy"],
+                        "reuse_accuracy": m.reuser_accuracy,  # this record's key: the committed records use it
                         "student_accuracy": m["student_accuracy"],
                         "teacher_accuracy": list(m["teacher_accuracy"].values()),
                         "observed_mass": observed,

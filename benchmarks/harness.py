@@ -273,7 +273,7 @@ class _Dataset:
     spec: str
     data: object  # TargetData
     pool: object  # ModelPool
-    reuse: object  # ReuseInputs
+    reuse: object  # TeacherOutputs
     info: dict
     teachers: dict
 
@@ -314,7 +314,7 @@ def prepare_dataset(spec: BenchmarkSpec, teachers, setting: str, labeled_per_cla
     """Load one dataset and the teachers' outputs on it (cached on disk across runs and processes)."""
     from hf_mrl.data.target import check_target, load_target
     from hf_mrl.reuse.embedding import Embedding
-    from hf_mrl.reuse.outputs import compute_reuse_inputs
+    from hf_mrl.reuse.outputs import compute_teacher_outputs
 
     dataset = spec.dataset(setting)
     label_names = check_target(dataset, labeled_per_class)
@@ -322,7 +322,7 @@ def prepare_dataset(spec: BenchmarkSpec, teachers, setting: str, labeled_per_cla
     data, description = load_target(dataset, labeled_per_class, seed)
     cache_dir = spec.cache_dir or cache_root() / "logits"
     embedding = Embedding(spec.config("mrl", seed).embedding, cache_dir=cache_dir).prepare()
-    reuse = compute_reuse_inputs(pool, embedding, data)
+    reuse = compute_teacher_outputs(pool, embedding, data)
     info = {
         "spec": dataset,
         "description": description,
@@ -418,7 +418,7 @@ def execute_run(spec: BenchmarkSpec, key: RunKey, ds: _Dataset, pool_info: dict)
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     if result.reuser is not None:
-        record["reuse_accuracy"] = float((result.predictions["reuse"] == data.test_labels).float().mean())
+        record["reuse_accuracy"] = float((result.predictions["reuser"] == data.test_labels).float().mean())
         if data.test_domains is not None and "per_domain" in ds.teachers:
             teacher_of = in_domain_teachers(ds.teachers["per_domain"])
             record["attention"] = _attention(result.reuse_weights, data, teacher_of)

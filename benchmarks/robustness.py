@@ -305,7 +305,7 @@ def run_pool(spec_dict: dict, pool: str, info: dict, seed: int, records_dir: str
         progress=False,
     )
     runner = ReuseTrainer(model_pool, data, config, args)
-    runner.compute_reuse_inputs()
+    runner.compute_teacher_outputs()
     prep_s = time.perf_counter() - start
     result = runner.train(supervised=shared)
     preds = result.predictions["method"]
@@ -340,7 +340,7 @@ def run_pool(spec_dict: dict, pool: str, info: dict, seed: int, records_dir: str
         "guard": guard,
         "reuse_strength": result.metrics["reuse_strength"],
         "reuse_strength_trace": trace,
-        "reuser_accuracy": result.metrics["reuse_accuracy"],
+        "reuser_accuracy": result.metrics.reuser_accuracy,
         "attention_mean": result.reuse_weights.mean(0).tolist(),
         "teacher_accuracy": teacher_acc,
         "screening": result.metrics["screening"],

@@ -45,6 +45,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from hf_mrl.record import read_metrics
+
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "results" / "robustness" / "run_cost.json"
 CASES = ("default", "honest", "harmful", "close", "default-after", "default-full")
@@ -201,7 +203,7 @@ def run_case(name: str, pool_file: str | None, steps: int | None, work: Path, re
     after = _load()
     if proc.returncode != 0:
         raise RuntimeError(f"case {name} exited {proc.returncode}; see {work / f'{name}.log'}")
-    metrics = json.loads((out_dir / "metrics.json").read_text())
+    metrics = read_metrics(out_dir)
     cost = case_cost(metrics, whole)
     cost |= {"pool": CASE_POOLS[name][0] or "make run's default", "load_before": before, "load_after": after}
     cost["command"] = "HF_MRL_CACHE=<fresh> " + " ".join(["accelerate", *cmd[1:]]).replace(str(ROOT) + "/", "")

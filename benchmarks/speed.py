@@ -22,7 +22,7 @@ other load on the machine affects both sides of a ratio alike. Sections:
 - unlabeled: cache build (cold) and load (warm, memory-mapped) time, and the MRL step, as the unlabeled set grows.
 
 The trainer is used only through its public API (`StudentTrainer(MRLConfig(...), data, reuse, teacher_ids)`,
-`training_step`, `outer_step`, `compute_reuse_inputs`), so the benchmark survives refactors of its internals.
+`training_step`, `outer_step`, `compute_teacher_outputs`), so the benchmark survives refactors of its internals.
 `--patch FILE` runs a Python file first (in the probe processes too): a way to measure a proposed change.
 """
 
@@ -139,11 +139,11 @@ def cheap_teachers(k: int, seed: int = 0):
 
 
 def reuse_inputs(data, k: int, cache_dir=None, device: str = "cpu", precision: str = "fp32"):
-    """ModelPool of K cheap teachers -> (ReuseInputs, teacher ids), through the public API."""
-    from hf_mrl import Embedding, ModelPool, compute_reuse_inputs
+    """ModelPool of K cheap teachers -> (TeacherOutputs, teacher ids), through the public API."""
+    from hf_mrl import Embedding, ModelPool, compute_teacher_outputs
 
     pool = ModelPool(cheap_teachers(k), data.label_names, cache_dir=cache_dir, precision=precision).to(device)
-    return compute_reuse_inputs(pool, Embedding("teacher-outputs"), data), pool.ids
+    return compute_teacher_outputs(pool, Embedding("teacher-outputs"), data), pool.ids
 
 
 def make_trainer(data, reuse, ids, sizes: Sizes, device: str, precision: str, **config):
@@ -286,13 +286,13 @@ import json, sys, time, torch
 sys.path.insert(0, {bench!r})
 import speed
 torch.set_num_threads({threads})
-from hf_mrl import Embedding, ModelPool, compute_reuse_inputs
+from hf_mrl import Embedding, ModelPool, compute_teacher_outputs
 data = speed.synthetic_data({n_l}, {n_u}, {n_t})
 if {resplit}:  # another seed = another labeled / unlabeled / test split of the same images
     data = speed.resplit(data, seed={resplit})
 pool = ModelPool.from_file({pool!r}, data.label_names, cache_dir={cache!r}, precision={precision!r}).to({device!r})
 t0 = time.perf_counter()
-compute_reuse_inputs(pool, Embedding("teacher-outputs"), data)
+compute_teacher_outputs(pool, Embedding("teacher-outputs"), data)
 print(json.dumps({{"seconds": time.perf_counter() - t0, "forward_samples": sum(t.samples_seen for t in pool.teachers)}}))
 """
 
@@ -390,11 +390,11 @@ def section_teachers(sizes: Sizes, device: str, precision: str) -> dict:
             t0 = time.perf_counter()
             reuse_inputs(data, k, cache_dir=tmp, device=device, precision=precision)
             cold = time.perf_counter() - t0
-            from hf_mrl import Embedding, ModelPool, compute_reuse_inputs
+            from hf_mrl import Embedding, ModelPool, compute_teacher_outputs
 
             pool = ModelPool(cheap_teachers(k), data.label_names, cache_dir=tmp, precision=precision).to(device)
             t0 = time.perf_counter()
-            reuse = compute_reuse_inputs(pool, Embedding("teacher-outputs"), data)
+            reuse = compute_teacher_outputs(pool, Embedding("teacher-outputs"), data)
             warm = time.perf_counter() - t0
             result[str(k)] = {
                 "cold_s": cold,
@@ -418,7 +418,7 @@ def section_teachers(sizes: Sizes, device: str, precision: str) -> dict:
 
 
 def section_unlabeled(sizes: Sizes, device: str, precision: str) -> dict:
-    from hf_mrl import Embedding, ModelPool, compute_reuse_inputs
+    from hf_mrl import Embedding, ModelPool, compute_teacher_outputs
 
     result = {}
     for n_u in sizes.unlabeled:
@@ -430,7 +430,7 @@ def section_unlabeled(sizes: Sizes, device: str, precision: str) -> dict:
             rss0 = _status_kb("VmRSS")
             pool = ModelPool(cheap_teachers(3), data.label_names, cache_dir=tmp, precision=precision).to(device)
             t0 = time.perf_counter()
-            reuse = compute_reuse_inputs(pool, Embedding("teacher-outputs"), data)
+            reuse = compute_teacher_outputs(pool, Embedding("teacher-outputs"), data)
             warm = time.perf_counter() - t0
             rss1 = _status_kb("VmRSS")
             disk = sum(p.stat().st_size for p in Path(tmp).rglob("*.safetensors"))

@@ -139,7 +139,7 @@ def test_the_recipe_trains_end_to_end_on_an_attribute_task(awa2, recipe, tmp_pat
         assert {"config.json", "model.safetensors", "README.md"} <= {p.name for p in (out / part).iterdir()}
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["num_labeled"] == 4 and metrics["num_test"] == 12 and metrics["num_unlabeled"] == 20
-    assert 0.0 <= metrics["student_accuracy"] <= 1.0 and 0.0 <= metrics["reuse_accuracy"] <= 1.0
+    assert 0.0 <= metrics["student_accuracy"] <= 1.0 and 0.0 <= metrics["reuser_accuracy"] <= 1.0
     assert len(metrics["teacher_accuracy"]) == 2
     # The binary label names travel into the reuser's config, the student's labels and the cards.
     assert json.loads((out / "reuser" / "config.json").read_text())["label_names"] == names

@@ -33,17 +33,17 @@ def _summary(**changes) -> RunSummary:
         "hyperparameters": {"max_steps": 100, "outer_every": 5, "batch_size": 16, "unlabeled_batch_size": 32},
         "student_accuracy": 0.8125,
         "supervised_accuracy": 0.75,
-        "reuse_accuracy": 0.85,
+        "reuser_accuracy": 0.85,
         "per_domain": {
-            "M": {"student": 0.9, "supervised": 0.8, "reuse": 0.95},
-            "S": {"student": 0.7, "supervised": 0.72, "reuse": 0.75},
+            "M": {"student": 0.9, "supervised": 0.8, "reuser": 0.95},
+            "S": {"student": 0.7, "supervised": 0.72, "reuser": 0.75},
         },
-        "worst_domain": {"student": 0.7, "supervised": 0.72, "reuse": 0.75},
+        "worst_domain": {"student": 0.7, "supervised": 0.72, "reuser": 0.75},
         "attention_by_domain": {"M": [0.8, 0.2], "S": [0.1, 0.9]},
         "guard": {
             "folds": 3,
             "held_out": 30,
-            "reuse_accuracy": 0.9,
+            "method_accuracy": 0.9,
             "supervised_accuracy": 0.8,
             "gain": 0.1,
             "gain_stderr": 0.05,
@@ -299,17 +299,17 @@ FALL_BACK = {
     "method_student_accuracy": 0.7,
     "guard": {**_summary().guard, "gain": -0.2, "z": -4.0, "decision": "fall_back"},
     "per_domain": {
-        "M": {"student": 0.8, "supervised": 0.8, "reuse": 0.95},
+        "M": {"student": 0.8, "supervised": 0.8, "reuser": 0.95},
         "S": {"student": 0.72, "supervised": 0.72},
     },
-    "worst_domain": {"student": 0.72, "supervised": 0.72, "reuse": 0.75},
+    "worst_domain": {"student": 0.72, "supervised": 0.72, "reuser": 0.75},
 }
 
 
 def _no_reuser(method: str, **changes) -> RunSummary:
     """A run of a method without reuser (and, for `teachers=[]`, without pool)."""
-    base = {"reuse_accuracy": None, "attention_by_domain": None, "reuse_strength": None, "per_domain": None}
-    return _summary(method=method, delivered=method, worst_domain=None, **{**base, **changes})
+    base = {"reuser_accuracy": None, "attention_by_domain": None, "reuse_strength": None, "per_domain": None}
+    return _summary(method=method, delivered="method", worst_domain=None, **{**base, **changes})
 
 
 def test_student_card_of_a_fallback_run_does_not_say_distilled():
@@ -333,7 +333,7 @@ def test_student_card_of_a_fallback_run_does_not_say_distilled():
     validate_card(text)
 
     # The same run delivering the reuse student says distilled, as before.
-    kept = str(student_card(STUDENT, _summary(delivered="reuse", method_student_accuracy=0.8125)))
+    kept = str(student_card(STUDENT, _summary(delivered="method", method_student_accuracy=0.8125)))
     assert "distilled with hf_mrl" in kept.split("## How to use")[0]
     # A summary without `delivered` (older callers) falls back on the guard's decision.
     assert _summary(**{**FALL_BACK, "delivered": None}).fell_back

@@ -347,7 +347,7 @@ def test_recipe_trains_by_hub_dataset_id_then_offline(tiny, local_hub, tmp_path)
     seen = len(local_hub.requests_log)
     offline = run(tmp_path / "offline", HF_HUB_OFFLINE="1")
     assert local_hub.requests_log[seen:] == []
-    assert offline["num_test"] == online["num_test"] and offline["reuse_accuracy"] == online["reuse_accuracy"]
+    assert offline["num_test"] == online["num_test"] and offline["reuser_accuracy"] == online["reuser_accuracy"]
 
 
 # ----------------------------------------------------------------------------------------------- the message a user sees

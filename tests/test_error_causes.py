@@ -4,6 +4,7 @@ says in one line what is missing."""
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
@@ -68,6 +69,11 @@ def test_evaluate_from_another_directory_and_its_one_line_errors(recipe, monkeyp
     monkeypatch.chdir(elsewhere)
     assert evaluate_main([str(tmp_path / "out")]) == 0
     assert "same" in capsys.readouterr().out
+    _as_version_1(tmp_path / "out")  # a run folder written before metrics_version is still evaluated
+    assert evaluate_main([str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "delivered method" in out or "delivered supervised" in out, out
+    assert "reuser_accuracy   reloaded" in out and "DIFFERENT" not in out, out
 
     shutil.move(tmp_path / "tiny", tmp_path / "moved")
     with pytest.raises(SystemExit) as info:
@@ -84,3 +90,16 @@ def test_evaluate_from_another_directory_and_its_one_line_errors(recipe, monkeyp
         evaluate_main([str(tmp_path / "no-such-run")])
     message = str(info.value.code)
     assert message.startswith("error: ") and "is not a folder" in message and "\n" not in message
+
+
+def _as_version_1(run):
+    """Rewrite a run's metrics.json in the names hf_mrl used before metrics_version (and re-seal its manifest)."""
+    from hf_mrl.training.run_folder import write_manifest
+
+    m = json.loads((run / "metrics.json").read_text())
+    assert m.pop("metrics_version") == 2
+    m["reuse_accuracy"] = m.pop("reuser_accuracy")
+    m["reuse_student_accuracy"] = m["method_student_accuracy"]
+    m["delivered"] = "reuse" if m["delivered"] == "method" else m["delivered"]
+    (run / "metrics.json").write_text(json.dumps(m))
+    write_manifest(run)

@@ -161,7 +161,7 @@ def test_cross_validation_catches_a_misleading_pool():
         _config(method="mr-bs", kd_lambda=5.0), data, _misleading_reuse(data), TEACHERS, 3, TINY_STUDENT
     )
     assert report.held_out == 18 and report.repeats == 2 and report.trainings == 12
-    assert report.reuse_accuracy < report.supervised_accuracy
+    assert report.method_accuracy < report.supervised_accuracy
     assert report.decision == "fall_back", report
     assert report.loss_upper >= report.margin == 0.02
 
@@ -177,7 +177,7 @@ def test_cross_validation_keeps_a_helpful_pool():
         misleading.feats_t,
     )
     report = cross_validate_reuse(_config(method="mr-bs", kd_lambda=5.0), data, helpful, TEACHERS, 3, TINY_STUDENT)
-    assert report.reuse_accuracy >= report.supervised_accuracy
+    assert report.method_accuracy >= report.supervised_accuracy
     assert report.loss_upper < report.margin  # as good as supervised here: within the margin, kept
     assert report.decision == "keep"
     assert report.to_dict()["decision"] == "keep" and report.to_dict()["margin"] == 0.02
@@ -374,6 +374,36 @@ def test_settling_terminates_running_trainings_and_skips_queued_ones():
     out = _run_jobs(jobs, 2, False, "test", on_result=lambda i, ok, bar: i == 0, fn=_sleepy)
     assert time.time() - start < 60  # the 120 s job was terminated, not waited for
     assert out[0].tolist() == [1] and out[1] is None and out[2] is None
+
+
+_TERMINATED_WITH_A_BAR = """
+import time
+from tqdm.auto import tqdm
+import torch
+from hf_mrl.guard import _run_jobs
+
+def job(seconds, value):
+    for _ in tqdm(range(2), desc="fold"):  # a worker's bar: tqdm's lock is created here
+        pass
+    time.sleep(seconds)
+    return torch.tensor([value])
+
+if __name__ == "__main__":
+    out = _run_jobs([(2.0, 1), (120.0, 2)], 2, False, "test", on_result=lambda i, ok, bar: i == 0, fn=job)
+    print("results", out[0].tolist(), out[1])
+"""
+
+
+def test_terminated_workers_leave_no_leaked_semaphores(tmp_path):
+    import subprocess
+    import sys
+
+    script = tmp_path / "settle.py"
+    script.write_text(_TERMINATED_WITH_A_BAR)
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "results [1] None" in proc.stdout  # the second job was terminated
+    assert "leaked semaphore" not in proc.stderr, proc.stderr
 
 
 def test_the_report_metrics_and_card_carry_the_cost(monkeypatch, tmp_path):

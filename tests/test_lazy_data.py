@@ -138,7 +138,7 @@ def test_teacher_inference_follows_the_accelerators_mixed_precision(task, fresh_
     args = ReuseArguments(guard_folds=0, supervised_baseline=False, progress=False)
     accelerator = Accelerator(cpu=True, mixed_precision="bf16")
     trainer = ReuseTrainer(pool, data, MRLConfig(max_steps=1), args, accelerator=accelerator)
-    reuse = trainer.compute_reuse_inputs()
+    reuse = trainer.compute_teacher_outputs()
     assert pool.precision == "bf16"
     fp32 = ModelPool(task["teachers"], LABELS).probs(data.test_images)
     gap = (reuse.probs_t - fp32).abs().max().item()
@@ -201,11 +201,11 @@ def _refuse(_):
 
 def test_decoding_workers_follow_a_strategy_that_routes_the_batches(task):
     """MRL with held-out outer labels draws its own inner batches: prefetched images must be those batches."""
-    from hf_mrl import Embedding, compute_reuse_inputs
+    from hf_mrl import Embedding, compute_teacher_outputs
 
     data, _ = load_target(task["data"], image_size=16)
     pool = ModelPool(task["teachers"], LABELS)
-    reuse = compute_reuse_inputs(pool, Embedding("teacher-outputs"), data)
+    reuse = compute_teacher_outputs(pool, Embedding("teacher-outputs"), data)
     config = MRLConfig(
         max_steps=6, batch_size=4, unlabeled_batch_size=8, seed=1, outer_every=2, outer_labels="heldout", outer_folds=2
     )

@@ -228,7 +228,7 @@ def test_push_then_load_by_repo_id_in_a_new_process_and_offline_rerun(hub_task, 
 
     # The cards record the accuracies in model-index form.
     recorded = {}
-    for repo, key in [("org/mrl-tiny", "reuse"), ("org/mrl-tiny-student", "student")]:
+    for repo, key in [("org/mrl-tiny", "reuser"), ("org/mrl-tiny-student", "student")]:
         card = ModelCard.load(repo)
         (accuracy,) = [r.metric_value for r in card.data.eval_results if r.metric_name == "Accuracy"]
         recorded[key] = accuracy
@@ -245,7 +245,7 @@ def test_push_then_load_by_repo_id_in_a_new_process_and_offline_rerun(hub_task, 
     got = json.loads(load.stdout.strip().splitlines()[-1])
     assert got["no_hf_mrl"] and got["label_names"] == LABELS and got["pool"] == metrics["pool"]
     assert got["student"] == pytest.approx(metrics["student_accuracy"], abs=1e-6) == recorded["student"]
-    assert got["reuse"] == pytest.approx(metrics["reuse_accuracy"], abs=1e-6) == recorded["reuse"]
+    assert got["reuse"] == pytest.approx(metrics["reuser_accuracy"], abs=1e-6) == recorded["reuser"]
 
     # HF_HUB_OFFLINE=1 with the warm cache: the recipe runs over the same Hub ids without a single request.
     seen = len(local_hub.requests_log)

@@ -38,9 +38,13 @@ def test_recipe_outputs_and_teacher_passes(tiny, tmp_path):
     for part in ("reuser", "student"):
         names = {p.name for p in (out / part).iterdir()}
         assert {"config.json", "model.safetensors", "README.md"} <= names, (part, names)
-    for key in ("student_accuracy", "supervised_accuracy", "reuse_accuracy", "reuse_strength"):
+    for key in ("student_accuracy", "supervised_accuracy", "reuser_accuracy", "reuse_strength"):
         assert 0.0 <= metrics[key] <= 1.0
-    assert metrics["method"] == "mrl" and metrics["delivered"] in ("reuse", "supervised")
+    assert (
+        metrics["method"] == "mrl"
+        and metrics["delivered"] in ("method", "supervised")
+        and metrics["metrics_version"] == 2
+    )
     assert set(metrics["attention_by_domain"]) == {"d0", "d1"}
     assert set(metrics["per_domain"]) == {"d0", "d1"}
     assert metrics["num_processes"] == 1
@@ -52,7 +56,7 @@ def test_recipe_outputs_and_teacher_passes(tiny, tmp_path):
     # A second run over the same data and pool finds every teacher output in the cache.
     again = launch(tiny, tmp_path / "run2")
     assert list(again["teacher_forward_samples"].values()) == [0, 0]
-    assert again["reuse_accuracy"] == metrics["reuse_accuracy"]
+    assert again["reuser_accuracy"] == metrics["reuser_accuracy"]
 
     # A new process reloads the reuser (rebuilding its pool) and the student, and reproduces the accuracies.
     script = textwrap.dedent(
@@ -74,7 +78,7 @@ def test_recipe_outputs_and_teacher_passes(tiny, tmp_path):
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     reloaded = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert reloaded["reuse"] == pytest.approx(metrics["reuse_accuracy"], abs=1e-6)
+    assert reloaded["reuse"] == pytest.approx(metrics["reuser_accuracy"], abs=1e-6)
     assert reloaded["student"] == pytest.approx(metrics["student_accuracy"], abs=1e-6)
 
 

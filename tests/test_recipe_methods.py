@@ -82,7 +82,7 @@ def test_supervised_trains_one_student_and_never_touches_the_pool(recipe, tiny, 
         (cli_train, "ModelPool", "teacher loading"),
         (run, "ModelPool", "teacher loading"),
         (run, "Embedding", "the embedding"),
-        (run, "compute_reuse_inputs", "a teacher pass"),
+        (run, "compute_teacher_outputs", "a teacher pass"),
         (run, "cross_validate_reuse", "the guard"),
     ]:
         monkeypatch.setattr(module, name, _Tripwire(what))
@@ -95,9 +95,9 @@ def test_supervised_trains_one_student_and_never_touches_the_pool(recipe, tiny, 
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["method"] == "supervised" and metrics["delivered"] == "supervised"
     assert metrics["student_accuracy"] == metrics["supervised_accuracy"]
-    assert metrics["reuse_accuracy"] is None and metrics["reuse_strength"] is None and metrics["guard"] is None
+    assert metrics["reuser_accuracy"] is None and metrics["reuse_strength"] is None and metrics["guard"] is None
     assert metrics["pool"] == [] and metrics["teacher_forward_samples"] == {} and metrics["screening"] == []
-    assert "attention_by_domain" not in metrics
+    assert metrics["attention_by_domain"] is None
     assert all(set(v) == {"student", "supervised"} for v in metrics["per_domain"].values())
 
     meta, body = _card(out)
@@ -113,7 +113,7 @@ def test_supervised_trains_one_student_and_never_touches_the_pool(recipe, tiny, 
     assert _evaluate_run().main([str(out)]) == 0
     printed = capsys.readouterr().out
     assert "no reuser: --method supervised trains none" in printed and "student_accuracy" in printed
-    assert "reuse_accuracy" not in printed
+    assert "reuser_accuracy" not in printed
 
 
 def test_a_method_without_teachers_gets_the_guard_and_its_fallback(recipe, tiny, tmp_path, monkeypatch):
@@ -162,13 +162,13 @@ def test_mr_cr_reuses_the_teachers_without_a_reuser(recipe, tiny, tmp_path):
     expected = sum(tiny["sizes"].values())
     assert list(metrics["teacher_forward_samples"].values()) == [expected, expected]  # the pool ran, once per set
     assert len(metrics["teacher_accuracy"]) == 2 and len(metrics["screening"]) == 2
-    assert metrics["reuse_accuracy"] is None and metrics["reuse_strength"] is None
-    assert metrics["prototypes_in_sync"] is None and "attention_by_domain" not in metrics
-    assert metrics["guard"] is not None and metrics["delivered"] in ("mr-cr", "supervised")
+    assert metrics["reuser_accuracy"] is None and metrics["reuse_strength"] is None
+    assert metrics["prototypes_in_sync"] is None and metrics["attention_by_domain"] is None
+    assert metrics["guard"] is not None and metrics["delivered"] in ("method", "supervised")
     meta, body = _card(out)
     assert "reuser" not in body and "attention" not in body
     assert "| T1 | local folder `teacher-hf` |" in body
-    if metrics["delivered"] == "mr-cr":
+    if metrics["delivered"] == "method":
         assert "distilled with hf_mrl" in body and "(MR-CR)" in _intro(body)
         assert "knowledge-distillation" in meta["tags"]
         assert metrics["student_accuracy"] == metrics["method_student_accuracy"]
@@ -216,7 +216,7 @@ def test_push_of_a_method_without_reuser_pushes_the_student_only(recipe, local_h
     from hf_mrl.training.student import create_student, save_student
 
     student = create_student(["a", "b", "c"], image_size=16)
-    summary = RunSummary(teachers=[], label_names=["a", "b", "c"], dataset="tiny", method="vat", delivered="vat")
+    summary = RunSummary(teachers=[], label_names=["a", "b", "c"], dataset="tiny", method="vat", delivered="method")
     card = student_card({**student.pretrained_cfg, "architecture": "resnet10t"}, summary, repo_id="org/v-student")
     save_student(student, tmp_path / "run" / "student", card=str(card))
     (tmp_path / "run" / "metrics.json").write_text(json.dumps({"method": "vat"}))
@@ -251,7 +251,7 @@ def test_a_pretrained_student_from_a_local_timm_checkpoint_trains_and_loads_with
     recipe.main(argv)
 
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["args"]["student_pretrained"] and metrics["delivered"] == "pl"
+    assert metrics["args"]["student_pretrained"] and metrics["delivered"] == "method"
     student = timm.create_model(f"local-dir:{out / 'student'}", pretrained=True).eval()
     assert student.pretrained_cfg["label_names"] == ["a", "b", "c"] and student.num_classes == 3
     assert student.pretrained_cfg["input_size"] == (3, 32, 32)

@@ -59,7 +59,7 @@ def test_kill_and_resume_matches_uninterrupted_run(tiny, tmp_path):
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     got = json.loads((out / "metrics.json").read_text())
-    for key in ("student_accuracy", "supervised_accuracy", "reuse_accuracy", "per_domain"):
+    for key in ("student_accuracy", "supervised_accuracy", "reuser_accuracy", "per_domain"):
         assert got[key] == expected[key], key
     # Not only the same accuracies: the same weights, bit for bit.
     for part in ("student", "reuser"):

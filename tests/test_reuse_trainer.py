@@ -11,6 +11,7 @@ import torch
 from hf_mrl import ModelPool, MRLConfig, ReuseArguments, ReuseTrainer
 from hf_mrl.data.target import load_target
 from hf_mrl.guard import cross_validate_reuse
+from hf_mrl.record import Delivered
 
 TINY = dict(max_steps=4, batch_size=4, unlabeled_batch_size=8)
 
@@ -31,13 +32,18 @@ def test_a_run_trains_both_students_guards_and_saves_the_atomic_layout(task, tmp
     result = ReuseTrainer(pool, data, MRLConfig(**TINY), _args(dataset_description=description)).train()
     assert result.method == "mrl" and result.reuser is not None
     assert result.supervised_student is not None and result.method_student is not result.supervised_student
-    assert result.delivered in ("reuse", "supervised")
-    assert result.student is (result.method_student if result.delivered == "reuse" else result.supervised_student)
+    assert result.delivered in (Delivered.METHOD, Delivered.SUPERVISED)
+    assert result.student is (
+        result.method_student if result.delivered is Delivered.METHOD else result.supervised_student
+    )
     assert result.guard is not None and result.guard.folds == 2 and result.guard.held_out == len(data.labeled_labels)
     m = result.metrics
     assert m["student_accuracy"] == pytest.approx(
         float(
-            (result.predictions["method" if result.delivered == "reuse" else "supervised"] == data.test_labels)
+            (
+                result.predictions["method" if result.delivered is Delivered.METHOD else "supervised"]
+                == data.test_labels
+            )
             .float()
             .mean()
         )
@@ -91,7 +97,7 @@ def test_guard_folds_in_parallel_workers_decide_as_one_worker(task, caplog):
     and the report, are exactly those of the serial guard."""
     pool, data, _ = task
     runner = ReuseTrainer(pool, data, MRLConfig(**TINY), _args())
-    reuse = runner.compute_reuse_inputs()
+    reuse = runner.compute_teacher_outputs()
     with caplog.at_level(logging.INFO, logger="hf_mrl.guard"):
         serial = cross_validate_reuse(runner.config, data, reuse, pool.ids, folds=2, workers=1, repeats=1)
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Guard: ")]
@@ -104,7 +110,7 @@ def test_the_sequential_guard_decides_the_same_on_two_workers(task):
     """Looks are taken on completed prefixes of the look order, so which worker finishes first does not matter."""
     pool, data, _ = task
     runner = ReuseTrainer(pool, data, MRLConfig(**TINY), _args())
-    reuse = runner.compute_reuse_inputs()
+    reuse = runner.compute_teacher_outputs()
     kw = dict(folds=2, repeats=2, sequential=True)
     serial = cross_validate_reuse(runner.config, data, reuse, pool.ids, workers=1, **kw)
     parallel = cross_validate_reuse(runner.config, data, reuse, pool.ids, workers=2, **kw)

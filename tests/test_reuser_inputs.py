@@ -176,11 +176,11 @@ def test_a_corrupt_png_in_bytes_names_the_problem():
 
 
 def test_teacher_outputs_are_read_by_split_name():
-    from hf_mrl.reuse.outputs import ReuseInputs
+    from hf_mrl.reuse.outputs import TeacherOutputs
 
     t = {k: torch.full((2, 1, 3), float(i)) for i, k in enumerate("lut")}
     f = {k: torch.full((2, 4), 10.0 + i) for i, k in enumerate("lut")}
-    out = ReuseInputs(**{f"probs_{k}": v for k, v in t.items()}, **{f"feats_{k}": v for k, v in f.items()})
+    out = TeacherOutputs(**{f"probs_{k}": v for k, v in t.items()}, **{f"feats_{k}": v for k, v in f.items()})
     assert out.test.probs is out.probs_t and out.test.feats is out.feats_t
     assert out.labeled.probs is out.probs_l and out.split("unlabeled").feats is out.feats_u
     with pytest.raises(ValueError, match=r"Unknown split 't'; choose one of \['labeled', 'unlabeled', 'test'\]"):

@@ -15,7 +15,9 @@ def fake_metrics(guard: dict | None = None) -> dict:
     return {
         "time_s": {"teacher_outputs": 5.0, "supervised": 40.0, "method": 120.0, "guard": 150.0},
         "wall_time_s": 318.0,
-        "delivered": "reuse",
+        "method": "mrl",
+        "delivered": "method",
+        "student_accuracy": 0.8,
         "method_student_accuracy": 0.8,
         "supervised_accuracy": 0.4,
         "config": {"max_steps": 1000},

@@ -25,6 +25,7 @@ from helpers import make_labeled_images
 import hf_mrl.training.run_folder as run_folder
 from hf_mrl import AttentionReuser, MRLConfig, StudentTrainer, TargetData, utils
 from hf_mrl.hub.cards import RunSummary, TeacherSummary
+from hf_mrl.record import Delivered, RunMetrics
 from hf_mrl.training.checkpoint import CheckpointError
 from hf_mrl.training.reuse_trainer import ReuseResult
 from hf_mrl.training.run_folder import IncompleteRunError, verify_run
@@ -94,8 +95,8 @@ def _result(seed: int) -> ReuseResult:
     summary = RunSummary(
         teachers=[TeacherSummary("org/a@1"), TeacherSummary("org/b@2")], label_names=LABELS, dataset="tiny"
     )
-    metrics = {"run": seed, "method": "mrl"}
-    return ReuseResult("mrl", "reuse", student, student, None, reuser, [], None, metrics, summary, {})
+    metrics = RunMetrics(method="mrl", delivered=Delivered.METHOD, method_student_accuracy=None, extra={"run": seed})
+    return ReuseResult("mrl", Delivered.METHOD, student, student, None, reuser, [], None, metrics, summary, {})
 
 
 def _assert_run(out: Path, seed: int) -> None:

@@ -11,7 +11,7 @@ from test_trainer import LABELS, TEACHERS, TINY_STUDENT, _data, _reuse
 
 from hf_mrl import MRLConfig, StudentTrainer
 from hf_mrl.data.augment import strong_augment
-from hf_mrl.reuse.outputs import ReuseInputs
+from hf_mrl.reuse.outputs import TeacherOutputs
 from hf_mrl.training.strategies import METHODS, get_strategy
 from hf_mrl.training.strategies.base import StudentEMA
 from hf_mrl.training.strategies.mr_cr import fit_global_weights
@@ -74,7 +74,7 @@ def test_teacher_methods_need_teacher_outputs(method):
         )
 
 
-def _reuse_where_teacher_is_right(data, good) -> ReuseInputs:
+def _reuse_where_teacher_is_right(data, good) -> TeacherOutputs:
     """Teacher `good[i]` predicts sample i's class; the other teachers predict the next class."""
 
     def probs(labels, good_of):
@@ -89,7 +89,7 @@ def _reuse_where_teacher_is_right(data, good) -> ReuseInputs:
     p_u = probs(y_u, good(data.unlabeled_domains))
     p_t = probs(data.test_labels, torch.zeros_like(data.test_labels))
     flat = [p.log().flatten(1) for p in (p_l, p_u, p_t)]
-    return ReuseInputs(p_l, p_u, p_t, *flat)
+    return TeacherOutputs(p_l, p_u, p_t, *flat)
 
 
 def test_mr_bs_distils_the_teacher_best_on_the_labels():

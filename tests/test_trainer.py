@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from helpers import make_labeled_images, make_timm_teacher, make_transformers_teacher
 
-from hf_mrl import Embedding, ModelPool, MRLConfig, StudentTrainer, TargetData, compute_reuse_inputs
-from hf_mrl.reuse.outputs import ReuseInputs
+from hf_mrl import Embedding, ModelPool, MRLConfig, StudentTrainer, TargetData, compute_teacher_outputs
+from hf_mrl.reuse.outputs import TeacherOutputs
 from hf_mrl.training.trainer import _translate, kd_loss, latest_checkpoint
 
 LABELS = ["a", "b", "c"]
@@ -34,7 +34,7 @@ def _data(n_per_class: int = 3, n_unlabeled: int = 30, n_test: int = 12) -> Targ
     )
 
 
-def _reuse(data: TargetData, seed: int = 0) -> ReuseInputs:
+def _reuse(data: TargetData, seed: int = 0) -> TeacherOutputs:
     gen = torch.Generator().manual_seed(seed)
 
     def probs(n):
@@ -42,7 +42,7 @@ def _reuse(data: TargetData, seed: int = 0) -> ReuseInputs:
 
     p_l, p_u, p_t = probs(len(data.labeled_labels)), probs(len(data.unlabeled_images)), probs(len(data.test_images))
     emb = Embedding("teacher-outputs")
-    return ReuseInputs(p_l, p_u, p_t, emb(None, p_l), emb(None, p_u), emb(None, p_t))
+    return TeacherOutputs(p_l, p_u, p_t, emb(None, p_l), emb(None, p_u), emb(None, p_t))
 
 
 def _config(**kwargs) -> MRLConfig:
@@ -50,7 +50,7 @@ def _config(**kwargs) -> MRLConfig:
     return MRLConfig(**{**base, **kwargs})
 
 
-def _trainer(config: MRLConfig, data: TargetData | None = None, reuse: ReuseInputs | None = None) -> StudentTrainer:
+def _trainer(config: MRLConfig, data: TargetData | None = None, reuse: TeacherOutputs | None = None) -> StudentTrainer:
     data = data or _data()
     if config.method == "mrl" and reuse is None:
         reuse = _reuse(data)
@@ -205,7 +205,7 @@ def test_with_real_teachers_through_compute_reuse_inputs(tmp_path):
     tm = make_timm_teacher(tmp_path / "tm", ["a", "b"], seed=1)
     data = _data()
     pool = ModelPool([str(tr), str(tm)], LABELS)
-    reuse = compute_reuse_inputs(pool, Embedding("teacher-outputs"), data)
+    reuse = compute_teacher_outputs(pool, Embedding("teacher-outputs"), data)
     assert reuse.probs_l.shape == (9, 2, 3) and reuse.probs_u.shape == (30, 2, 3) and reuse.probs_t.shape == (12, 2, 3)
     assert reuse.feats_u.shape == (30, 6)
     assert [t.samples_seen for t in pool.teachers] == [9 + 30 + 12] * 2
@@ -324,7 +324,7 @@ def test_latest_checkpoint_ignores_unfinished_and_foreign_folders(tmp_path):
     assert latest_checkpoint(tmp_path).name == "step_0000010"
 
 
-def _misleading_reuse(data: TargetData) -> ReuseInputs:
+def _misleading_reuse(data: TargetData) -> TeacherOutputs:
     """Every teacher confidently predicts the next class: distilling them can only hurt."""
 
     def probs(labels):
@@ -335,7 +335,7 @@ def _misleading_reuse(data: TargetData) -> ReuseInputs:
     y_u = torch.arange(len(data.unlabeled_images)) % 3  # the unlabeled images' true classes (see _data)
     p_l, p_u, p_t = probs(data.labeled_labels), probs(y_u), probs(data.test_labels)
     emb = Embedding("teacher-outputs")
-    return ReuseInputs(p_l, p_u, p_t, emb(None, p_l), emb(None, p_u), emb(None, p_t))
+    return TeacherOutputs(p_l, p_u, p_t, emb(None, p_l), emb(None, p_u), emb(None, p_t))
 
 
 def test_reuse_strength_turns_down_when_the_pool_misleads():
@@ -469,7 +469,7 @@ def test_mrl_attention_routes_digits_ld_domains_to_their_teachers(tmp_path, monk
     }
     probs = {s: _domain_experts(y, d, k, seed=i) for i, (s, (_, y, d)) in enumerate(sets.items())}
     feats = {s: emb(x, probs[s]) for s, (x, _, _) in sets.items()}
-    reuse = ReuseInputs(probs["l"], probs["u"], probs["t"], feats["l"], feats["u"], feats["t"])
+    reuse = TeacherOutputs(probs["l"], probs["u"], probs["t"], feats["l"], feats["u"], feats["t"])
     config = MRLConfig(method="mrl", embedding="pixels", max_steps=20, batch_size=32, unlabeled_batch_size=64)
     trainer = StudentTrainer(config, data, reuse, teacher_ids=[f"expert-{d}" for d in data.domain_names])
     trainer.train(progress=False)

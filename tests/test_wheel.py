@@ -101,8 +101,8 @@ def test_installed_wheel_trains_reloads_and_predicts_outside_the_checkout(wheel_
     assert proc.returncode == 0, proc.stderr[-4000:]
     got = json.loads(proc.stdout.strip().splitlines()[-1])
     assert Path(got["file"]).is_relative_to(wheel_env["site"]), got["file"]  # the wheel, not the checkout
-    assert got["reuse"] == pytest.approx(metrics["reuse_accuracy"], abs=1e-6)
-    assert got["metric"] == pytest.approx(metrics["reuse_accuracy"], abs=1e-6)
+    assert got["reuse"] == pytest.approx(metrics["reuser_accuracy"], abs=1e-6)
+    assert got["metric"] == pytest.approx(metrics["reuser_accuracy"], abs=1e-6)
     assert "library_name: hf_mrl" in got["card"]
 
     # The evaluate command of the installed package re-measures the run from its outputs.

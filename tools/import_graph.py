@@ -16,6 +16,8 @@ FORBIDDEN = {
     "hf_mrl.pool": ("hf_mrl.reuse", "hf_mrl.training", "hf_mrl.guard", "hf_mrl.hub", "hf_mrl.cli"),
     # the reuser renders its own card (PyTorchModelHubMixin asks the model for it): hub.cards, a leaf, is allowed
     "hf_mrl.reuse": ("hf_mrl.training", "hf_mrl.guard", "hf_mrl.hub.push", "hf_mrl.cli"),
+    # the run's record: written by training, read by the cards, the CLI and the benchmarks
+    "hf_mrl.record": ("hf_mrl.data", "hf_mrl.pool", "hf_mrl.reuse", "hf_mrl.training", "hf_mrl.guard", "hf_mrl.hub"),
     "hf_mrl.hub.cards": ("hf_mrl.data", "hf_mrl.pool", "hf_mrl.reuse", "hf_mrl.training", "hf_mrl.guard"),
 }
 ANY_NOT = ("hf_mrl.cli",)  # nothing imports the command line but itself

@@ -154,7 +154,7 @@ def run_seed(pool_file: Path, data_folder: Path, seed: int, args) -> dict:
     m = result.metrics
     out["methods"]["mrl"] = m["method_student_accuracy"]
     out["methods"]["supervised"] = m["supervised_accuracy"]
-    out["methods"]["reuse"] = m["reuse_accuracy"]
+    out["methods"]["reuse"] = m.reuser_accuracy
     out["time_s"] = {"mrl": m["time_s"]}
     out["teacher_in_run"] = {
         _name(tid): _probs_by_domain(mrl.reuse.probs_t[:, k], data.test_labels, data.test_domains)
@@ -200,14 +200,14 @@ def _seed_worker(pool_file: Path, data_folder: Path, seed: int, args) -> dict:
 
 def teacher_pass(pool_file: Path, data_folder: Path, args) -> dict:
     """The run's teacher pass over every image the seeds use (all labeled-pool, unlabeled and test images), through
-    `ReuseTrainer.compute_reuse_inputs`: it fills the logit cache that each seed's run then reads."""
+    `ReuseTrainer.compute_teacher_outputs`: it fills the logit cache that each seed's run then reads."""
     from hf_mrl import ModelPool, MRLConfig, ReuseArguments, ReuseTrainer
 
     data = _load_target(data_folder, args.image_size, labeled_per_class=None)
     pool = ModelPool.from_file(str(pool_file), data.label_names, cache_dir=Path(args.output_dir) / "logits")
     start = time.time()
     trainer = ReuseTrainer(pool, data, MRLConfig(), ReuseArguments(guard_folds=0, progress=False))
-    reuse = trainer.compute_reuse_inputs()
+    reuse = trainer.compute_teacher_outputs()
     return {
         "seconds": round(time.time() - start, 1),
         "images": len(data.labeled_labels) + len(data.unlabeled_images) + len(data.test_labels),

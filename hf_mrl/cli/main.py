@@ -52,7 +52,6 @@ from hf_mrl.cli.train import (  # noqa: F401
     train_main,
     train_parser,
 )
-from hf_mrl.utils import read_json
 
 __all__ = ["main", "train_main", "train_parser", "parse_train_args", "preflight", "run_identity", "train"]
 
@@ -64,6 +63,7 @@ def evaluate_main(argv=None) -> int:
     """`hf-mrl evaluate DIR`: reload DIR/reuser (rebuilding its pool) and DIR/student (timm alone) in this process,
     predict on the run's test split, and print the accuracies next to those in DIR/metrics.json."""
     from hf_mrl.data.images import ImageSet
+    from hf_mrl.record import read_metrics
     from hf_mrl.reuse.reuser import AttentionReuser
     from hf_mrl.training.run_folder import IncompleteRunError, verify_run
     from hf_mrl.training.student import load_student, student_preprocess
@@ -80,8 +80,13 @@ def evaluate_main(argv=None) -> int:
         verify_run(run)
     except IncompleteRunError as err:
         sys.exit(f"error: {err}")
-    metrics = read_json(run / "metrics.json")
-    recorded = dict(metrics["args"])
+    try:
+        metrics = read_metrics(run)  # this version's metrics.json or an older one
+    except ValueError as err:
+        sys.exit(f"error: {err}")
+    if metrics.args is None:
+        sys.exit(f"error: {run} was not written by `hf-mrl train` (its metrics.json records no arguments).")
+    recorded = dict(metrics.args)
     if parsed.dataset:
         recorded["dataset"] = parsed.dataset
     try:
@@ -92,10 +97,10 @@ def evaluate_main(argv=None) -> int:
             "the run's dataset is now."
         )
     rows = {}
-    if metrics.get("reuse_accuracy") is not None:  # an MRL run: its reuser rebuilds the pool
+    if metrics.reuser_accuracy is not None:  # an MRL run: its reuser rebuilds the pool
         reuser = AttentionReuser.from_pretrained(str(run / "reuser"))
-        reuse_pred = reuser.predict(data.test_images)["predictions"]
-        rows["reuse_accuracy"] = (reuse_pred == data.test_labels).float().mean().item()
+        reuser_pred = reuser.predict(data.test_images)["predictions"]
+        rows["reuser_accuracy"] = (reuser_pred == data.test_labels).float().mean().item()
     student = load_student(str(run / "student"))
     test = data.test_images
     if isinstance(test, ImageSet):  # decoded where the run's student read it
@@ -104,9 +109,9 @@ def evaluate_main(argv=None) -> int:
     with torch.no_grad():
         student_pred = torch.cat([student(preprocess(test[i : i + 256])).argmax(-1) for i in range(0, len(test), 256)])
     rows["student_accuracy"] = (student_pred == data.test_labels).float().mean().item()
-    method = metrics.get("method", "mrl")
-    print(f"{desc}: {len(data.test_labels)} test samples; method {method}, delivered {metrics.get('delivered')}")
-    if "reuse_accuracy" not in rows:
+    method = metrics.method
+    print(f"{desc}: {len(data.test_labels)} test samples; method {method}, delivered {metrics.delivered}")
+    if "reuser_accuracy" not in rows:
         print(f"no reuser: --method {method} trains none")
     ok = True
     for key, value in rows.items():

@@ -29,6 +29,7 @@ from hf_mrl.data.target import DEFAULT_TEST_SIZE, check_target, load_target
 from hf_mrl.hub.push import check_hub_model_id
 from hf_mrl.pool.endpoint import add_endpoint_arguments, endpoint_options
 from hf_mrl.pool.model_pool import ModelPool, parse_pool_file
+from hf_mrl.record import RunMetrics
 from hf_mrl.training.config import MRLConfig
 from hf_mrl.training.reuse_trainer import ReuseArguments, ReuseResult, ReuseTrainer
 from hf_mrl.training.strategies import STRATEGIES, get_strategy
@@ -357,10 +358,10 @@ def train(args: argparse.Namespace) -> ReuseResult:
     result = trainer.train(Path(args.output_dir) / "checkpoints", resume=args.resume_from_checkpoint)
     for tracker in accelerator.trackers:  # flush and close (end_training would also end the process group)
         tracker.finish()
-    result.metrics["args"] = {k: v for k, v in vars(args).items() if "token" not in k}
+    result.metrics.args = {k: v for k, v in vars(args).items() if "token" not in k}
     if os.path.exists(args.dataset):  # absolute, so that `hf-mrl evaluate DIR` finds it from any directory
-        result.metrics["args"]["dataset"] = os.path.abspath(args.dataset)
-    result.metrics["skipped_images"] = getattr(description, "skipped_images", {})
+        result.metrics.args["dataset"] = os.path.abspath(args.dataset)
+    result.metrics.skipped_images = getattr(description, "skipped_images", {})
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         result.save_pretrained(args.output_dir, args.hub_model_id)
@@ -368,29 +369,29 @@ def train(args: argparse.Namespace) -> ReuseResult:
     return result
 
 
-def summary_line(metrics: dict) -> str:
+def summary_line(metrics: RunMetrics) -> str:
     """The accuracies printed at the end: the delivered student, supervised-only, and the reuser where there is one."""
-    method = metrics.get("method", "mrl")
+    method = metrics.method
     name = "MRL" if method == "mrl" else method
     if method == "supervised":
-        parts = [f"supervised-only student: {metrics['student_accuracy']:.4f}"]
-    elif metrics.get("delivered") == "supervised":
+        parts = [f"supervised-only student: {metrics.student_accuracy:.4f}"]
+    elif metrics.fell_back:
         parts = [
-            f"{name} student: {metrics['method_student_accuracy']:.4f} (not delivered: the guard fell back)",
-            f"delivered supervised-only student: {metrics['student_accuracy']:.4f}",
+            f"{name} student: {metrics.method_student_accuracy:.4f} (not delivered: the guard fell back)",
+            f"delivered supervised-only student: {metrics.student_accuracy:.4f}",
         ]
     else:
-        parts = [f"{name} student: {metrics['student_accuracy']:.4f}"]
-        parts.append(f"supervised-only: {metrics['supervised_accuracy']:.4f}")
-    if metrics.get("reuse_accuracy") is not None:
-        parts.append(f"reuser: {metrics['reuse_accuracy']:.4f}")
-    overlap = (metrics.get("splits") or {}).get("labeled_test_overlap")
+        parts = [f"{name} student: {metrics.student_accuracy:.4f}"]
+        parts.append(f"supervised-only: {metrics.supervised_accuracy:.4f}")
+    if metrics.reuser_accuracy is not None:
+        parts.append(f"reuser: {metrics.reuser_accuracy:.4f}")
+    overlap = (metrics.splits or {}).get("labeled_test_overlap")
     what = (
         "test accuracy"
         if not overlap
         else f"accuracy on rows that include {overlap} labeled ones, NOT a test accuracy"
     )
-    return f"\n{metrics['dataset']} {what} -- " + "   ".join(parts)
+    return f"\n{metrics.dataset} {what} -- " + "   ".join(parts)
 
 
 def next_steps(output_dir: str, has_reuser: bool, hub_model_id: str | None = None, pushed: bool = False) -> str:
@@ -421,10 +422,10 @@ def train_main(argv=None, prog: str | None = None) -> None:
     except (ValueError, TypeError, OSError) as err:  # bad input (TeacherLoadError is a ValueError), unusable files
         sys.exit("error: " + " ".join(str(err).split()))
     if PartialState().is_main_process:
-        outputs = ("reuser/, " if metrics["reuse_accuracy"] is not None else "") + "student/, metrics.json"
+        outputs = ("reuser/, " if metrics.reuser_accuracy is not None else "") + "student/, metrics.json"
         print(summary_line(metrics) + f"\noutputs in {args.output_dir} ({outputs})")
         if args.push_to_hub:
             push_main(
                 [args.output_dir, args.hub_model_id] + (["--private"] if args.hub_private else []), args.hub_token
             )
-        print(next_steps(args.output_dir, metrics["reuse_accuracy"] is not None, args.hub_model_id, args.push_to_hub))
+        print(next_steps(args.output_dir, metrics.reuser_accuracy is not None, args.hub_model_id, args.push_to_hub))

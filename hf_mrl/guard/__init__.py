@@ -19,7 +19,7 @@ t-test of Nadeau & Bengio (2003): Var(mean d) ~ (1/J + n_test/n_train) * s^2, wi
 d_j and n_test/n_train = 1/(folds - 1), against a Student t with J - 1 degrees of freedom.
 
 **Latent clusters.** Harm confined to one latent domain can hide in the average. When psi features of the labeled
-data are given (the reuser's embedding, `ReuseInputs.feats_l`), they are standardised and split by a seeded k-means
+data are given (the reuser's embedding, `TeacherOutputs.feats_l`), they are standardised and split by a seeded k-means
 into as many clusters as teachers (at most one per `min_cluster` scored samples); in each cluster the same corrected
 test is run on the cluster's samples, Bonferroni-corrected over the clusters, and a cluster whose *lower* bound of L
 is above the margin (confident harm there) makes the guard fall back. Smaller clusters are reported, not tested.
@@ -139,7 +139,7 @@ from hf_mrl.guard.workers import (  # noqa: F401
     default_workers,
     fold_correctness,
 )
-from hf_mrl.reuse.outputs import ReuseInputs
+from hf_mrl.reuse.outputs import TeacherOutputs
 from hf_mrl.training.config import MRLConfig
 
 __all__ = [
@@ -170,7 +170,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-def _clusters_for(reuse: ReuseInputs | None, n_scored: int, seed: int, min_cluster: int) -> torch.Tensor | None:
+def _clusters_for(reuse: TeacherOutputs | None, n_scored: int, seed: int, min_cluster: int) -> torch.Tensor | None:
     """Latent clusters of the labeled data from psi: one per teacher, at most one per `min_cluster` scored samples."""
     if reuse is None or getattr(reuse, "feats_l", None) is None:
         return None
@@ -183,7 +183,7 @@ def _clusters_for(reuse: ReuseInputs | None, n_scored: int, seed: int, min_clust
 def cross_validate_reuse(
     config: MRLConfig,
     data: TargetData,
-    reuse: ReuseInputs | None,
+    reuse: TeacherOutputs | None,
     teacher_ids: list[str] | None,
     folds: int = 3,
     student_spec: dict | None = None,
@@ -239,11 +239,11 @@ def cross_validate_reuse(
         [config] if supervised_correct is not None else [config, dataclasses.replace(config, method="supervised")]
     )
     results = _correctness(configs, data, reuse, teacher_ids, fold, student_spec, workers, progress, schedule)
-    reuse_ok = results[0]
+    method_ok = results[0]
     if supervised_correct is None:
         supervised_correct = results[1]
-    report = guard_report(reuse_ok, supervised_correct.bool(), fold, margin, confidence, clusters, min_cluster)
-    replay = replay_sequential(reuse_ok, supervised_correct.bool(), fold, margin, confidence, clusters, min_cluster)
+    report = guard_report(method_ok, supervised_correct.bool(), fold, margin, confidence, clusters, min_cluster)
+    replay = replay_sequential(method_ok, supervised_correct.bool(), fold, margin, confidence, clusters, min_cluster)
     report.sequential_replay = {
         k: getattr(replay, k) for k in ("decision", "looks", "trainings", "stopped_at", "loss_upper", "reason")
     }
@@ -251,7 +251,7 @@ def cross_validate_reuse(
 
 
 def replay_sequential(
-    reuse_ok: torch.Tensor,
+    method_ok: torch.Tensor,
     sup_ok: torch.Tensor,
     fold: torch.Tensor,
     margin: float = DEFAULT_MARGIN,
@@ -263,7 +263,7 @@ def replay_sequential(
     same either way, so this is exactly what `sequential=True` would have decided, at what cost."""
     fold = fold if fold.ndim == 2 else fold[None]
     for look in range(1, len(_cells(fold)) + 1):
-        report = sequential_look(reuse_ok, sup_ok, fold, look, margin, confidence, clusters, min_cluster)
+        report = sequential_look(method_ok, sup_ok, fold, look, margin, confidence, clusters, min_cluster)
         if report is not None:
             return report
     raise RuntimeError("the last look always decides")
@@ -289,14 +289,14 @@ def _sequential_guard(
     prefix of cells; stop the trainings once a look settles."""
     cells = _cells(fold)
     sup_config = dataclasses.replace(config, method="supervised")
-    jobs, owner = [], []  # owner[i] = (cell index, "reuse" | "sup")
+    jobs, owner = [], []  # owner[i] = (cell index, "method" | "sup")
     for j, (r, f) in enumerate(cells):
         jobs.append((config, data, reuse, teacher_ids, fold[r], f, student_spec))
-        owner.append((j, "reuse"))
+        owner.append((j, "method"))
         if supervised_correct is None:
             jobs.append((sup_config, data, None, None, fold[r], f, student_spec))
             owner.append((j, "sup"))
-    reuse_ok = torch.zeros(fold.shape, dtype=torch.bool)
+    method_ok = torch.zeros(fold.shape, dtype=torch.bool)
     sup_ok = torch.zeros(fold.shape, dtype=torch.bool) if supervised_correct is None else supervised_correct.bool()
     missing = [1 + (supervised_correct is None)] * len(cells)  # trainings still to come per cell
     state = {"looks": 0, "report": None}
@@ -304,16 +304,18 @@ def _sequential_guard(
     def on_result(i, ok, bar) -> bool:
         j, side = owner[i]
         r, f = cells[j]
-        (reuse_ok if side == "reuse" else sup_ok)[r][fold[r] == f] = ok
+        (method_ok if side == "method" else sup_ok)[r][fold[r] == f] = ok
         missing[j] -= 1
         # look at every newly completed prefix, in order: the looks do not depend on which worker finished first
         while state["looks"] < len(cells) and missing[state["looks"]] == 0:
             state["looks"] += 1
-            report = sequential_look(reuse_ok, sup_ok, fold, state["looks"], margin, confidence, clusters, min_cluster)
+            report = sequential_look(
+                method_ok, sup_ok, fold, state["looks"], margin, confidence, clusters, min_cluster
+            )
             bound = (
                 report.loss_upper
                 if report is not None
-                else _look_bound(reuse_ok, sup_ok, fold, state["looks"], confidence)
+                else _look_bound(method_ok, sup_ok, fold, state["looks"], confidence)
             )
             bar.set_postfix_str(f"look {state['looks']}/{len(cells)}, loss bound {100 * bound:+.1f} pts")
             logger.info(

@@ -53,7 +53,7 @@ class GuardReport:
 
     folds: int
     held_out: int
-    reuse_accuracy: float
+    method_accuracy: float
     supervised_accuracy: float
     gain: float
     gain_stderr: float
@@ -135,7 +135,7 @@ def _t_quantile(p: float, df: int) -> float:
     return float(t.ppf(p, df))
 
 
-def _fold_losses(reuse_ok: torch.Tensor, sup_ok: torch.Tensor, fold: torch.Tensor, mask=None) -> list[float]:
+def _fold_losses(method_ok: torch.Tensor, sup_ok: torch.Tensor, fold: torch.Tensor, mask=None) -> list[float]:
     """Per (repeat, fold) mean loss (supervised - reuse correctness) over its held-out samples (within `mask`)."""
     out = []
     for r in range(fold.shape[0]):
@@ -146,7 +146,7 @@ def _fold_losses(reuse_ok: torch.Tensor, sup_ok: torch.Tensor, fold: torch.Tenso
             if mask is not None:
                 held = held & mask
             if held.any():
-                out.append((sup_ok[r][held].double() - reuse_ok[r][held].double()).mean().item())
+                out.append((sup_ok[r][held].double() - method_ok[r][held].double()).mean().item())
     return out
 
 
@@ -169,7 +169,7 @@ def corrected_bound(losses: list[float], folds: int, confidence: float, upper: b
 
 
 def decide(
-    reuse_correct: torch.Tensor,
+    method_correct: torch.Tensor,
     supervised_correct: torch.Tensor,
     fold: torch.Tensor,
     margin: float = DEFAULT_MARGIN,
@@ -177,14 +177,14 @@ def decide(
 ) -> tuple:
     """(gain, stderr, z, decision, loss_upper, df) of the overall non-inferiority test.
 
-    `reuse_correct`, `supervised_correct`: held-out 0/1 correctness, (repeats, n) or (n,); `fold`: the same shape,
+    `method_correct`, `supervised_correct`: held-out 0/1 correctness, (repeats, n) or (n,); `fold`: the same shape,
     -1 for unscored samples. Keep when the upper bound of the loss is below `margin`.
     """
-    reuse_correct, supervised_correct, fold = (
-        t if t.ndim == 2 else t[None] for t in (reuse_correct, supervised_correct, fold)
+    method_correct, supervised_correct, fold = (
+        t if t.ndim == 2 else t[None] for t in (method_correct, supervised_correct, fold)
     )
     folds = int(fold.max()) + 1
-    losses = _fold_losses(reuse_correct, supervised_correct, fold)
+    losses = _fold_losses(method_correct, supervised_correct, fold)
     mean, se, df, upper = corrected_bound(losses, max(folds, 2), confidence)
     if not losses:
         return float("nan"), float("inf"), float("-inf"), "fall_back", float("inf"), 0
@@ -202,7 +202,7 @@ def latent_clusters(feats: torch.Tensor, k: int, seed: int = 0, iters: int = 50)
     return kmeans(x, k, seed, iters, init="k-means++")
 
 
-def _cluster_checks(reuse_ok, sup_ok, fold, clusters, margin, confidence, min_cluster) -> list[dict]:
+def _cluster_checks(method_ok, sup_ok, fold, clusters, margin, confidence, min_cluster) -> list[dict]:
     """Per latent cluster: size, gain, corrected lower bound of the loss (Bonferroni over tested clusters), harm."""
     folds = int(fold.max()) + 1
     scored = fold[0] >= 0
@@ -214,7 +214,7 @@ def _cluster_checks(reuse_ok, sup_ok, fold, clusters, margin, confidence, min_cl
     for c in ids:
         mask = clusters == c
         entry = {"cluster": int(c), "size": sizes[c], "tested": c in tested}
-        losses = _fold_losses(reuse_ok, sup_ok, fold, mask)
+        losses = _fold_losses(method_ok, sup_ok, fold, mask)
         mean, se, df, lower = corrected_bound(losses, max(folds, 2), level, upper=False)
         entry.update(gain=-mean, gain_stderr=se, loss_lower=lower, confidence=level)
         entry["harmful"] = bool(c in tested and lower > margin)
@@ -241,7 +241,7 @@ def look_levels(confidence: float, repeats: int, share: float | None = None) -> 
 
 
 def interim_bound(
-    reuse_ok: torch.Tensor,
+    method_ok: torch.Tensor,
     sup_ok: torch.Tensor,
     fold: torch.Tensor,
     cells: list[tuple[int, int]],
@@ -264,7 +264,7 @@ def interim_bound(
             held = held & mask
         if not held.any():
             continue
-        d = sup_ok[r][held].double() - reuse_ok[r][held].double()
+        d = sup_ok[r][held].double() - method_ok[r][held].double()
         fold_means.append(d.mean().item())
         total[held] += d
         count[held] += 1
@@ -284,7 +284,7 @@ def interim_bound(
 
 
 def sequential_look(
-    reuse_ok: torch.Tensor,
+    method_ok: torch.Tensor,
     sup_ok: torch.Tensor,
     fold: torch.Tensor,
     looks: int,
@@ -297,10 +297,10 @@ def sequential_look(
     """The sequential guard's look at the first `looks` fold pairs (repeat-major order): a report when the decision
     is settled (`keep` / `fall_back`), None to go on. See the module docstring for the rule.
 
-    `reuse_ok`, `sup_ok`, `fold`: (repeats, n) as in `guard_report`; only the cells looked at are read.
+    `method_ok`, `sup_ok`, `fold`: (repeats, n) as in `guard_report`; only the cells looked at are read.
     """
     fold = fold if fold.ndim == 2 else fold[None]
-    reuse_ok = reuse_ok if reuse_ok.ndim == 2 else reuse_ok[None]
+    method_ok = method_ok if method_ok.ndim == 2 else method_ok[None]
     sup_ok = sup_ok if sup_ok.ndim == 2 else sup_ok[None]
     cells = _cells(fold)
     k_max, repeats = len(cells), fold.shape[0]
@@ -308,18 +308,18 @@ def sequential_look(
     keep_a, final_a = look_levels(confidence, repeats)
     common = dict(max_looks=k_max, rule="sequential", trainings_full=2 * k_max, confidence=confidence, looks=looks)
     if looks >= k_max:
-        report = guard_report(reuse_ok, sup_ok, fold, margin, 1 - final_a, clusters, min_cluster)
+        report = guard_report(method_ok, sup_ok, fold, margin, 1 - final_a, clusters, min_cluster)
         return dataclasses.replace(report, bound_confidence=1 - final_a, stopped_at="final", **common)
     if looks % per_repeat == 0:
         # end of a repeat: the full rule on the repeats so far, at the interim level
         r = looks // per_repeat
-        report = guard_report(reuse_ok[:r], sup_ok[:r], fold[:r], margin, 1 - keep_a, clusters, min_cluster)
+        report = guard_report(method_ok[:r], sup_ok[:r], fold[:r], margin, 1 - keep_a, clusters, min_cluster)
         if report.decision == "keep":
             reason = f"interim look {looks} of {k_max} (repeat {r} of {repeats} done): {report.reason}"
             return dataclasses.replace(
                 report, bound_confidence=1 - keep_a, stopped_at="interim", reason=reason, **common
             )
-    mean, sd, m = interim_bound(reuse_ok, sup_ok, fold, cells[:looks], sd_floor=sd_floor)
+    mean, sd, m = interim_bound(method_ok, sup_ok, fold, cells[:looks], sd_floor=sd_floor)
     lower = mean - _z(confidence) * sd
     if not (m and lower > margin):
         return None
@@ -329,7 +329,7 @@ def sequential_look(
     return GuardReport(
         folds=int(fold.max()) + 1,
         held_out=m,
-        reuse_accuracy=reuse_ok[held].float().mean().item(),
+        method_accuracy=method_ok[held].float().mean().item(),
         supervised_accuracy=sup_ok[held].float().mean().item(),
         gain=-mean,
         gain_stderr=sd,
@@ -363,7 +363,7 @@ def no_evidence_report(
     return GuardReport(
         folds=folds,
         held_out=0,
-        reuse_accuracy=float("nan"),
+        method_accuracy=float("nan"),
         supervised_accuracy=float("nan"),
         gain=float("nan"),
         gain_stderr=float("inf"),
@@ -383,7 +383,7 @@ def no_evidence_report(
 
 
 def guard_report(
-    reuse_correct: torch.Tensor,
+    method_correct: torch.Tensor,
     supervised_correct: torch.Tensor,
     folds: torch.Tensor,
     margin: float = DEFAULT_MARGIN,
@@ -399,14 +399,14 @@ def guard_report(
     if isinstance(folds, int):
         raise TypeError("guard_report needs the fold assignment tensor, not a fold count.")
     fold = folds if folds.ndim == 2 else folds[None]
-    reuse_ok = reuse_correct if reuse_correct.ndim == 2 else reuse_correct[None]
+    method_ok = method_correct if method_correct.ndim == 2 else method_correct[None]
     sup_ok = supervised_correct if supervised_correct.ndim == 2 else supervised_correct[None]
     scored = fold[0] >= 0
     k = int(fold.max()) + 1
-    gain, se, z, decision, upper, df = decide(reuse_ok, sup_ok, fold, margin, confidence)
+    gain, se, z, decision, upper, df = decide(method_ok, sup_ok, fold, margin, confidence)
     checks = []
     if clusters is not None:
-        checks = _cluster_checks(reuse_ok, sup_ok, fold, clusters, margin, confidence, min_cluster)
+        checks = _cluster_checks(method_ok, sup_ok, fold, clusters, margin, confidence, min_cluster)
     harmful = [c["cluster"] for c in checks if c["harmful"]]
     if decision == "keep" and harmful:
         decision = "fall_back"
@@ -419,7 +419,7 @@ def guard_report(
     return GuardReport(
         folds=k,
         held_out=n_scored,
-        reuse_accuracy=reuse_ok[:, scored].float().mean().item() if n_scored else float("nan"),
+        method_accuracy=method_ok[:, scored].float().mean().item() if n_scored else float("nan"),
         supervised_accuracy=sup_ok[:, scored].float().mean().item() if n_scored else float("nan"),
         gain=gain,
         gain_stderr=se,
@@ -439,7 +439,7 @@ def guard_report(
     )
 
 
-def _look_bound(reuse_ok, sup_ok, fold, looks: int, confidence: float = DEFAULT_CONFIDENCE) -> float:
+def _look_bound(method_ok, sup_ok, fold, looks: int, confidence: float = DEFAULT_CONFIDENCE) -> float:
     """The loss upper bound of the evidence at look `looks` (progress bar and log, when the look did not settle)."""
-    mean, sd, _ = interim_bound(reuse_ok, sup_ok, fold, _cells(fold)[:looks])
+    mean, sd, _ = interim_bound(method_ok, sup_ok, fold, _cells(fold)[:looks])
     return mean + _z(confidence) * sd

@@ -14,7 +14,7 @@ import torch
 from hf_mrl.data.images import take
 from hf_mrl.data.types import TargetData
 from hf_mrl.guard.rule import _cells
-from hf_mrl.reuse.outputs import ReuseInputs
+from hf_mrl.reuse.outputs import TeacherOutputs
 from hf_mrl.training.config import MRLConfig
 from hf_mrl.training.trainer import StudentTrainer
 
@@ -44,8 +44,13 @@ def _fold_job(config: MRLConfig, data: TargetData, reuse, teacher_ids, fold: tor
 
 
 def _init_worker(threads: int, parent: int | None = None) -> None:
+    from tqdm.auto import tqdm
+
     torch.set_num_threads(threads)
     logging.getLogger().setLevel(logging.WARNING)
+    # tqdm's default lock is a multiprocessing semaphore; a worker terminated by a settled look never releases it,
+    # and the resource tracker then warns of "leaked semaphore objects" at exit. A spawned worker shares no bar.
+    tqdm.set_lock(threading.RLock())
     if parent is not None:
         threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
 
@@ -174,7 +179,7 @@ def default_workers(trainings: int, accelerator=None) -> int:
 def fold_correctness(
     config: MRLConfig,
     data: TargetData,
-    reuse: ReuseInputs | None,
+    reuse: TeacherOutputs | None,
     teacher_ids: list[str] | None,
     fold: torch.Tensor,
     student_spec: dict | None = None,

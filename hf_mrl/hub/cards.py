@@ -215,8 +215,8 @@ def _results(s: RunSummary) -> dict | None:
                 "accuracy": s.supervised_accuracy,
             },
         ]
-    if s.reuse_accuracy is not None:
-        rows.append({"model": "attention reuser (weighted teachers)", "key": "reuse", "accuracy": s.reuse_accuracy})
+    if s.reuser_accuracy is not None:
+        rows.append({"model": "attention reuser (weighted teachers)", "key": "reuser", "accuracy": s.reuser_accuracy})
     for row in rows:
         row.setdefault("this", row["model"])
         row["worst"] = _pct(worst.get(row["key"])) if s.per_domain else None
@@ -243,7 +243,7 @@ def _results(s: RunSummary) -> dict | None:
                 "domain": d,
                 "student": _pct(v.get("student")),
                 "supervised": _pct(v.get("supervised")),
-                "reuse": _pct(v.get("reuse")),
+                "reuser": _pct(v.get("reuser")),
                 "never_worse": v.get("student", 0.0) >= v.get("supervised", 0.0),
             }
         )
@@ -356,7 +356,7 @@ def reuser_card(
         summary,
         teacher_ids,
         model_name,
-        _eval_results(summary, summary and summary.reuse_accuracy, "reuse"),
+        _eval_results(summary, summary and summary.reuser_accuracy, "reuser"),
     )
     rows = _teacher_rows(teachers, len(labels))
     local = [row["teacher"] for row, t in zip(rows, teachers, strict=True) if not t.on_hub]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass, field
 
+from hf_mrl.record import Delivered, RunMetrics
+
 PAPER = '"Towards Robust Model Reuse in the Presence of Latent Domains" (Shao, Cheng, Li and Pu, IJCAI 2021)'
 
 
@@ -95,17 +97,17 @@ class RunSummary:
     """What a training run knows that a stranger needs: teachers, data, budget and results.
 
     Accuracies are fractions in [0, 1] on the target test split. `per_domain` maps a latent domain to
-    `{"student", "supervised", "reuse"}` accuracies, `worst_domain` holds the worst of each, and
+    `{"student", "supervised", "reuser"}` accuracies, `worst_domain` holds the worst of each, and
     `attention_by_domain` maps a domain to the reuser's mean weight per teacher (pool order); all three only when
     the test data carry domain labels (used for evaluation only). `trust_remote_code` and `allow_pickle` record
     whether the teachers were loaded with their repositories' own code, or from pickle weights.
 
-    `method` names the training method (`MRLConfig.method`); `delivered` is `"supervised"` when the supervised-only
-    student was delivered (the never-worse guard fell back, or the method is `supervised`), and
+    `method` names the training method (`MRLConfig.method`); `delivered` is `Delivered.SUPERVISED` when the
+    supervised-only student was delivered (the never-worse guard fell back, or the method is `supervised`), and
     `method_student_accuracy` the test accuracy of the method's own student, delivered or not. `test_overlap` counts
     labeled training rows that are also evaluation rows (allowed with `--allow_test_overlap`): then the card calls the
     accuracies what they are and claims no test-split result in its metadata. A method without a
-    reuser has no `reuse_accuracy`, `reuse_strength` or `attention_by_domain`; one without teachers has no `teachers`.
+    reuser has no `reuser_accuracy`, `reuse_strength` or `attention_by_domain`; one without teachers has no `teachers`.
 
     >>> RunSummary(teachers=[TeacherSummary("org/a@0123abc")], label_names=["0", "1"], dataset="my data")
     ... # doctest: +ELLIPSIS
@@ -127,7 +129,7 @@ class RunSummary:
     wall_time_s: float | None = None
     student_accuracy: float | None = None
     supervised_accuracy: float | None = None
-    reuse_accuracy: float | None = None
+    reuser_accuracy: float | None = None
     per_domain: dict[str, dict[str, float]] | None = None
     worst_domain: dict[str, float] | None = None
     attention_by_domain: dict[str, list[float]] | None = None
@@ -137,13 +139,15 @@ class RunSummary:
     screening: list[dict] | None = None
     reuse_strength: float | None = None
     method: str = "mrl"
-    delivered: str | None = None
+    delivered: Delivered | None = None
     method_student_accuracy: float | None = None
     endpoints: dict | None = None  # endpoint teachers' call counts and top_k (`ModelPool.endpoint_stats`)
     test_overlap: int = 0  # labeled rows that are also evaluation rows (--allow_test_overlap): not a test accuracy
 
     def __post_init__(self):
         self.teachers = [t if isinstance(t, TeacherSummary) else TeacherSummary(**t) for t in self.teachers]
+        if self.delivered is not None:
+            self.delivered = Delivered(self.delivered)
         method_text(self.method)  # an unknown method fails here, not half-way through a template
 
     @property
@@ -152,7 +156,7 @@ class RunSummary:
         if self.method == "supervised":
             return False
         if self.delivered is not None:
-            return self.delivered == "supervised"
+            return self.delivered is Delivered.SUPERVISED
         return bool(self.guard and self.guard.get("decision") == "fall_back")
 
     def to_dict(self) -> dict:
@@ -161,3 +165,31 @@ class RunSummary:
     @classmethod
     def from_dict(cls, data: dict) -> RunSummary:
         return cls(**data)
+
+    @classmethod
+    def from_metrics(cls, metrics: RunMetrics, *, teachers: list[TeacherSummary], **facts) -> RunSummary:
+        """The card's view of a run's record; `facts` are what the record does not hold (the dataset's ids, the
+        teachers' loading flags, the endpoint counts as the card shows them)."""
+        return cls(
+            teachers=teachers,
+            label_names=list(metrics.label_names),
+            num_labeled=metrics.num_labeled,
+            num_unlabeled=metrics.num_unlabeled,
+            num_test=metrics.num_test,
+            hyperparameters=metrics.config,
+            num_processes=metrics.num_processes,
+            wall_time_s=metrics.wall_time_s,
+            student_accuracy=metrics.student_accuracy,
+            supervised_accuracy=metrics.supervised_accuracy,
+            reuser_accuracy=metrics.reuser_accuracy,
+            per_domain=metrics.per_domain,
+            worst_domain=metrics.worst_domain_accuracy,
+            attention_by_domain=metrics.attention_by_domain,
+            guard=metrics.guard,
+            screening=metrics.screening,
+            reuse_strength=metrics.reuse_strength,
+            method=metrics.method,
+            delivered=metrics.delivered,
+            method_student_accuracy=metrics.method_student_accuracy,
+            **facts,
+        )

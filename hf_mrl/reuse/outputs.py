@@ -10,11 +10,11 @@ from hf_mrl.data.types import TargetData
 from hf_mrl.pool.model_pool import ModelPool
 from hf_mrl.reuse.embedding import Embedding
 
-__all__ = ["ReuseInputs", "SplitOutputs", "compute_reuse_inputs"]
+__all__ = ["TeacherOutputs", "SplitOutputs", "compute_teacher_outputs"]
 
 
 @dataclass
-class ReuseInputs:
+class TeacherOutputs:
     """Teacher probabilities H (N, K, C) and raw psi features (N, p) for the labeled, unlabeled, test sets.
 
     Read a split by its name: `outputs.test.probs`, `outputs.split("labeled").feats`; the suffixed fields are the
@@ -60,14 +60,14 @@ class SplitOutputs:
     feats: torch.Tensor
 
 
-def compute_reuse_inputs(
+def compute_teacher_outputs(
     pool: ModelPool,
     embedding: Embedding,
     data: TargetData,
     progress: bool = False,
     accelerator=None,
     num_workers: int = 0,
-) -> ReuseInputs:
+) -> TeacherOutputs:
     """Run every teacher once over each set (cached), and the embedding on top.
 
     With a multi-process `accelerator`, every process must call this (a collective call): each runs the teachers
@@ -83,4 +83,4 @@ def compute_reuse_inputs(
             feats = {k: embedding(sets[k], probs[k], num_workers=num_workers) for k in sets}
     else:
         feats = {k: embedding(sets[k], probs[k], num_workers=num_workers) for k in sets}
-    return ReuseInputs(**{f"probs_{k}": v for k, v in probs.items()}, **{f"feats_{k}": v for k, v in feats.items()})
+    return TeacherOutputs(**{f"probs_{k}": v for k, v in probs.items()}, **{f"feats_{k}": v for k, v in feats.items()})

@@ -13,6 +13,7 @@ import torch
 from hf_mrl.guard import DEFAULT_CONFIDENCE, DEFAULT_MARGIN, GuardReport
 from hf_mrl.hub.cards import RunSummary, student_card
 from hf_mrl.pool.screening import TeacherScore
+from hf_mrl.record import Delivered, RunMetrics
 from hf_mrl.reuse.reuser import AttentionReuser
 from hf_mrl.training.run_folder import MANIFEST, staged_run
 from hf_mrl.training.student import TransformersStudent, save_student
@@ -107,24 +108,24 @@ class ReuseResult:
     """What a run produced. `student` is the delivered one (`delivered` says which), `reuser` MRL's only.
 
     Attributes:
-        method: the trained method; `delivered`: `"reuse"` (MRL's student), the method's name, or `"supervised"`.
+        method: the trained method; `delivered`: `Delivered.METHOD` (the method's student) or `Delivered.SUPERVISED`.
         student, method_student, supervised_student: the delivered student, the method's own, supervised-only.
         reuser: MRL's `AttentionReuser` (None for other methods).
         screening: each teacher's labeled accuracy, LEEP and flags; `guard`: the never-worse check.
-        metrics: what metrics.json holds; `summary`: what the model cards show.
-        predictions: test predictions by `"method"`, `"supervised"`, `"reuse"` (where trained).
+        metrics: the run's record (`RunMetrics`), written as metrics.json; `summary`: what the model cards show.
+        predictions: test predictions by `"method"`, `"supervised"`, `"reuser"` (where trained).
         reuse_weights: the reuser's per-teacher weights on the test split (MRL only).
     """
 
     method: str
-    delivered: str
+    delivered: Delivered
     student: torch.nn.Module
     method_student: torch.nn.Module
     supervised_student: torch.nn.Module | None
     reuser: AttentionReuser | None
     screening: list[TeacherScore]
     guard: GuardReport | None
-    metrics: dict
+    metrics: RunMetrics
     summary: RunSummary
     predictions: dict[str, torch.Tensor]
     reuse_weights: torch.Tensor | None = None
@@ -173,7 +174,7 @@ class ReuseResult:
                     stage / "reuser", model_card_kwargs={"repo_id": hub_model_id, "student_repo_id": student_id}
                 )
             save_student(self.student, stage / "student", card=str(card))
-            atomic_write_json(stage / "metrics.json", self.metrics)
+            atomic_write_json(stage / "metrics.json", self.metrics.to_dict())
         return out
 
     def push_to_hub(

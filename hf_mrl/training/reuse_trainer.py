@@ -38,8 +38,9 @@ from hf_mrl.hub.cards import RunSummary, TeacherSummary
 from hf_mrl.metrics import accuracy_report
 from hf_mrl.pool.model_pool import ModelPool
 from hf_mrl.pool.screening import screen_teachers
+from hf_mrl.record import Delivered, RunMetrics
 from hf_mrl.reuse.embedding import Embedding
-from hf_mrl.reuse.outputs import ReuseInputs, compute_reuse_inputs
+from hf_mrl.reuse.outputs import TeacherOutputs, compute_teacher_outputs
 from hf_mrl.training.config import MRLConfig
 from hf_mrl.training.result import (  # noqa: F401
     ReuseArguments,
@@ -66,7 +67,7 @@ class ReuseTrainer:
         data: the target task (`hf_mrl.data.target.load_target` builds it from a dataset).
         config: training hyperparameters, `config.method` the method (default: MRL).
         args: what the run does besides training (`ReuseArguments`).
-        reuse: precomputed teacher outputs and psi features (`compute_reuse_inputs`), to share them across runs.
+        reuse: precomputed teacher outputs and psi features (`compute_teacher_outputs`), to share them across runs.
         embedding: the psi embedding, prepared (`Embedding(...).prepare()`); None: `config.embedding`, prepared here.
         accelerator: shared with every student trainer of the run; created when None.
 
@@ -81,7 +82,7 @@ class ReuseTrainer:
         config: MRLConfig | None = None,
         args: ReuseArguments | None = None,
         *,
-        reuse: ReuseInputs | None = None,
+        reuse: TeacherOutputs | None = None,
         embedding: Embedding | None = None,
         accelerator=None,
     ):
@@ -115,7 +116,7 @@ class ReuseTrainer:
         return self.args.progress and self.accelerator.is_local_main_process
 
     # -- the pieces of a run -------------------------------------------------------------------------
-    def compute_reuse_inputs(self) -> ReuseInputs | None:
+    def compute_teacher_outputs(self) -> TeacherOutputs | None:
         """Teacher outputs (cached; each process runs a share) and psi features, once per run."""
         if self.reuse is None and self.pool is not None:
             if self.embedding is None:
@@ -125,7 +126,7 @@ class ReuseTrainer:
             if self.pool.precision == "fp32" and mixed in ("bf16", "fp16"):
                 logger.info("Teacher inference in %s (the Accelerator's mixed precision).", mixed)
                 self.pool.precision = mixed
-            self.reuse = compute_reuse_inputs(
+            self.reuse = compute_teacher_outputs(
                 self.pool,
                 self.embedding,
                 self.data,
@@ -270,7 +271,7 @@ class ReuseTrainer:
             report.held_out,
             report.trainings,
             self.config.method,
-            report.reuse_accuracy,
+            report.method_accuracy,
             report.supervised_accuracy,
             report.gain,
             report.gain_stderr,
@@ -308,7 +309,7 @@ class ReuseTrainer:
             times[name] = round(now - clock, 1)
             clock = now
 
-        self.compute_reuse_inputs()
+        self.compute_teacher_outputs()
         lap("teacher_outputs")
         screening = []
         if self.pool is not None:
@@ -362,17 +363,17 @@ class ReuseTrainer:
                 100 * guard.margin,
             )
         if method == "supervised" or fell_back:
-            delivered, student = "supervised", supervised.student
+            delivered, student = Delivered.SUPERVISED, supervised.student
         else:
-            delivered, student = ("reuse" if method == "mrl" else method), method_student
+            delivered, student = Delivered.METHOD, method_student
 
         predictions = {"method": method_pred}
         if supervised is not None and supervised.test_predictions is not None:
             predictions["supervised"] = supervised.test_predictions
         if reuse_out is not None:
-            predictions["reuse"] = reuse_out["predictions"]
+            predictions["reuser"] = reuse_out["predictions"]
         metrics = self._metrics(predictions, delivered, screening, guard, trainer, reuse_out, start)
-        metrics["time_s"] = times  # wall time of each part of the run
+        metrics.time_s = times  # wall time of each part of the run
         self._log_to_trackers(metrics, reuse_out)
         return ReuseResult(
             method=method,
@@ -392,7 +393,7 @@ class ReuseTrainer:
         )
 
     # -- reporting -----------------------------------------------------------------------------------------
-    def _log_to_trackers(self, metrics: dict, reuse_out: dict | None) -> None:
+    def _log_to_trackers(self, metrics: RunMetrics, reuse_out: dict | None) -> None:
         """The run's results to the accelerator's trackers (--report_to): accuracies, the reuser's mean attention per
         teacher, the reuse strength, and the guard's evidence (its gain, bound and decision)."""
         acc = self.accelerator
@@ -400,14 +401,14 @@ class ReuseTrainer:
             return
         values = {
             f"results/{k}": metrics[k]
-            for k in ("student_accuracy", "supervised_accuracy", "reuse_accuracy", "reuse_strength")
+            for k in ("student_accuracy", "supervised_accuracy", "reuser_accuracy", "reuse_strength")
             if isinstance(metrics.get(k), (int, float))
         }
         if reuse_out is not None:  # mean attention per teacher over the test split
             for k, weight in enumerate(reuse_out["weights"].mean(0).tolist()):
                 values[f"attention/teacher_{k + 1}"] = weight
         guard = metrics.get("guard") or {}
-        for key in ("gain", "gain_stderr", "loss_upper", "z", "margin", "reuse_accuracy", "supervised_accuracy"):
+        for key in ("gain", "gain_stderr", "loss_upper", "z", "margin", "method_accuracy", "supervised_accuracy"):
             if isinstance(guard.get(key), (int, float)):
                 values[f"guard/{key}"] = float(guard[key])
         if guard:
@@ -424,62 +425,56 @@ class ReuseTrainer:
             return []
         return [self._report(self.reuse.probs_t[:, k].argmax(-1))["accuracy"] for k in range(len(self.teacher_ids))]
 
-    def _metrics(self, predictions, delivered, screening, guard, trainer, reuse_out, start) -> dict:
+    def _metrics(self, predictions, delivered, screening, guard, trainer, reuse_out, start) -> RunMetrics:
         cfg, data, acc = self.config, self.data, self.accelerator
-        method, is_mrl = cfg.method, cfg.method == "mrl"
-        reports = {"method": self._report(predictions["method"])}
-        for key in ("supervised", "reuse"):
-            if key in predictions:
-                reports[key] = self._report(predictions[key])
+        is_mrl = cfg.method == "mrl"
+        reports = {key: self._report(pred) for key, pred in predictions.items()}
         # A run that shares another run's guard side only has no supervised student to measure.
-        delivered_key = "supervised" if delivered == "supervised" else "method"
+        delivered_key = "supervised" if delivered is Delivered.SUPERVISED else "method"
         if delivered_key in reports:
             reports["student"] = reports[delivered_key]
-        sup_acc = reports["supervised"]["accuracy"] if "supervised" in reports else None
+        accuracy = {key: r["accuracy"] for key, r in reports.items()}
+        sup_acc = accuracy.get("supervised")
         forward_samples, forward_by_process = self._teacher_forward_samples()
         strategy = trainer.strategy
-        metrics = {
-            "method": method,
-            "student_accuracy": reports["student"]["accuracy"] if "student" in reports else None,
-            "supervised_accuracy": sup_acc,
-            "reuse_accuracy": reports["reuse"]["accuracy"] if "reuse" in reports else None,
-            "never_worse": None if sup_acc is None else reports["student"]["accuracy"] >= sup_acc,
-            "teacher_accuracy": dict(zip(self.teacher_ids, self.teacher_accuracy(), strict=True)),
-            "teacher_forward_samples": forward_samples,
-            # endpoint teachers: calls made, images answered, served from the cache, failed calls
-            "endpoints": self.pool.endpoint_stats() if self.pool is not None else None,
-            "teacher_forward_samples_by_process": forward_by_process,
-            "screening": [score.to_dict() for score in screening],
-            "guard": None if guard is None else guard.to_dict(),
-            "delivered": delivered,
-            "method_student_accuracy": reports["method"]["accuracy"],
-            "reuse_student_accuracy": reports["method"]["accuracy"] if is_mrl else None,
-            "reuse_strength": strategy.reuse_strength if is_mrl else None,
-            "dataset": str(self.args.dataset_description or self.args.dataset),  # a plain str: YAML and JSON
-            "label_names": list(data.label_names),
-            "num_labeled": len(data.labeled_labels),
-            "num_unlabeled": len(data.unlabeled_images),
-            "num_test": len(data.test_labels),
-            "splits": self.args.splits,
-            # What the accuracies measure: "test", or labeled rows among the evaluation rows (--allow_test_overlap).
-            "evaluation": "test" if not self._test_overlap else "overlaps the labeled data (not a test accuracy)",
-            "config": cfg.to_dict(),
-            "pool": self.teacher_ids,
-            # Given by the user: recorded (and saved with the reuser) so the pool can be rebuilt the same way.
-            "label_map": self.pool.label_mapping if self.pool is not None and self.pool.label_map else None,
-            "label_mapping": self.pool.label_mapping if self.pool is not None else {},
-            "num_processes": acc.num_processes,
-            "prototypes_in_sync": strategy.replicas_in_sync if is_mrl else None,
-            "wall_time_s": round(time.time() - start, 1),
-        }
+        metrics = RunMetrics(
+            method=cfg.method,
+            delivered=delivered,
+            student_accuracy=accuracy.get("student"),
+            method_student_accuracy=accuracy["method"],
+            supervised_accuracy=sup_acc,
+            reuser_accuracy=accuracy.get("reuser"),
+            never_worse=None if sup_acc is None else accuracy["student"] >= sup_acc,
+            teacher_accuracy=dict(zip(self.teacher_ids, self.teacher_accuracy(), strict=True)),
+            teacher_forward_samples=forward_samples,
+            endpoints=self.pool.endpoint_stats() if self.pool is not None else None,
+            teacher_forward_samples_by_process=forward_by_process,
+            screening=[score.to_dict() for score in screening],
+            guard=None if guard is None else guard.to_dict(),
+            reuse_strength=strategy.reuse_strength if is_mrl else None,
+            dataset=str(self.args.dataset_description or self.args.dataset),  # a plain str: YAML and JSON
+            label_names=list(data.label_names),
+            num_labeled=len(data.labeled_labels),
+            num_unlabeled=len(data.unlabeled_images),
+            num_test=len(data.test_labels),
+            splits=self.args.splits,
+            evaluation="test" if not self._test_overlap else "overlaps the labeled data (not a test accuracy)",
+            config=cfg.to_dict(),
+            pool=self.teacher_ids,
+            label_map=self.pool.label_mapping if self.pool is not None and self.pool.label_map else None,
+            label_mapping=self.pool.label_mapping if self.pool is not None else {},
+            num_processes=acc.num_processes,
+            prototypes_in_sync=strategy.replicas_in_sync if is_mrl else None,
+            wall_time_s=round(time.time() - start, 1),
+        )
         if "per_domain" in reports["method"]:
             shown = {k: r for k, r in reports.items() if k != "method"} if "supervised" in reports else reports
-            metrics["per_domain"] = {
+            metrics.per_domain = {
                 d: {key: r["per_domain"][d] for key, r in shown.items()} for d in reports["method"]["per_domain"]
             }
-            metrics["worst_domain_accuracy"] = {key: r["worst_domain_accuracy"] for key, r in shown.items()}
+            metrics.worst_domain_accuracy = {key: r["worst_domain_accuracy"] for key, r in shown.items()}
             if reuse_out is not None:
-                metrics["attention_by_domain"] = self._attention_by_domain(reuse_out["weights"])
+                metrics.attention_by_domain = self._attention_by_domain(reuse_out["weights"])
         return metrics
 
     def _teacher_forward_samples(self) -> tuple[dict, list]:
@@ -498,8 +493,8 @@ class ReuseTrainer:
         names = data.domain_names or [str(d) for d in range(max(present, default=-1) + 1)]
         return {names[d]: weights[data.test_domains == d].mean(0).tolist() for d in present}
 
-    def _summary(self, metrics: dict, reuse_out: dict | None) -> RunSummary:
-        """What the model cards show about this run."""
+    def _summary(self, metrics: RunMetrics, reuse_out: dict | None) -> RunSummary:
+        """What the model cards show about this run: its record, with the teachers' part of the pool."""
         teachers, pool = [], self.pool
         if pool is not None:
             mean_att = [None] * len(pool) if reuse_out is None else reuse_out["weights"].mean(0).tolist()
@@ -510,40 +505,22 @@ class ReuseTrainer:
                     labels_covered=m.num_covered,
                     missing_labels=[n for n, covered in zip(pool.label_names, m.coverage, strict=True) if not covered],
                     mean_attention=a,
-                    test_accuracy=metrics["teacher_accuracy"][t.id],
+                    test_accuracy=metrics.teacher_accuracy[t.id],
                 )
                 for t, m, a in zip(pool.teachers, pool.mappings, mean_att, strict=True)
             ]
-        dataset, dataset_id, dataset_config = _dataset_ids(self.args.dataset, metrics["dataset"])
-        return RunSummary(
+        dataset, dataset_id, dataset_config = _dataset_ids(self.args.dataset, metrics.dataset)
+        return RunSummary.from_metrics(
+            metrics,
             teachers=teachers,
-            label_names=list(self.data.label_names),
             dataset=dataset,
             dataset_id=dataset_id,
             dataset_config=dataset_config,
-            num_labeled=metrics["num_labeled"],
-            num_unlabeled=metrics["num_unlabeled"],
-            num_test=metrics["num_test"],
             max_steps=self.config.max_steps,
             seed=self.config.seed,
-            hyperparameters=metrics["config"],
-            num_processes=metrics["num_processes"],
-            wall_time_s=metrics["wall_time_s"],
-            student_accuracy=metrics["student_accuracy"],
-            supervised_accuracy=metrics["supervised_accuracy"],
-            reuse_accuracy=metrics.get("reuse_accuracy"),
-            per_domain=metrics.get("per_domain"),
-            worst_domain=metrics.get("worst_domain_accuracy"),
-            attention_by_domain=metrics.get("attention_by_domain"),
             trust_remote_code=bool(pool is not None and pool.trust_remote_code),
             allow_pickle=bool(pool is not None and pool.allow_pickle),
-            guard=metrics.get("guard"),
-            screening=metrics.get("screening"),
-            reuse_strength=metrics.get("reuse_strength"),
-            method=self.config.method,
-            delivered=metrics.get("delivered"),
-            method_student_accuracy=metrics.get("method_student_accuracy"),
-            endpoints=_card_endpoints(metrics.get("endpoints")),
+            endpoints=_card_endpoints(metrics.endpoints),
             test_overlap=self._test_overlap,
         )
 

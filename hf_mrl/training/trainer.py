@@ -23,14 +23,14 @@ from accelerate import Accelerator
 from hf_mrl.data.augment import translate as _translate
 from hf_mrl.data.images import ImageSet
 from hf_mrl.data.types import TargetData
-from hf_mrl.reuse.outputs import ReuseInputs, compute_reuse_inputs
+from hf_mrl.reuse.outputs import TeacherOutputs, compute_teacher_outputs
 from hf_mrl.training.checkpoint import load_checkpoint
 from hf_mrl.training.checkpoint import save_checkpoint as write_checkpoint
 from hf_mrl.training.config import MRLConfig
 from hf_mrl.training.losses import kd_loss
 from hf_mrl.training.student import create_student, student_preprocess
 
-__all__ = ["TargetData", "ReuseInputs", "StudentTrainer", "compute_reuse_inputs", "kd_loss", "make_accelerator"]
+__all__ = ["TargetData", "TeacherOutputs", "StudentTrainer", "compute_teacher_outputs", "kd_loss", "make_accelerator"]
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ class StudentTrainer:
     Args:
         config: the hyperparameters.
         data: the target task.
-        reuse: teacher probabilities and psi features (required for `mrl`), from `compute_reuse_inputs`.
+        reuse: teacher probabilities and psi features (required for `mrl`), from `compute_teacher_outputs`.
         teacher_ids: the pool's ids, recorded in the reuser config.
         accelerator: shared across trainers in one process; created when None.
         student_spec: `create_student` arguments (`architecture`, `model_args`, `pretrained`, `image_size`...). A
@@ -87,7 +87,7 @@ class StudentTrainer:
         self,
         config: MRLConfig,
         data: TargetData,
-        reuse: ReuseInputs | None = None,
+        reuse: TeacherOutputs | None = None,
         teacher_ids: list[str] | None = None,
         accelerator: Accelerator | None = None,
         student_spec: dict | None = None,
@@ -103,7 +103,9 @@ class StudentTrainer:
 
         strategy_cls = get_strategy(config.method)
         if strategy_cls.needs_teachers and reuse is None:
-            raise ValueError(f"method={config.method!r} needs teacher outputs: pass reuse=compute_reuse_inputs(...).")
+            raise ValueError(
+                f"method={config.method!r} needs teacher outputs: pass reuse=compute_teacher_outputs(...)."
+            )
         self.teacher_ids = list(teacher_ids or [])
         torch.manual_seed(config.seed)
         spec = dict(student_spec or {})

@@ -6,7 +6,7 @@ from hf_mrl.training.strategies.fixmatch import FixMatch
 from hf_mrl.training.strategies.mean_teacher import MeanTeacher
 from hf_mrl.training.strategies.mr_bs import BestSingle
 from hf_mrl.training.strategies.mr_cr import ConsistentReuse
-from hf_mrl.training.strategies.mrl import AttentionReuse
+from hf_mrl.training.strategies.mrl import MRL
 from hf_mrl.training.strategies.oracle import OracleRouting
 from hf_mrl.training.strategies.pseudo_label import PseudoLabel
 from hf_mrl.training.strategies.supervised import Supervised
@@ -31,7 +31,7 @@ for _strategy in (
     FixMatch,
     BestSingle,
     ConsistentReuse,
-    AttentionReuse,
+    MRL,
     OracleRouting,
 ):
     register_strategy(_strategy)

@@ -28,7 +28,7 @@ from hf_mrl.training.hypergrad import first_order_hypergradient, functional_stud
 from hf_mrl.training.losses import kd_loss
 from hf_mrl.training.strategies.base import DistillStrategy
 
-__all__ = ["AttentionReuse", "label_folds"]
+__all__ = ["MRL", "label_folds"]
 
 
 def label_folds(labels: torch.Tensor, folds: int, seed: int) -> list[torch.Tensor]:
@@ -60,7 +60,7 @@ class _ReuseGate(torch.nn.Module):
         return torch.sigmoid(self.logit)
 
 
-class AttentionReuse(DistillStrategy):
+class MRL(DistillStrategy):
     name = "mrl"
     card_name = "MRL"
     card_source = "an attention-weighted pool of {k} teacher(s)"
