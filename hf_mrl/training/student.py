@@ -21,6 +21,7 @@ __all__ = [
     "DEFAULT_STUDENT",
     "TransformersStudent",
     "create_student",
+    "fast_cpu_pooling",
     "load_student",
     "save_student",
     "student_preprocess",
@@ -303,6 +304,34 @@ def student_preprocess(model: torch.nn.Module):
     from hf_mrl.pool.model_pool import _timm_preprocess
 
     return _timm_preprocess(getattr(model, "module", model).pretrained_cfg)
+
+
+class _CpuMaxPool2d(torch.nn.MaxPool2d):
+    """`nn.MaxPool2d` with the same outputs and gradients, bit for bit, and ~3x faster on CPU for NCHW inputs.
+
+    PyTorch's NCHW CPU max-pool kernel is slow (16 ms on one thread for the default student's training batch, against
+    2 ms in channels-last). The argmax is taken in channels-last, whose kernel scans each window in the same order with
+    the same tie and NaN rule, and the output gathered from the input at it: the gather's backward scatter-adds the
+    gradient in the order max-pool's backward does, and forward-mode AD and double backward come with it.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type != "cpu" or x.dim() != 4 or self.return_indices or not x.is_contiguous():
+            return super().forward(x)
+        with torch.no_grad():
+            args = (self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode)
+            _, idx = torch.nn.functional.max_pool2d(
+                x.detach().clone(memory_format=torch.channels_last), *args, return_indices=True
+            )
+        return x.flatten(2).gather(2, idx.contiguous().flatten(2)).view(idx.shape)
+
+
+def fast_cpu_pooling(model: torch.nn.Module) -> torch.nn.Module:
+    """Run the model's `nn.MaxPool2d` layers as `_CpuMaxPool2d` (same results; no parameters, so saving is unchanged)."""
+    for module in model.modules():
+        if type(module) is torch.nn.MaxPool2d:
+            module.__class__ = _CpuMaxPool2d
+    return model
 
 
 def save_student(model: torch.nn.Module, save_directory: str | os.PathLike, card: str | None = None) -> Path:

@@ -28,7 +28,7 @@ from hf_mrl.training.checkpoint import load_checkpoint
 from hf_mrl.training.checkpoint import save_checkpoint as write_checkpoint
 from hf_mrl.training.config import MRLConfig
 from hf_mrl.training.losses import kd_loss
-from hf_mrl.training.student import create_student, student_preprocess
+from hf_mrl.training.student import create_student, fast_cpu_pooling, student_preprocess
 
 __all__ = ["TargetData", "TeacherOutputs", "StudentTrainer", "compute_teacher_outputs", "kd_loss", "make_accelerator"]
 
@@ -111,7 +111,7 @@ class StudentTrainer:
         spec = dict(student_spec or {})
         if spec.get("image_size") is None and not spec.get("pretrained"):
             spec["image_size"] = data.labeled_images.shape[-1]
-        self.student = create_student(data.label_names, **spec)
+        self.student = fast_cpu_pooling(create_student(data.label_names, **spec))
         self.preprocess = student_preprocess(self.student)
         self.input_size = student_input_side(self.student)
         self.data = data = data.at_size(self.input_size)  # lazy images are decoded where the student reads them
@@ -318,8 +318,13 @@ def _batch_indices(seed, stream, step, n, m, batch_size, unlabeled_batch_size, r
     return gen, idx_l[rank::world], idx_u[rank::world]
 
 
+def batch_rows(images: torch.Tensor | ImageSet, idx: torch.Tensor):
+    """`images[idx]`: by `index_select` for a tensor (advanced indexing of uint8 rows is ~15x slower, same values)."""
+    return images.index_select(0, idx) if isinstance(images, torch.Tensor) else images[idx]
+
+
 def _step_images(data: TargetData, idx_l, idx_u, unlabeled: bool) -> tuple:
-    return data.labeled_images[idx_l], (data.unlabeled_images[idx_u] if unlabeled else None)
+    return batch_rows(data.labeled_images, idx_l), (batch_rows(data.unlabeled_images, idx_u) if unlabeled else None)
 
 
 class _StepImages(torch.utils.data.Dataset):

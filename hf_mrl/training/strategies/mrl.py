@@ -27,6 +27,7 @@ from hf_mrl.reuse.reuser import AttentionReuser
 from hf_mrl.training.hypergrad import first_order_hypergradient, functional_student, unrolled_hypergradient
 from hf_mrl.training.losses import kd_loss
 from hf_mrl.training.strategies.base import DistillStrategy
+from hf_mrl.training.trainer import batch_rows
 
 __all__ = ["MRL", "label_folds"]
 
@@ -248,7 +249,7 @@ class MRL(DistillStrategy):
         params, call = functional_student(model)
         dev = acc.device
         gen_o, idx_lo, _ = self.outer_batch_indices(step)
-        x_lo = tr.inputs(data.labeled_images[idx_lo], gen_o)
+        x_lo = tr.inputs(batch_rows(data.labeled_images, idx_lo), gen_o)
         y_lo = data.labeled_labels[idx_lo].to(dev)
 
         def outer_loss(theta):
@@ -259,8 +260,8 @@ class MRL(DistillStrategy):
             return loss
 
         def batch(gen, idx_l, idx_u):  # inputs as training_step draws them: labeled, then unlabeled
-            x_l = tr.inputs(data.labeled_images[idx_l], gen)
-            x_u = tr.inputs(data.unlabeled_images[idx_u], gen)
+            x_l = tr.inputs(batch_rows(data.labeled_images, idx_l), gen)
+            x_u = tr.inputs(batch_rows(data.unlabeled_images, idx_u), gen)
             return torch.cat([x_l, x_u]), data.labeled_labels[idx_l].to(dev), idx_u
 
         def term(z, n_labeled, idx_u):  # the part of the inner loss that depends on phi
