@@ -256,6 +256,32 @@ def test_translate_shifts_with_zero_padding():
     assert len(shifts) > 1  # per-sample shifts
 
 
+def test_fast_cpu_pooling_matches_max_pool_bit_for_bit():
+    """The trainer's max pools (`fast_cpu_pooling`): outputs, gradients and JVPs equal nn.MaxPool2d's exactly, ties
+    (a ReLU's zeros, repeated values) and NaNs included."""
+    from hf_mrl.training.student import _CpuMaxPool2d, fast_cpu_pooling
+
+    plain = torch.nn.MaxPool2d(3, 2, 1)
+    fast = fast_cpu_pooling(torch.nn.Sequential(torch.nn.MaxPool2d(3, 2, 1)))[0]
+    assert isinstance(fast, _CpuMaxPool2d)
+    gen = torch.Generator().manual_seed(0)
+    x = (2 * torch.randn(4, 5, 9, 10, generator=gen)).round().clamp_min(0)
+    x[0, 0, 1, :4] = float("nan")
+    grad_out = torch.randn(4, 5, 5, 5, generator=gen)
+    outs, grads = [], []
+    for pool in (plain, fast):
+        xi = x.clone().requires_grad_(True)
+        out = pool(xi)
+        outs.append(out.detach())
+        grads.append(torch.autograd.grad(out, xi, grad_out)[0])
+        assert out.is_contiguous() and grads[-1].is_contiguous()
+    assert torch.equal(outs[0].nan_to_num(-1.0), outs[1].nan_to_num(-1.0))
+    assert torch.equal(grads[0], grads[1])
+    tangent = torch.randn(x.shape, generator=gen)
+    jvps = [torch.func.jvp(pool, (x.nan_to_num(0.0),), (tangent,))[1] for pool in (plain, fast)]
+    assert torch.equal(jvps[0], jvps[1])
+
+
 # ----------------------------------------------------------------------------------------------- validation
 
 
