@@ -21,7 +21,7 @@ import torch
 
 from hf_mrl.data import png_bands
 
-__all__ = ["ImageSet", "decode_image", "take", "to_rgb"]
+__all__ = ["ImageSet", "batch_rows", "decode_image", "take", "to_rgb"]
 
 _KEY_PREFIX = b"hf_mrl-image-bytes-1"
 logger = logging.getLogger(__name__)
@@ -371,6 +371,12 @@ def take(images, index):
     """`images[index]` for a uint8 tensor; for an `ImageSet` the subset, still undecoded (decoded later, at the size
     its reader wants)."""
     return images.subset(index) if isinstance(images, ImageSet) else images[index]
+
+
+def batch_rows(images, idx: torch.Tensor):
+    """`images[idx]`, decoded: by `index_select` for a uint8 tensor (advanced indexing of its rows is ~15x slower,
+    same values)."""
+    return images.index_select(0, idx) if isinstance(images, torch.Tensor) else images[idx]
 
 
 _LIBC = None

@@ -22,12 +22,12 @@ import math
 import torch
 import torch.nn.functional as F
 
+from hf_mrl.data.images import batch_rows
 from hf_mrl.reuse.embedding import Embedding
 from hf_mrl.reuse.reuser import AttentionReuser
 from hf_mrl.training.hypergrad import first_order_hypergradient, functional_student, unrolled_hypergradient
 from hf_mrl.training.losses import kd_loss
 from hf_mrl.training.strategies.base import DistillStrategy
-from hf_mrl.training.trainer import batch_rows
 
 __all__ = ["MRL", "label_folds"]
 
